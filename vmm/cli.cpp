@@ -1,0 +1,181 @@
+#include "vmm/cli.hpp"
+
+#include <CLI/CLI.hpp>
+#include <cstdio>
+#include <filesystem>
+#include <iostream>
+
+#include "vmm/clock.hpp"
+#include "vmm/config.hpp"
+#include "vmm/guest_images.hpp"
+#include "vmm/host_info.hpp"
+#include "vmm/kick.hpp"
+#include "vmm/kvm.hpp"
+#include "vmm/record.hpp"
+#include "vmm/testbed.hpp"
+
+namespace kvmscale::vmm {
+namespace {
+
+// Flags as typed, before unit parsing: so that the error names the flag.
+struct RunFlags {
+  std::string mem = "16M", duration = "30s";
+  std::vector<std::string> guest_args;
+};
+
+void add_run_flags(CLI::App& cmd, RunConfig& cfg, RunFlags& f) {
+  cmd.add_option("--vms", cfg.vms, "number of VMs")->capture_default_str();
+  cmd.add_option("--vcpus", cfg.vcpus, "vCPUs per VM (1-64)")->capture_default_str();
+  cmd.add_option("--mem", f.mem, "guest memory per VM, e.g. 16M, 1G (multiple of 2M, >= 8M)")
+      ->capture_default_str();
+  cmd.add_option("--guest", cfg.guest,
+                 "built-in guest: hello idle spin boot-zero pingpong crash loop hcbench")
+      ->capture_default_str();
+  cmd.add_option("--guest-file", cfg.guest_file, "run a custom flat image (linked at 0x100000)");
+  cmd.add_option("--guest-arg", f.guest_args,
+                 "guest parameter(s), comma-separated (boot-info args)")
+      ->delimiter(',');
+  cmd.add_option("--duration", f.duration,
+                 "upper bound on the run, e.g. 500ms, 10s, 2m (the run ends earlier when every "
+                 "guest has exited)")
+      ->capture_default_str();
+  cmd.add_option("--sched", cfg.sched, "vCPU execution: host (a thread per vCPU)")
+      ->capture_default_str();
+  cmd.add_option("--out", cfg.out, "record file (*.json) or directory for run-<time>.json")
+      ->capture_default_str();
+  cmd.add_flag("--json", cfg.json, "print only the JSON record on stdout (logs go to stderr)");
+  cmd.add_flag("--console", cfg.echo_console, "echo guest console output to stderr");
+}
+
+void finish_run_flags(RunConfig& cfg, const RunFlags& f) {
+  try {
+    cfg.mem = parse_size(f.mem);
+  } catch (const ConfigError& e) {
+    throw ConfigError(std::string("--mem: ") + e.what());
+  }
+  try {
+    cfg.duration_ns = parse_duration_ns(f.duration);
+  } catch (const ConfigError& e) {
+    throw ConfigError(std::string("--duration: ") + e.what());
+  }
+  cfg.guest_args.clear();
+  for (const auto& a : f.guest_args) {
+    try {
+      cfg.guest_args.push_back(parse_size(a));
+    } catch (const ConfigError& e) {
+      throw ConfigError(std::string("--guest-arg: ") + e.what());
+    }
+  }
+  cfg.validate();
+}
+
+int do_run(const RunConfig& cfg) {
+  nlohmann::json record = run_testbed(cfg);
+  std::string path = record_path(cfg.out, record["run"]["started_unix_ns"].get<uint64_t>());
+  std::filesystem::path dir = std::filesystem::path(path).parent_path();
+  if (!dir.empty()) std::filesystem::create_directories(dir);
+  std::string text = record.dump(2) + "\n";
+  write_file_atomically(path, text);
+  if (cfg.json) {
+    std::cout << text << std::flush;
+    std::cerr << "record: " << path << "\n";
+  } else {
+    std::cout << summary_table(record) << "record: " << path << "\n" << std::flush;
+  }
+  return record["run"]["interrupted"].get<bool>() ? kExitInterrupted : kExitOk;
+}
+
+int do_info(bool json) {
+  std::unique_ptr<KvmSystem> kvm;
+  std::string kvm_error;
+  try {
+    kvm = std::make_unique<KvmSystem>();
+  } catch (const KvmError& e) {
+    kvm_error = e.what();
+  }
+  HostInfo h = probe_host(kvm.get());
+  nlohmann::json j = h.to_json();
+  j["kvmscale_version"] = version_string();
+  j["guests"] = embedded_guest_names();
+  j["max_vms_by_nofile"] = h.nofile_hard / fds_per_vm(1);
+  if (!kvm_error.empty()) j["kvm_error"] = kvm_error;
+  if (json) {
+    std::cout << j.dump(2) << "\n";
+    return kExitOk;
+  }
+  std::cout << "kvmscale " << version_string() << "\n"
+            << "host:     " << h.kernel << ", " << h.cpu_model << "\n"
+            << "cpus:     " << h.online_cpus << " online, " << h.numa_nodes << " NUMA node(s)\n"
+            << "memory:   " << format_size(h.mem_total) << " total, "
+            << format_size(h.mem_available) << " available\n";
+  if (kvm) {
+    std::cout << "kvm:      /dev/kvm API " << h.kvm_api_version << ", backend "
+              << backend_name(h.backend);
+    if (h.backend == Backend::Pvm)
+      std::cout << " (software virtualization: guests need the VIF page to run natively; exits "
+                   "cost ~25us)";
+    std::cout << "\ncaps:    ";
+    for (const auto& [k, v] : h.kvm_caps) std::cout << " " << k << "=" << v;
+    std::cout << "\n";
+  } else {
+    std::cout << "kvm:      unavailable (" << kvm_error << ")\n";
+  }
+  std::cout << "limits:   open files " << h.nofile_soft << " (hard " << h.nofile_hard
+            << ") => at most ~" << h.nofile_hard / fds_per_vm(1)
+            << " 1-vCPU VMs per process; threads-max " << h.threads_max << ", max_map_count "
+            << h.max_map_count << "\n"
+            << "guests:  ";
+  for (const auto& g : embedded_guest_names()) std::cout << " " << g;
+  std::cout << "\n";
+  return kExitOk;
+}
+
+}  // namespace
+
+int cli_main(int argc, char** argv) {
+  CLI::App app{"kvmscale: a scalability testbed for virtualization platforms on /dev/kvm"};
+  app.require_subcommand(1);
+  app.footer(
+      "Examples:\n"
+      "  kvmscale info\n"
+      "  kvmscale run                                   # 4 VMs x 2 vCPUs booting boot-zero\n"
+      "  kvmscale run --vms 64 --vcpus 2 --mem 16M --guest boot-zero --json\n"
+      "  kvmscale run --guest spin --vms 2 --duration 5s --out results/spin.json\n"
+      "  kvmscale run --guest hello --console\n"
+      "Exit codes: 0 ok, 1 run failed, 2 bad usage, 130 interrupted (record still written).");
+
+  RunConfig cfg;
+  RunFlags flags;
+  CLI::App* run = app.add_subcommand("run", "launch VMs, run them, write a run record");
+  add_run_flags(*run, cfg, flags);
+  bool info_json = false;
+  CLI::App* info = app.add_subcommand("info", "backend, capabilities, host CPUs and limits");
+  info->add_flag("--json", info_json, "print JSON");
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForAllHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    std::cerr << "kvmscale: " << e.what() << "\nRun 'kvmscale --help' for usage.\n";
+    return kExitUsage;
+  }
+
+  try {
+    if (*info) return do_info(info_json);
+    finish_run_flags(cfg, flags);
+    install_kick_signal();
+    block_stop_signals();
+    return do_run(cfg);
+  } catch (const ConfigError& e) {
+    std::cerr << "kvmscale: " << e.what() << "\n";
+    return kExitUsage;
+  } catch (const std::exception& e) {
+    std::cerr << "kvmscale: " << e.what() << "\n";
+    return kExitFailure;
+  }
+}
+
+}  // namespace kvmscale::vmm

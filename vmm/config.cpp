@@ -1,0 +1,158 @@
+#include "vmm/config.hpp"
+
+#include <algorithm>
+#include <cctype>
+#include <cmath>
+#include <cstdio>
+
+#include "guests/include/kvmscale_abi.h"
+#include "vmm/boot.hpp"
+
+namespace kvmscale::vmm {
+namespace {
+
+// Splits "12.5ms" into 12.5 and "ms"; rejects anything else.
+std::pair<double, std::string> number_and_unit(const std::string& text, const char* what) {
+  size_t i = 0;
+  while (i < text.size() && (std::isdigit(static_cast<unsigned char>(text[i])) || text[i] == '.'))
+    i++;
+  std::string num = text.substr(0, i), unit = text.substr(i);
+  if (num.empty() || std::count(num.begin(), num.end(), '.') > 1)
+    throw ConfigError(std::string("invalid ") + what + " '" + text + "'");
+  std::transform(unit.begin(), unit.end(), unit.begin(), ::tolower);
+  return {std::stod(num), unit};
+}
+
+}  // namespace
+
+uint64_t parse_size(const std::string& text) {
+  auto [v, unit] = number_and_unit(text, "size");
+  double mult;
+  if (unit.empty() || unit == "b")
+    mult = 1;
+  else if (unit == "k" || unit == "kb" || unit == "kib")
+    mult = 1ull << 10;
+  else if (unit == "m" || unit == "mb" || unit == "mib")
+    mult = 1ull << 20;
+  else if (unit == "g" || unit == "gb" || unit == "gib")
+    mult = 1ull << 30;
+  else if (unit == "t" || unit == "tb" || unit == "tib")
+    mult = 1ull << 40;
+  else
+    throw ConfigError("invalid size unit in '" + text + "' (use K, M, G or T)");
+  double bytes = v * mult;
+  if (bytes >= 1.8e19 || bytes != std::floor(bytes))
+    throw ConfigError("size '" + text + "' is not a whole number of bytes in range");
+  return static_cast<uint64_t>(bytes);
+}
+
+uint64_t parse_duration_ns(const std::string& text) {
+  auto [v, unit] = number_and_unit(text, "duration");
+  double mult;
+  if (unit.empty() || unit == "s")
+    mult = 1e9;
+  else if (unit == "ms")
+    mult = 1e6;
+  else if (unit == "us")
+    mult = 1e3;
+  else if (unit == "ns")
+    mult = 1;
+  else if (unit == "m" || unit == "min")
+    mult = 60e9;
+  else if (unit == "h")
+    mult = 3600e9;
+  else
+    throw ConfigError("invalid duration unit in '" + text + "' (use ns, us, ms, s, m or h)");
+  double ns = v * mult;
+  if (ns >= 1.8e19) throw ConfigError("duration '" + text + "' is out of range");
+  return static_cast<uint64_t>(std::llround(ns));
+}
+
+std::string format_size(uint64_t b) {
+  const char* units[] = {"", "K", "M", "G", "T"};
+  int u = 0;
+  while (u < 4 && b >= 1024 && b % 1024 == 0) {
+    b /= 1024;
+    u++;
+  }
+  return std::to_string(b) + units[u];
+}
+
+std::string format_duration(uint64_t ns) {
+  char buf[32];
+  if (ns >= 1000000000ull)
+    std::snprintf(buf, sizeof buf, "%.3gs", ns / 1e9);
+  else if (ns >= 1000000ull)
+    std::snprintf(buf, sizeof buf, "%.3gms", ns / 1e6);
+  else if (ns >= 1000ull)
+    std::snprintf(buf, sizeof buf, "%.3gus", ns / 1e3);
+  else
+    std::snprintf(buf, sizeof buf, "%lluns", static_cast<unsigned long long>(ns));
+  return buf;
+}
+
+const std::vector<std::string>& builtin_guest_names() {
+  static const std::vector<std::string> names = {"hello",    "idle",  "spin", "boot-zero",
+                                                 "pingpong", "crash", "loop", "hcbench"};
+  return names;
+}
+
+void RunConfig::validate() const {
+  if (vms < 1 || vms > 100000) throw ConfigError("--vms must be between 1 and 100000");
+  if (vcpus < 1 || vcpus > KS_MAX_VCPUS)
+    throw ConfigError("--vcpus must be between 1 and " + std::to_string(KS_MAX_VCPUS));
+  if (mem < kMinGuestMem || mem > kMaxGuestMem)
+    throw ConfigError("--mem must be between " + format_size(kMinGuestMem) + " and " +
+                      format_size(kMaxGuestMem) + " (got " + format_size(mem) + ")");
+  if (mem % (2ull << 20) != 0) throw ConfigError("--mem must be a multiple of 2M");
+  if (guest_file.empty()) {
+    const auto& names = builtin_guest_names();
+    if (std::find(names.begin(), names.end(), guest) == names.end()) {
+      std::string all;
+      for (const auto& n : names) all += (all.empty() ? "" : ", ") + n;
+      throw ConfigError("unknown --guest '" + guest + "' (built-in guests: " + all + ")");
+    }
+  }
+  if (guest_args.size() > KS_GUEST_ARGS)
+    throw ConfigError("at most " + std::to_string(KS_GUEST_ARGS) + " --guest-arg values");
+  if (duration_ns < 1000000ull) throw ConfigError("--duration must be at least 1ms");
+  if (sched != "host") throw ConfigError("unknown --sched '" + sched + "' (available: host)");
+  if (out.empty()) throw ConfigError("--out must not be empty");
+}
+
+nlohmann::json RunConfig::to_json() const {
+  return {{"vms", vms},
+          {"vcpus", vcpus},
+          {"mem", mem},
+          {"guest", guest},
+          {"guest_file", guest_file},
+          {"guest_args", guest_args},
+          {"duration_ns", duration_ns},
+          {"sched", sched},
+          {"out", out},
+          {"json", json},
+          {"echo_console", echo_console}};
+}
+
+RunConfig RunConfig::from_json(const nlohmann::json& j) {
+  RunConfig c;
+  try {
+    c.vms = j.at("vms").get<uint32_t>();
+    c.vcpus = j.at("vcpus").get<uint32_t>();
+    c.mem = j.at("mem").get<uint64_t>();
+    c.guest = j.at("guest").get<std::string>();
+    c.guest_file = j.value("guest_file", std::string{});
+    c.guest_args = j.value("guest_args", std::vector<uint64_t>{});
+    c.duration_ns = j.at("duration_ns").get<uint64_t>();
+    c.sched = j.value("sched", std::string("host"));
+    c.out = j.value("out", std::string("results"));
+    c.json = j.value("json", false);
+    c.echo_console = j.value("echo_console", false);
+  } catch (const nlohmann::json::exception& e) {
+    throw ConfigError(std::string("invalid config: ") + e.what());
+  }
+  c.validate();
+  return c;
+}
+
+}  // namespace kvmscale::vmm

@@ -1,0 +1,45 @@
+// RunConfig: everything that defines a run, validated, serialisable and re-runnable.
+#pragma once
+
+#include <cstdint>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace kvmscale::vmm {
+
+// Thrown for bad user input; the CLI prints it and exits 2.
+struct ConfigError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+// "64M", "1G", "4096K", "2M", "65536" (bytes). Binary units. Throws ConfigError.
+uint64_t parse_size(const std::string& text);
+// "5s", "500ms", "250us", "2m", "1h", "10" (seconds). Throws ConfigError.
+uint64_t parse_duration_ns(const std::string& text);
+std::string format_size(uint64_t bytes);
+std::string format_duration(uint64_t ns);
+
+struct RunConfig {
+  uint32_t vms = 4;
+  uint32_t vcpus = 2;
+  uint64_t mem = 16ull << 20;
+  std::string guest = "boot-zero";
+  std::string guest_file;                        // a custom image instead of a built-in guest
+  std::vector<uint64_t> guest_args;              // --guest-arg, up to 8
+  uint64_t duration_ns = 30ull * 1000000000ull;  // upper bound; a run also ends when all exit
+  std::string sched = "host";
+  std::string out = "results";
+  bool json = false;
+  bool echo_console = false;
+
+  // Throws ConfigError naming the offending flag.
+  void validate() const;
+  nlohmann::json to_json() const;
+  static RunConfig from_json(const nlohmann::json& j);  // validates
+};
+
+const std::vector<std::string>& builtin_guest_names();
+
+}  // namespace kvmscale::vmm

@@ -1,0 +1,3 @@
+#include "vmm/cli.hpp"
+
+int main(int argc, char** argv) { return kvmscale::vmm::cli_main(argc, argv); }

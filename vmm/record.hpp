@@ -1,0 +1,42 @@
+// The run record: the JSON that explains a run (docs/run-record.md), its atomic file write and
+// the human summary.
+#pragma once
+
+#include <cstdint>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "vmm/config.hpp"
+#include "vmm/host_info.hpp"
+#include "vmm/vm.hpp"
+
+namespace kvmscale::vmm {
+
+inline constexpr int kRecordSchemaVersion = 1;
+
+enum class EndReason { AllExited, Duration, Interrupted, Error };
+const char* end_reason_name(EndReason r);
+
+struct RunTiming {
+  uint64_t started_unix_ns = 0;  // wall clock at start, for humans
+  uint64_t create_start_ns = 0;  // CLOCK_MONOTONIC: VM creation began
+  uint64_t exec_start_ns = 0;    // CLOCK_MONOTONIC: executor started (the launch of every VM)
+  uint64_t end_ns = 0;
+};
+
+nlohmann::json vm_record(const Vm& vm, const std::string& guest, uint64_t exec_start_ns);
+nlohmann::json make_run_record(const RunConfig& cfg, const HostInfo& host,
+                               const std::vector<const Vm*>& vms, const RunTiming& t, EndReason end,
+                               const std::vector<std::string>& warnings);
+
+// temp file in the same directory, fsync, rename, fsync directory. Throws std::system_error.
+void write_file_atomically(const std::string& path, const std::string& content);
+// Where `--out` puts the record: PATH if it ends in .json, else PATH/run-<stamp>.json.
+std::string record_path(const std::string& out, uint64_t started_unix_ns);
+// A table for people; `record` as produced by make_run_record.
+std::string summary_table(const nlohmann::json& record);
+
+std::string version_string();  // git describe at build time
+
+}  // namespace kvmscale::vmm

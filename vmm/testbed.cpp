@@ -1,0 +1,161 @@
+#include "vmm/testbed.hpp"
+
+#include <signal.h>
+
+#include <atomic>
+#include <exception>
+#include <memory>
+#include <thread>
+
+#include "sched/executor.hpp"
+#include "vmm/clock.hpp"
+#include "vmm/guest_images.hpp"
+#include "vmm/host_info.hpp"
+#include "vmm/kvm.hpp"
+#include "vmm/record.hpp"
+
+namespace kvmscale::vmm {
+namespace {
+
+sigset_t stop_signals() {
+  sigset_t s;
+  sigemptyset(&s);
+  sigaddset(&s, SIGINT);
+  sigaddset(&s, SIGTERM);
+  return s;
+}
+
+bool stop_signal_pending() {
+  sigset_t pending, stop = stop_signals();
+  sigpending(&pending);
+  return sigismember(&pending, SIGINT) || sigismember(&pending, SIGTERM);
+}
+
+// Waits up to `ns` for SIGINT/SIGTERM; true if one arrived (and consumes it).
+bool wait_stop_signal(uint64_t ns) {
+  sigset_t s = stop_signals();
+  timespec ts{static_cast<time_t>(ns / 1000000000ull), static_cast<long>(ns % 1000000000ull)};
+  return sigtimedwait(&s, nullptr, &ts) > 0;
+}
+
+uint64_t unix_now_ns() {
+  timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<uint64_t>(ts.tv_nsec);
+}
+
+// Creates VMs on a few threads at once (creation is mostly kernel work). Stops early, leaving
+// fewer VMs, if a stop signal is pending; rethrows the first creation error.
+std::vector<std::unique_ptr<Vm>> create_vms(const RunConfig& cfg, const KvmSystem& kvm,
+                                            Backend backend, std::span<const uint8_t> image,
+                                            int workers) {
+  std::vector<std::unique_ptr<Vm>> vms(cfg.vms);
+  std::atomic<uint32_t> next{0};
+  std::atomic<bool> abort{false};
+  std::exception_ptr error;
+  std::mutex error_mu;
+  auto work = [&] {
+    for (;;) {
+      uint32_t i = next.fetch_add(1);
+      if (i >= cfg.vms || abort.load()) return;
+      VmSpec spec;
+      spec.index = i;
+      spec.nr_vcpus = cfg.vcpus;
+      spec.mem_size = cfg.mem;
+      spec.image = image;
+      spec.guest_args = cfg.guest_args;
+      spec.echo_console = cfg.echo_console;
+      try {
+        vms[i] = std::make_unique<Vm>(kvm, backend, spec);
+      } catch (...) {
+        std::lock_guard lock(error_mu);
+        if (!error) error = std::current_exception();
+        abort.store(true);
+      }
+      if (stop_signal_pending()) abort.store(true);
+    }
+  };
+  std::vector<std::thread> threads;
+  for (int w = 1; w < workers; w++) threads.emplace_back(work);
+  work();
+  for (auto& t : threads) t.join();
+  if (error) std::rethrow_exception(error);
+  std::erase(vms, nullptr);  // interrupted: keep what was built
+  return vms;
+}
+
+}  // namespace
+
+void block_stop_signals() {
+  sigset_t s = stop_signals();
+  pthread_sigmask(SIG_BLOCK, &s, nullptr);
+}
+
+nlohmann::json run_testbed(const RunConfig& cfg) {
+  cfg.validate();
+  RunTiming t;
+  t.started_unix_ns = unix_now_ns();
+
+  std::unique_ptr<KvmSystem> kvm;
+  try {
+    kvm = std::make_unique<KvmSystem>();
+  } catch (const KvmError& e) {
+    throw RunError(std::string("kvmscale run needs a usable /dev/kvm: ") + e.what());
+  }
+  HostInfo host = probe_host(kvm.get());
+  LimitCheck limits = check_limits(host, cfg.vms, cfg.vcpus, cfg.mem, cfg.sched == "host");
+  if (!limits.errors.empty()) {
+    std::string msg = "this host cannot hold the run:";
+    for (const auto& e : limits.errors) msg += "\n  " + e;
+    throw RunError(msg);
+  }
+
+  std::vector<uint8_t> file_image;
+  std::span<const uint8_t> image;
+  if (!cfg.guest_file.empty()) {
+    file_image = load_guest_file(cfg.guest_file);
+    image = file_image;
+  } else {
+    image = builtin_guest_image(cfg.guest);
+    if (image.empty()) throw RunError("guest '" + cfg.guest + "' is not embedded in this build");
+  }
+
+  t.create_start_ns = now_ns();
+  std::vector<std::unique_ptr<Vm>> vms;
+  try {
+    vms = create_vms(cfg, *kvm, host.backend, image, std::max(1, host.online_cpus));
+  } catch (const std::exception& e) {
+    throw RunError(std::string("creating VMs failed: ") + e.what());
+  }
+  std::vector<Vm*> vm_ptrs;
+  for (auto& vm : vms) vm_ptrs.push_back(vm.get());
+
+  EndReason end = EndReason::AllExited;
+  t.exec_start_ns = now_ns();
+  if (vms.size() < cfg.vms) {
+    end = EndReason::Interrupted;
+  } else {
+    auto executor = sched::make_host_executor(vm_ptrs);
+    executor->start();
+    const uint64_t deadline = t.exec_start_ns + cfg.duration_ns;
+    for (;;) {
+      uint64_t now = now_ns();
+      if (executor->all_done()) break;
+      if (now >= deadline) {
+        end = EndReason::Duration;
+        break;
+      }
+      if (wait_stop_signal(std::min<uint64_t>(2000000, deadline - now))) {
+        end = EndReason::Interrupted;
+        break;
+      }
+    }
+    executor->stop();
+  }
+  t.end_ns = now_ns();
+
+  std::vector<const Vm*> cvms(vm_ptrs.begin(), vm_ptrs.end());
+  return make_run_record(cfg, host, cvms, t, end, limits.warnings);
+}
+
+}  // namespace kvmscale::vmm

@@ -1,0 +1,25 @@
+// The Testbed builds everything a run needs from a RunConfig, runs it to its end and returns
+// the run record. It owns the lifetimes of the KVM system, VMs and executor.
+#pragma once
+
+#include <nlohmann/json.hpp>
+#include <stdexcept>
+
+#include "vmm/config.hpp"
+
+namespace kvmscale::vmm {
+
+// The run could not start or failed (no /dev/kvm, host limits, KVM errors). The CLI exits 1.
+struct RunError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+// SIGINT and SIGTERM must be blocked in every thread (see block_stop_signals) so that the run
+// loop can wait for them synchronously; then they end a run cleanly with a record marked
+// interrupted.
+void block_stop_signals();
+
+// Runs the configured scenario and returns its run record (docs/run-record.md).
+nlohmann::json run_testbed(const RunConfig& cfg);
+
+}  // namespace kvmscale::vmm

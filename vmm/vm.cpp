@@ -1,0 +1,119 @@
+#include "vmm/vm.hpp"
+
+#include <cinttypes>
+#include <cstdio>
+
+#include "vmm/boot.hpp"
+#include "vmm/clock.hpp"
+
+namespace kvmscale::vmm {
+
+namespace {
+std::string hex(uint64_t v) {
+  char b[24];
+  std::snprintf(b, sizeof b, "0x%" PRIx64, v);
+  return b;
+}
+}  // namespace
+
+Vm::Vm(const KvmSystem& kvm, Backend backend, const VmSpec& spec)
+    : spec_(spec),
+      mem_(std::make_unique<mm::GuestMemory>(spec.mem_size)),
+      fd_(kvm.create_vm()),
+      console_(spec.echo_console, "[vm" + std::to_string(spec.index) + "] "),
+      running_vcpus_(spec.nr_vcpus) {
+  uint64_t t0 = now_ns();
+  BootParams bp;
+  bp.vm_index = spec.index;
+  bp.nr_vcpus = spec.nr_vcpus;
+  bp.image = spec.image;
+  bp.guest_args = spec.guest_args;
+  write_boot_area(*mem_, bp);
+  // Slot 0: the VMM-owned low area (tables, pages, image, stacks). Slot 1: the guest's free RAM,
+  // kept separate so that memory policies (populate-on-demand) can apply to it alone.
+  fd_.set_memory_region(0, 0, KS_RAM_GPA, mem_->host_base());
+  fd_.set_memory_region(1, KS_RAM_GPA, spec.mem_size - KS_RAM_GPA, mem_->host_base() + KS_RAM_GPA);
+  for (uint32_t i = 0; i < spec.nr_vcpus; i++) {
+    VcpuFd vfd = fd_.create_vcpu(static_cast<int>(i));
+    setup_vcpu(vfd, i, backend, kvm.supported_cpuid());
+    vfd.set_signal_mask_during_run(run_signal_mask());
+    auto* page = mem_->object_at<ks_hcall_page>(KS_HCALL_GPA + i * KS_PAGE_SIZE);
+    vcpus_.push_back(std::make_unique<Vcpu>(std::move(vfd), i, page));
+  }
+  create_ns_ = now_ns() - t0;
+}
+
+Action Vm::run_once(Vcpu& v, Kicker& kicker) {
+  kvm_run* run = v.fd().run_state();
+  kicker.enter(run);
+  uint64_t t0 = now_ns();
+  int r = v.fd().run();
+  v.stats.run_ns += now_ns() - t0;
+  v.stats.runs++;
+  bool kicked = kicker.leave(run);
+  if (r == -EINTR) {
+    v.stats.exits[KVM_EXIT_INTR]++;
+    if (kicked) v.stats.kicks++;
+    return {Action::Kind::Kicked};
+  }
+  return handle_exit(v);
+}
+
+Action Vm::handle_exit(Vcpu& v) {
+  kvm_run* run = v.fd().run_state();
+  uint32_t reason = run->exit_reason;
+  v.stats.exits[reason < kExitReasonSlots ? reason : 0]++;
+  switch (reason) {
+    case KVM_EXIT_IO:
+      if (run->io.port == KS_DOORBELL_PORT && run->io.direction == KVM_EXIT_IO_OUT)
+        return dispatch_hypercall(*mem_, v.page(), v.index(), nr_vcpus(), v.stats, console_);
+      return Action::crash(std::string("I/O ") + (run->io.direction ? "write" : "read") +
+                           " to unknown port " + hex(run->io.port) + " (size " +
+                           std::to_string(run->io.size) + ")");
+    case KVM_EXIT_HLT:
+      return {Action::Kind::Block, 0};  // no interrupts here: hlt sleeps until a wake
+    case KVM_EXIT_MMIO:
+      return Action::crash(std::string("MMIO ") + (run->mmio.is_write ? "write" : "read") + " at " +
+                           hex(run->mmio.phys_addr) + " outside guest memory");
+    case KVM_EXIT_SHUTDOWN: return Action::crash("triple fault (shutdown)");
+    case KVM_EXIT_FAIL_ENTRY:
+      return Action::crash("VM entry failed, hardware reason " +
+                           hex(run->fail_entry.hardware_entry_failure_reason));
+    case KVM_EXIT_INTERNAL_ERROR:
+      return Action::crash("KVM internal error, suberror " +
+                           std::to_string(run->internal.suberror));
+    default:
+      return Action::crash(std::string("unhandled exit ") + exit_reason_name(reason) + " (" +
+                           std::to_string(reason) + ")");
+  }
+}
+
+bool Vm::crash(const std::string& reason) {
+  std::lock_guard lock(fate_mu_);
+  if (state_.load() != VmState::Running) return false;
+  crash_reason_ = reason;
+  state_.store(VmState::Crashed, std::memory_order_release);
+  return true;
+}
+
+bool Vm::vcpu_exited(Vcpu& v, int64_t code) {
+  std::lock_guard lock(fate_mu_);
+  v.exited = true;
+  v.exit_code = code;
+  if (code != 0 && exit_code_ == 0) exit_code_ = code;
+  if (running_vcpus_.fetch_sub(1) != 1) return false;
+  if (state_.load() == VmState::Running) state_.store(VmState::Exited, std::memory_order_release);
+  return true;
+}
+
+std::string Vm::crash_reason() const {
+  std::lock_guard lock(fate_mu_);
+  return crash_reason_;
+}
+
+int64_t Vm::exit_code() const {
+  std::lock_guard lock(fate_mu_);
+  return exit_code_;
+}
+
+}  // namespace kvmscale::vmm

@@ -1,0 +1,99 @@
+// One guest: its memory, KVM VM fd, vCPUs, console and fate. Executors (sched/) decide which host
+// thread runs which vCPU; a Vm only turns one KVM_RUN into an Action.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "mm/guest_memory.hpp"
+#include "vmm/backend.hpp"
+#include "vmm/hypercall.hpp"
+#include "vmm/kick.hpp"
+#include "vmm/kvm.hpp"
+
+namespace kvmscale::vmm {
+
+struct VmSpec {
+  uint32_t index = 0;
+  uint32_t nr_vcpus = 1;
+  uint64_t mem_size = 0;
+  std::span<const uint8_t> image;
+  std::vector<uint64_t> guest_args;
+  bool echo_console = false;
+};
+
+class Vcpu {
+ public:
+  Vcpu(VcpuFd fd, uint32_t index, ks_hcall_page* page)
+      : fd_(std::move(fd)), index_(index), page_(page) {}
+  uint32_t index() const { return index_; }
+  VcpuFd& fd() { return fd_; }
+  // Guest-published counters: read racily by design (the guest writes them without exiting).
+  uint64_t progress() const { return __atomic_load_n(&page_->progress, __ATOMIC_RELAXED); }
+  uint64_t metric(unsigned slot) const {
+    return __atomic_load_n(&page_->metrics[slot], __ATOMIC_RELAXED);
+  }
+  void set_hcall_result(int64_t v) { __atomic_store_n(&page_->ret, v, __ATOMIC_RELAXED); }
+  ks_hcall_page& page() { return *page_; }
+
+  VcpuStats stats;      // owned by whichever thread runs this vCPU
+  bool exited = false;  // the guest called exit on this vCPU
+  int64_t exit_code = 0;
+
+ private:
+  VcpuFd fd_;
+  uint32_t index_;
+  ks_hcall_page* page_;
+};
+
+enum class VmState { Running, Exited, Crashed };
+
+class Vm {
+ public:
+  // Creates the KVM VM, its memslots and vCPUs, and writes the boot state. Throws KvmError or
+  // std::invalid_argument.
+  Vm(const KvmSystem& kvm, Backend backend, const VmSpec& spec);
+
+  uint32_t index() const { return spec_.index; }
+  uint32_t nr_vcpus() const { return static_cast<uint32_t>(vcpus_.size()); }
+  Vcpu& vcpu(uint32_t i) { return *vcpus_[i]; }
+  const Vcpu& vcpu(uint32_t i) const { return *vcpus_[i]; }
+  const mm::GuestMemory& memory() const { return *mem_; }
+  const ConsoleLog& console() const { return console_; }
+  uint64_t create_ns() const { return create_ns_; }
+  int fd_count() const { return 1 + static_cast<int>(vcpus_.size()); }
+
+  // One KVM_RUN of `v` on the calling thread, and what to do about the exit.
+  Action run_once(Vcpu& v, Kicker& kicker);
+
+  // First reason wins. Returns true if this call crashed the VM.
+  bool crash(const std::string& reason);
+  // Records a vCPU's exit; returns true when it was the VM's last running vCPU.
+  bool vcpu_exited(Vcpu& v, int64_t code);
+  VmState state() const { return state_.load(std::memory_order_acquire); }
+  bool stopped() const { return state() != VmState::Running; }
+  std::string crash_reason() const;
+  int64_t exit_code() const;
+
+ private:
+  Action handle_exit(Vcpu& v);
+
+  VmSpec spec_;
+  std::unique_ptr<mm::GuestMemory> mem_;
+  VmFd fd_;
+  std::vector<std::unique_ptr<Vcpu>> vcpus_;
+  ConsoleLog console_;
+  uint64_t create_ns_ = 0;
+  std::atomic<VmState> state_{VmState::Running};
+  std::atomic<uint32_t> running_vcpus_;
+  mutable std::mutex fate_mu_;
+  std::string crash_reason_;
+  int64_t exit_code_ = 0;
+};
+
+}  // namespace kvmscale::vmm
