@@ -1,5 +1,5 @@
 /* crash: misbehaves on purpose so tests can check containment. arg0 selects how:
- * 0 triple fault, 1 write to an unknown I/O port, 2 MMIO beyond RAM, 3 hypercalls with bad
+ * 0 triple fault, 1 write to an unknown I/O port (0x1234), 2 MMIO beyond RAM, 3 hypercalls with bad
  * arguments (expects error codes back, then exits 0), 4 read the host's address space via a bogus
  * console gpa (expects KS_EFAULT), 5 spin forever without exiting. */
 #include "runtime.h"
@@ -20,7 +20,7 @@ static int bad_hypercalls(struct ks_ctx* ctx) {
 int guest_main(struct ks_ctx* ctx) {
   ks_boot_done(ctx);
   switch (ks_arg(ctx, 0, 0)) {
-    case 1: __asm__ volatile("outb %%al, $0x80" : : "a"(0)); break;
+    case 1: __asm__ volatile("outb %%al, %%dx" : : "a"(0), "d"(0x1234)); break;
     case 2: *(volatile uint64_t*)(uintptr_t)(ctx->boot->mem_size + 0x1000) = 42; break;
     case 3: return bad_hypercalls(ctx);
     case 4: return ks_hcall(ctx->hc, KS_HC_CONSOLE, 0x7fff00000000ull, 16) == KS_EFAULT ? 0 : 1;

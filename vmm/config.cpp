@@ -91,6 +91,23 @@ std::string format_duration(uint64_t ns) {
   return buf;
 }
 
+std::vector<std::string> split_list(const std::string& text) {
+  std::vector<std::string> out;
+  size_t start = 0;
+  for (;;) {
+    size_t comma = text.find(',', start);
+    out.push_back(text.substr(start, comma - start));
+    if (comma == std::string::npos) return out;
+    start = comma + 1;
+  }
+}
+
+std::string RunConfig::guest_for_vm(uint32_t vm) const {
+  if (!guest_file.empty()) return guest_file;
+  auto list = split_list(guest);
+  return list[vm % list.size()];
+}
+
 const std::vector<std::string>& builtin_guest_names() {
   static const std::vector<std::string> names = {"hello",    "idle",  "spin", "boot-zero",
                                                  "pingpong", "crash", "loop", "hcbench"};
@@ -107,10 +124,12 @@ void RunConfig::validate() const {
   if (mem % (2ull << 20) != 0) throw ConfigError("--mem must be a multiple of 2M");
   if (guest_file.empty()) {
     const auto& names = builtin_guest_names();
-    if (std::find(names.begin(), names.end(), guest) == names.end()) {
-      std::string all;
-      for (const auto& n : names) all += (all.empty() ? "" : ", ") + n;
-      throw ConfigError("unknown --guest '" + guest + "' (built-in guests: " + all + ")");
+    for (const auto& g : split_list(guest)) {
+      if (std::find(names.begin(), names.end(), g) == names.end()) {
+        std::string all;
+        for (const auto& n : names) all += (all.empty() ? "" : ", ") + n;
+        throw ConfigError("unknown --guest '" + g + "' (built-in guests: " + all + ")");
+      }
     }
   }
   if (guest_args.size() > KS_GUEST_ARGS)

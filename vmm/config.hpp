@@ -34,6 +34,8 @@ struct RunConfig {
   bool json = false;
   bool echo_console = false;
 
+  // The guest VM `vm` runs: the file name with --guest-file, else guest[vm % list size].
+  std::string guest_for_vm(uint32_t vm) const;
   // Throws ConfigError naming the offending flag.
   void validate() const;
   nlohmann::json to_json() const;
@@ -41,5 +43,7 @@ struct RunConfig {
 };
 
 const std::vector<std::string>& builtin_guest_names();
+// "a,b,,c" -> {"a", "b", "", "c"}
+std::vector<std::string> split_list(const std::string& text);
 
 }  // namespace kvmscale::vmm

@@ -75,7 +75,8 @@ Action dispatch_hypercall(const mm::GuestMemory& mem, ks_hcall_page& page, uint3
   const uint64_t op = __atomic_load_n(&page.op, __ATOMIC_RELAXED);
   const uint64_t a0 = __atomic_load_n(&page.args[0], __ATOMIC_RELAXED);
   const uint64_t a1 = __atomic_load_n(&page.args[1], __ATOMIC_RELAXED);
-  stats.hcalls[op < KS_HC_OP_COUNT ? op : KS_HC_OP_COUNT]++;
+  constexpr uint64_t kUnknownOp = KS_HC_OP_COUNT;
+  stats.hcalls[op < kUnknownOp ? op : kUnknownOp]++;
   auto ret = [&](int64_t v) {
     if (v < 0) stats.hcall_errors++;
     __atomic_store_n(&page.ret, v, __ATOMIC_RELAXED);

@@ -103,7 +103,7 @@ nlohmann::json make_run_record(const RunConfig& cfg, const HostInfo& host,
   std::vector<uint64_t> boots;
   uint64_t crashed = 0, exits = 0, create_total = 0;
   for (const Vm* vm : vms) {
-    vm_list.push_back(vm_record(*vm, cfg.guest, t.exec_start_ns));
+    vm_list.push_back(vm_record(*vm, cfg.guest_for_vm(vm->index()), t.exec_start_ns));
     const auto& r = vm_list.back();
     if (!r["boot_ns"].is_null()) boots.push_back(r["boot_ns"].get<uint64_t>());
     if (vm->state() == VmState::Crashed) crashed++;

@@ -26,7 +26,7 @@ sigset_t stop_signals() {
 }
 
 bool stop_signal_pending() {
-  sigset_t pending, stop = stop_signals();
+  sigset_t pending;
   sigpending(&pending);
   return sigismember(&pending, SIGINT) || sigismember(&pending, SIGTERM);
 }
@@ -47,7 +47,8 @@ uint64_t unix_now_ns() {
 // Creates VMs on a few threads at once (creation is mostly kernel work). Stops early, leaving
 // fewer VMs, if a stop signal is pending; rethrows the first creation error.
 std::vector<std::unique_ptr<Vm>> create_vms(const RunConfig& cfg, const KvmSystem& kvm,
-                                            Backend backend, std::span<const uint8_t> image,
+                                            Backend backend,
+                                            const std::vector<std::span<const uint8_t>>& images,
                                             int workers) {
   std::vector<std::unique_ptr<Vm>> vms(cfg.vms);
   std::atomic<uint32_t> next{0};
@@ -62,7 +63,7 @@ std::vector<std::unique_ptr<Vm>> create_vms(const RunConfig& cfg, const KvmSyste
       spec.index = i;
       spec.nr_vcpus = cfg.vcpus;
       spec.mem_size = cfg.mem;
-      spec.image = image;
+      spec.image = images[i % images.size()];
       spec.guest_args = cfg.guest_args;
       spec.echo_console = cfg.echo_console;
       try {
@@ -110,20 +111,23 @@ nlohmann::json run_testbed(const RunConfig& cfg) {
     throw RunError(msg);
   }
 
+  // One image per entry of the guest list; VM i runs images[i % size].
   std::vector<uint8_t> file_image;
-  std::span<const uint8_t> image;
+  std::vector<std::span<const uint8_t>> images;
   if (!cfg.guest_file.empty()) {
     file_image = load_guest_file(cfg.guest_file);
-    image = file_image;
+    images.emplace_back(file_image);
   } else {
-    image = builtin_guest_image(cfg.guest);
-    if (image.empty()) throw RunError("guest '" + cfg.guest + "' is not embedded in this build");
+    for (const auto& g : split_list(cfg.guest)) {
+      images.push_back(builtin_guest_image(g));
+      if (images.back().empty()) throw RunError("guest '" + g + "' is not embedded in this build");
+    }
   }
 
   t.create_start_ns = now_ns();
   std::vector<std::unique_ptr<Vm>> vms;
   try {
-    vms = create_vms(cfg, *kvm, host.backend, image, std::max(1, host.online_cpus));
+    vms = create_vms(cfg, *kvm, host.backend, images, std::max(1, host.online_cpus));
   } catch (const std::exception& e) {
     throw RunError(std::string("creating VMs failed: ") + e.what());
   }

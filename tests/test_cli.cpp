@@ -1,0 +1,89 @@
+// The kvmscale binary as a user meets it: usage errors, --json, SIGINT.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "kvm_helpers.hpp"
+
+using namespace kvmscale;
+namespace fs = std::filesystem;
+
+namespace {
+test::Spawned ks(std::vector<std::string> args, int sigint_after_ms = 0) {
+  args.insert(args.begin(), KVMSCALE_BIN);
+  return test::spawn(args, sigint_after_ms);
+}
+fs::path scratch(const std::string& name) {
+  fs::path d = fs::temp_directory_path() / ("kvmscale-cli-" + std::to_string(getpid()));
+  fs::create_directories(d);
+  return d / name;
+}
+}  // namespace
+
+TEST(Cli, BadUsageExitsTwoWithAClearMessage) {
+  struct Case {
+    std::vector<std::string> args;
+    const char* message;
+  } cases[] = {
+      {{}, "ubcommand"},
+      {{"run", "--vms", "0"}, "--vms"},
+      {{"run", "--vms", "lots"}, "--vms"},
+      {{"run", "--mem", "3X"}, "--mem"},
+      {{"run", "--mem", "9M"}, "multiple of 2M"},
+      {{"run", "--duration", "soon"}, "--duration"},
+      {{"run", "--guest", "nosuch"}, "unknown --guest 'nosuch'"},
+      {{"run", "--guest-arg", "x"}, "--guest-arg"},
+      {{"run", "--frobnicate"}, "frobnicate"},
+      {{"run", "--sched", "cfs"}, "--sched"},
+  };
+  for (const auto& c : cases) {
+    auto r = ks(c.args);
+    EXPECT_EQ(r.exit_code, 2) << r.err;
+    EXPECT_NE(r.err.find(c.message), std::string::npos) << r.err;
+    EXPECT_TRUE(r.out.empty()) << r.out;
+  }
+}
+
+TEST(Cli, HelpShowsExamples) {
+  auto r = ks({"--help"});
+  EXPECT_EQ(r.exit_code, 0);
+  EXPECT_NE(r.out.find("Examples:"), std::string::npos);
+}
+
+TEST(Cli, InfoWorksWithOrWithoutKvm) {
+  auto r = ks({"info", "--json"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  auto j = nlohmann::json::parse(r.out);
+  EXPECT_GT(j["online_cpus"].get<int>(), 0);
+  EXPECT_TRUE(j.contains("backend"));
+}
+
+TEST(Cli, JsonModePrintsOnlyTheRecord) {
+  SKIP_WITHOUT_KVM();
+  fs::path out = scratch("hello.json");
+  auto r = ks({"run", "--guest", "hello", "--vms", "2", "--mem", "8M", "--json", "--out", out});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  auto j = nlohmann::json::parse(r.out);  // throws if anything but JSON is on stdout
+  EXPECT_EQ(j["summary"]["vms_booted"], 2);
+  std::ifstream f(out);
+  EXPECT_EQ(nlohmann::json::parse(f), j) << "file and stdout hold the same record";
+}
+
+TEST(Cli, SigintEndsTheRunWithAValidPartialRecord) {
+  SKIP_WITHOUT_KVM();
+  fs::path out = scratch("interrupted.json");
+  auto r = ks({"run", "--guest", "spin", "--vms", "2", "--mem", "8M", "--duration", "60s",
+               "--out", out},
+              1500);
+  EXPECT_EQ(r.exit_code, 130) << r.err;
+  std::ifstream f(out);
+  ASSERT_TRUE(f.good()) << "no record written";
+  auto j = nlohmann::json::parse(f);
+  EXPECT_TRUE(j["run"]["interrupted"].get<bool>());
+  EXPECT_EQ(j["run"]["end_reason"], "interrupted");
+  EXPECT_LT(j["run"]["wall_ns"].get<uint64_t>(), 30000000000ull);
+  EXPECT_EQ(j["vms"].size(), 2u);
+  EXPECT_GT(j["vms"][0]["metrics"]["iterations"].get<uint64_t>(), 0u);
+}

@@ -1,0 +1,94 @@
+#include <gtest/gtest.h>
+
+#include "vmm/config.hpp"
+
+using namespace kvmscale::vmm;
+
+TEST(ParseSize, UnitsAreBinary) {
+  EXPECT_EQ(parse_size("4096"), 4096u);
+  EXPECT_EQ(parse_size("4K"), 4096u);
+  EXPECT_EQ(parse_size("16M"), 16ull << 20);
+  EXPECT_EQ(parse_size("16mib"), 16ull << 20);
+  EXPECT_EQ(parse_size("1G"), 1ull << 30);
+  EXPECT_EQ(parse_size("1.5G"), 3ull << 29);
+}
+
+TEST(ParseSize, RejectsGarbage) {
+  for (const char* bad : {"", "M", "-1M", "12Q", "1.2.3M", "0.5", "99999999999T", "1e3"})
+    EXPECT_THROW(parse_size(bad), ConfigError) << bad;
+}
+
+TEST(ParseDuration, Units) {
+  EXPECT_EQ(parse_duration_ns("5s"), 5000000000ull);
+  EXPECT_EQ(parse_duration_ns("5"), 5000000000ull);
+  EXPECT_EQ(parse_duration_ns("250ms"), 250000000ull);
+  EXPECT_EQ(parse_duration_ns("10us"), 10000ull);
+  EXPECT_EQ(parse_duration_ns("2m"), 120000000000ull);
+  EXPECT_EQ(parse_duration_ns("0.5s"), 500000000ull);
+  for (const char* bad : {"", "s", "5x", "-3s", "1e9ns"})
+    EXPECT_THROW(parse_duration_ns(bad), ConfigError) << bad;
+}
+
+TEST(Format, RoundTrips) {
+  EXPECT_EQ(format_size(16ull << 20), "16M");
+  EXPECT_EQ(format_size(4097), "4097");
+  EXPECT_EQ(parse_size(format_size(3ull << 30)), 3ull << 30);
+  EXPECT_EQ(format_duration(1500000), "1.5ms");
+}
+
+TEST(RunConfig, DefaultIsValid) { EXPECT_NO_THROW(RunConfig{}.validate()); }
+
+TEST(RunConfig, RejectsEachBadField) {
+  auto expect_bad = [](auto mutate, const char* needle) {
+    RunConfig c;
+    mutate(c);
+    try {
+      c.validate();
+      ADD_FAILURE() << "accepted: " << needle;
+    } catch (const ConfigError& e) {
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+    }
+  };
+  expect_bad([](RunConfig& c) { c.vms = 0; }, "--vms");
+  expect_bad([](RunConfig& c) { c.vcpus = 65; }, "--vcpus");
+  expect_bad([](RunConfig& c) { c.mem = 4ull << 20; }, "--mem");
+  expect_bad([](RunConfig& c) { c.mem = 8ull << 30; }, "--mem");
+  expect_bad([](RunConfig& c) { c.mem = (16ull << 20) + 4096; }, "multiple of 2M");
+  expect_bad([](RunConfig& c) { c.guest = "nosuch"; }, "unknown --guest 'nosuch'");
+  expect_bad([](RunConfig& c) { c.guest = "hello,,spin"; }, "unknown --guest ''");
+  expect_bad([](RunConfig& c) { c.guest_args.assign(9, 1); }, "--guest-arg");
+  expect_bad([](RunConfig& c) { c.duration_ns = 10; }, "--duration");
+  expect_bad([](RunConfig& c) { c.sched = "cfs"; }, "--sched");
+}
+
+TEST(RunConfig, GuestListIsRoundRobin) {
+  RunConfig c;
+  c.guest = "crash,hello";
+  EXPECT_EQ(c.guest_for_vm(0), "crash");
+  EXPECT_EQ(c.guest_for_vm(1), "hello");
+  EXPECT_EQ(c.guest_for_vm(2), "crash");
+  c.guest_file = "/tmp/x.bin";
+  EXPECT_EQ(c.guest_for_vm(1), "/tmp/x.bin");
+}
+
+TEST(RunConfig, JsonRoundTripIsExact) {
+  RunConfig c;
+  c.vms = 7;
+  c.vcpus = 3;
+  c.mem = 32ull << 20;
+  c.guest = "spin,idle";
+  c.guest_args = {1, 2, 3};
+  c.duration_ns = 1234567890;
+  c.json = true;
+  RunConfig d = RunConfig::from_json(c.to_json());
+  EXPECT_EQ(d.to_json(), c.to_json());
+}
+
+TEST(RunConfig, FromJsonValidates) {
+  auto j = RunConfig{}.to_json();
+  j["vcpus"] = 0;
+  EXPECT_THROW(RunConfig::from_json(j), ConfigError);
+  j.erase("vcpus");
+  EXPECT_THROW(RunConfig::from_json(j), ConfigError);
+  EXPECT_THROW(RunConfig::from_json(nlohmann::json::array()), ConfigError);
+}

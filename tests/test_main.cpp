@@ -1,0 +1,12 @@
+// Test main: the kick and stop signals must be blocked before any thread exists, as in kvmscale.
+#include <gtest/gtest.h>
+
+#include "vmm/kick.hpp"
+#include "vmm/testbed.hpp"
+
+int main(int argc, char** argv) {
+  kvmscale::vmm::install_kick_signal();
+  kvmscale::vmm::block_stop_signals();
+  testing::InitGoogleTest(&argc, argv);
+  return RUN_ALL_TESTS();
+}
