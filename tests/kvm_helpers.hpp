@@ -22,10 +22,10 @@ inline std::string kvm_unusable_reason() {
   }
 }
 
-#define SKIP_WITHOUT_KVM()                                                   \
-  do {                                                                       \
+#define SKIP_WITHOUT_KVM()                                                       \
+  do {                                                                           \
     if (std::string why = ::kvmscale::test::kvm_unusable_reason(); !why.empty()) \
-      GTEST_SKIP() << why;                                                   \
+      GTEST_SKIP() << why;                                                       \
   } while (0)
 
 inline vmm::RunConfig small_config(const std::string& guest, uint32_t vms = 1, uint32_t vcpus = 2) {

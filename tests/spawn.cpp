@@ -43,8 +43,10 @@ Spawned spawn(const std::vector<std::string>& argv, int sigint_after_ms, int tim
     for (int i = 0; i < 2; i++) {
       if (!(fds[i].revents & (POLLIN | POLLHUP))) continue;
       ssize_t n = read(fds[i].fd, buf, sizeof buf);
-      if (n > 0) (i ? s.err : s.out).append(buf, size_t(n));
-      else (i ? open_err : open_out) = false;
+      if (n > 0)
+        (i ? s.err : s.out).append(buf, size_t(n));
+      else
+        (i ? open_err : open_out) = false;
     }
   }
   close(out[0]);

@@ -74,9 +74,9 @@ TEST(Cli, JsonModePrintsOnlyTheRecord) {
 TEST(Cli, SigintEndsTheRunWithAValidPartialRecord) {
   SKIP_WITHOUT_KVM();
   fs::path out = scratch("interrupted.json");
-  auto r = ks({"run", "--guest", "spin", "--vms", "2", "--mem", "8M", "--duration", "60s",
-               "--out", out},
-              1500);
+  auto r =
+      ks({"run", "--guest", "spin", "--vms", "2", "--mem", "8M", "--duration", "60s", "--out", out},
+         1500);
   EXPECT_EQ(r.exit_code, 130) << r.err;
   std::ifstream f(out);
   ASSERT_TRUE(f.good()) << "no record written";

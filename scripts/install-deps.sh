@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs the Debian 12 packages kvmscale needs, only those missing. Run as root.
+set -euo pipefail
+packages=(
+  build-essential cmake make pkg-config git      # toolchain (gcc builds the guests too)
+  linux-libc-dev                                 # KVM API headers (linux/kvm.h)
+  liburing-dev libnuma-dev numactl               # io_uring, NUMA placement
+  libgtest-dev libgmock-dev googletest           # tests
+  libbenchmark-dev                               # benchmarks
+  libcli11-dev nlohmann-json3-dev                # CLI, JSON
+  libck-dev                                      # Concurrency Kit: lock baselines in bench-locks
+  clang-format                                   # formatting check
+  gnuplot-nox                                    # plots
+)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "installing: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}"
+else
+  echo "all build dependencies present"
+fi
