@@ -1,0 +1,121 @@
+// AnyLock: the strategy chosen at run time (--lock), behind one non-virtual type. Dispatch is a
+// switch on a constant per lock; the Node holds what any strategy needs.
+#pragma once
+
+#include <cstdint>
+#include <string_view>
+#include <variant>
+
+#include "locks/clh.hpp"
+#include "locks/common.hpp"
+#include "locks/mcs.hpp"
+#include "locks/profile.hpp"
+#include "locks/pthread_lock.hpp"
+#include "locks/spin_yield.hpp"
+#include "locks/ticket.hpp"
+#include "locks/ttas.hpp"
+
+namespace kvmscale::locks {
+
+enum class Strategy { Ticket, Mcs, Clh, Ttas, Pthread, SpinYield };
+
+class AnyLock {
+ public:
+  struct Node {
+    Node() = default;
+    Node(const Node&) = delete;
+    Node& operator=(const Node&) = delete;
+    McsLock::Node mcs;
+    ClhLock::Node clh;
+    NoNode none;
+    uint64_t hold_start = 0;
+  };
+
+  // profile may be null (profiling off); it must outlive the lock.
+  explicit AnyLock(Strategy s, LockProfile* profile = nullptr) : profile_(profile) {
+    switch (s) {
+      case Strategy::Ticket: impl_.emplace<TicketLock>(); break;
+      case Strategy::Mcs: impl_.emplace<McsLock>(); break;
+      case Strategy::Clh: impl_.emplace<ClhLock>(); break;
+      case Strategy::Ttas: impl_.emplace<TtasLock>(); break;
+      case Strategy::Pthread: impl_.emplace<PthreadLock>(); break;
+      case Strategy::SpinYield: impl_.emplace<SpinYieldLock>(); break;
+    }
+  }
+  AnyLock(const AnyLock&) = delete;
+  AnyLock& operator=(const AnyLock&) = delete;
+
+  Strategy strategy() const { return static_cast<Strategy>(impl_.index() - 1); }
+  LockProfile* profile() const { return profile_; }
+
+  void lock(Node& n) {
+    if (profile_ == nullptr) return raw_lock(n);
+    if (raw_try(n)) {
+      profile_->acquired(-1, false);
+    } else {
+      uint64_t t0 = lock_clock_ns();
+      raw_lock(n);
+      profile_->acquired(int64_t(lock_clock_ns() - t0), false);
+    }
+    start_hold(n);
+  }
+  bool try_lock(Node& n) {
+    if (!raw_try(n)) {
+      if (profile_) profile_->try_failed();
+      return false;
+    }
+    if (profile_) {
+      profile_->acquired(-1, true);
+      start_hold(n);
+    }
+    return true;
+  }
+  void unlock(Node& n) {
+    if (n.hold_start) {
+      profile_->held(lock_clock_ns() - n.hold_start);
+      n.hold_start = 0;
+    }
+    raw_unlock(n);
+  }
+
+ private:
+  void start_hold(Node& n) {
+    if (profile_->sample_hold()) n.hold_start = lock_clock_ns();
+  }
+  template <typename L>
+  static auto& node_for(Node& n) {
+    if constexpr (std::is_same_v<L, McsLock>) return n.mcs;
+    else if constexpr (std::is_same_v<L, ClhLock>) return n.clh;
+    else return n.none;
+  }
+  void raw_lock(Node& n) {
+    std::visit(
+        [&](auto& l) {
+          if constexpr (!std::is_same_v<std::decay_t<decltype(l)>, std::monostate>)
+            l.lock(node_for<std::decay_t<decltype(l)>>(n));
+        },
+        impl_);
+  }
+  bool raw_try(Node& n) {
+    return std::visit(
+        [&](auto& l) {
+          if constexpr (std::is_same_v<std::decay_t<decltype(l)>, std::monostate>) return false;
+          else return l.try_lock(node_for<std::decay_t<decltype(l)>>(n));
+        },
+        impl_);
+  }
+  void raw_unlock(Node& n) {
+    std::visit(
+        [&](auto& l) {
+          if constexpr (!std::is_same_v<std::decay_t<decltype(l)>, std::monostate>)
+            l.unlock(node_for<std::decay_t<decltype(l)>>(n));
+        },
+        impl_);
+  }
+
+  std::variant<std::monostate, TicketLock, McsLock, ClhLock, TtasLock, PthreadLock, SpinYieldLock>
+      impl_;
+  LockProfile* profile_;
+};
+
+}  // namespace kvmscale::locks

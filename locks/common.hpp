@@ -1,0 +1,59 @@
+// Shared pieces of the lock strategies: the spin hint, the RAII guards, the wall clock.
+#pragma once
+
+#include <time.h>
+
+#include <cstdint>
+
+namespace kvmscale::locks {
+
+inline void cpu_relax() { __builtin_ia32_pause(); }
+
+inline uint64_t lock_clock_ns() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return uint64_t(ts.tv_sec) * 1000000000ull + uint64_t(ts.tv_nsec);
+}
+
+// Holds `Lock` for its lifetime. It owns the queue node that MCS/CLH need, so a caller cannot
+// reuse, move or forget one. Every strategy exposes lock(Node&), try_lock(Node&), unlock(Node&).
+template <typename Lock>
+class Guard {
+ public:
+  explicit Guard(Lock& l) : lock_(l) { lock_.lock(node_); }
+  ~Guard() { lock_.unlock(node_); }
+  Guard(const Guard&) = delete;
+  Guard& operator=(const Guard&) = delete;
+
+ private:
+  Lock& lock_;
+  typename Lock::Node node_;
+};
+
+// Like Guard, but only tries: owns() says whether the lock was taken.
+template <typename Lock>
+class TryGuard {
+ public:
+  explicit TryGuard(Lock& l) : lock_(l), owns_(lock_.try_lock(node_)) {}
+  ~TryGuard() {
+    if (owns_) lock_.unlock(node_);
+  }
+  TryGuard(const TryGuard&) = delete;
+  TryGuard& operator=(const TryGuard&) = delete;
+  bool owns() const { return owns_; }
+  explicit operator bool() const { return owns_; }
+
+ private:
+  Lock& lock_;
+  typename Lock::Node node_;
+  bool owns_;
+};
+
+// For strategies that need no per-acquisition state.
+struct NoNode {
+  NoNode() = default;
+  NoNode(const NoNode&) = delete;
+  NoNode& operator=(const NoNode&) = delete;
+};
+
+}  // namespace kvmscale::locks

@@ -1,0 +1,25 @@
+// pthread mutex (glibc: a futex; waiters sleep in the kernel). The baseline for "just use a mutex".
+#pragma once
+
+#include <pthread.h>
+
+#include "locks/common.hpp"
+
+namespace kvmscale::locks {
+
+class PthreadLock {
+ public:
+  using Node = NoNode;
+  PthreadLock() { pthread_mutex_init(&m_, nullptr); }
+  ~PthreadLock() { pthread_mutex_destroy(&m_); }
+  PthreadLock(const PthreadLock&) = delete;
+  PthreadLock& operator=(const PthreadLock&) = delete;
+  void lock(Node&) { pthread_mutex_lock(&m_); }
+  bool try_lock(Node&) { return pthread_mutex_trylock(&m_) == 0; }
+  void unlock(Node&) { pthread_mutex_unlock(&m_); }
+
+ private:
+  pthread_mutex_t m_;
+};
+
+}  // namespace kvmscale::locks
