@@ -84,9 +84,12 @@ class AnyLock {
   }
   template <typename L>
   static auto& node_for(Node& n) {
-    if constexpr (std::is_same_v<L, McsLock>) return n.mcs;
-    else if constexpr (std::is_same_v<L, ClhLock>) return n.clh;
-    else return n.none;
+    if constexpr (std::is_same_v<L, McsLock>)
+      return n.mcs;
+    else if constexpr (std::is_same_v<L, ClhLock>)
+      return n.clh;
+    else
+      return n.none;
   }
   void raw_lock(Node& n) {
     std::visit(
@@ -99,8 +102,10 @@ class AnyLock {
   bool raw_try(Node& n) {
     return std::visit(
         [&](auto& l) {
-          if constexpr (std::is_same_v<std::decay_t<decltype(l)>, std::monostate>) return false;
-          else return l.try_lock(node_for<std::decay_t<decltype(l)>>(n));
+          if constexpr (std::is_same_v<std::decay_t<decltype(l)>, std::monostate>)
+            return false;
+          else
+            return l.try_lock(node_for<std::decay_t<decltype(l)>>(n));
         },
         impl_);
   }

@@ -11,7 +11,7 @@
 
 namespace kvmscale::locks {
 
-inline constexpr int kWaitBuckets = 40;         // log2(ns) buckets: [2^i, 2^(i+1))
+inline constexpr int kWaitBuckets = 40;  // log2(ns) buckets: [2^i, 2^(i+1))
 inline constexpr uint64_t kHoldSampleEvery = 16;
 
 struct LockStats {
@@ -27,7 +27,9 @@ struct LockStats {
     return hold_samples ? hold_sampled_ns / hold_samples * acquisitions : 0;
   }
   void merge(const LockStats& o);
-  static int bucket(uint64_t ns) { return ns ? std::min(63 - __builtin_clzll(ns), kWaitBuckets - 1) : 0; }
+  static int bucket(uint64_t ns) {
+    return ns ? std::min(63 - __builtin_clzll(ns), kWaitBuckets - 1) : 0;
+  }
 };
 
 // One per lock instance, e.g. class "runq", name "runq[3]".

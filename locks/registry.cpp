@@ -8,8 +8,9 @@ namespace kvmscale::locks {
 
 namespace {
 const std::pair<const char*, Strategy> kStrategies[] = {
-    {"ticket", Strategy::Ticket}, {"mcs", Strategy::Mcs},         {"clh", Strategy::Clh},
-    {"ttas", Strategy::Ttas},     {"pthread", Strategy::Pthread}, {"spin-yield", Strategy::SpinYield}};
+    {"ticket", Strategy::Ticket},   {"mcs", Strategy::Mcs},
+    {"clh", Strategy::Clh},         {"ttas", Strategy::Ttas},
+    {"pthread", Strategy::Pthread}, {"spin-yield", Strategy::SpinYield}};
 
 std::string joined(const std::vector<std::string>& v) {
   std::string s;
@@ -19,8 +20,8 @@ std::string joined(const std::vector<std::string>& v) {
 
 Strategy need_strategy(const std::string& name) {
   if (auto s = strategy_from_name(name)) return *s;
-  throw std::invalid_argument("unknown lock strategy '" + name + "' (valid: " +
-                              joined(strategy_names()) + ")");
+  throw std::invalid_argument("unknown lock strategy '" + name +
+                              "' (valid: " + joined(strategy_names()) + ")");
 }
 }  // namespace
 
@@ -68,14 +69,17 @@ LockPolicy LockPolicy::parse(const std::string& spec, const std::vector<std::str
     std::string part = spec.substr(start, comma - start);
     size_t eq = part.find('=');
     if (eq == std::string::npos) {
-      if (have_default) throw std::invalid_argument("two default lock strategies in '" + spec + "'");
+      if (have_default)
+        throw std::invalid_argument("two default lock strategies in '" + spec + "'");
       p.fallback = need_strategy(part);
       have_default = true;
     } else {
       std::string cls = part.substr(0, eq);
       if (!known.empty() && std::find(known.begin(), known.end(), cls) == known.end())
-        throw std::invalid_argument("unknown lock class '" + cls + "' (valid: " + joined(known) + ")");
-      if (p.per_class.count(cls)) throw std::invalid_argument("lock class '" + cls + "' given twice");
+        throw std::invalid_argument("unknown lock class '" + cls + "' (valid: " + joined(known) +
+                                    ")");
+      if (p.per_class.count(cls))
+        throw std::invalid_argument("lock class '" + cls + "' given twice");
       p.per_class[cls] = need_strategy(part.substr(eq + 1));
     }
     if (comma == std::string::npos) break;
@@ -133,7 +137,9 @@ nlohmann::json LockRegistry::report() const {
   }
   nlohmann::json cls = nlohmann::json::object();
   for (const auto& [name, s] : classes) cls[name] = stats_json(s);
-  return {{"policy", policy_.to_string()}, {"profiling", policy_.profile}, {"classes", cls},
+  return {{"policy", policy_.to_string()},
+          {"profiling", policy_.profile},
+          {"classes", cls},
           {"locks", locks}};
 }
 
@@ -142,13 +148,13 @@ std::string LockRegistry::table() const {
   std::string out;
   char line[256];
   auto row = [&](const std::string& name, const nlohmann::json& s) {
-    std::snprintf(line, sizeof line,
-                  "%-24s lock: %10llu(%.6fs), block: %10llu(%.6fs), try-fail: %llu, max wait %.1fus\n",
-                  name.c_str(), (unsigned long long)s["acquisitions"].get<uint64_t>(),
-                  s["hold_ns_estimate"].get<uint64_t>() / 1e9,
-                  (unsigned long long)s["contended"].get<uint64_t>(), s["wait_ns"].get<uint64_t>() / 1e9,
-                  (unsigned long long)s["try_fail"].get<uint64_t>(),
-                  s["wait_max_ns"].get<uint64_t>() / 1e3);
+    std::snprintf(
+        line, sizeof line,
+        "%-24s lock: %10llu(%.6fs), block: %10llu(%.6fs), try-fail: %llu, max wait %.1fus\n",
+        name.c_str(), (unsigned long long)s["acquisitions"].get<uint64_t>(),
+        s["hold_ns_estimate"].get<uint64_t>() / 1e9,
+        (unsigned long long)s["contended"].get<uint64_t>(), s["wait_ns"].get<uint64_t>() / 1e9,
+        (unsigned long long)s["try_fail"].get<uint64_t>(), s["wait_max_ns"].get<uint64_t>() / 1e3);
     out += line;
   };
   out += "lock profile (" + r["policy"].get<std::string>() + "), per class:\n";

@@ -47,7 +47,11 @@ class SpinYieldLock {
     return state_.compare_exchange_strong(c, 1, std::memory_order_acquire);
   }
   void unlock(Node&) {
-    if (state_.exchange(0, std::memory_order_release) == 2) futex(FUTEX_WAKE_PRIVATE, 1);
+    // 1 -> 0 needs no wake. From 2 someone may sleep: free the word, then wake one.
+    if (state_.fetch_sub(1, std::memory_order_release) != 1) {
+      state_.store(0, std::memory_order_release);
+      futex(FUTEX_WAKE_PRIVATE, 1);
+    }
   }
   bool is_locked() const { return state_.load(std::memory_order_relaxed) != 0; }
 

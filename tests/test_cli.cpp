@@ -87,3 +87,24 @@ TEST(Cli, SigintEndsTheRunWithAValidPartialRecord) {
   EXPECT_EQ(j["vms"].size(), 2u);
   EXPECT_GT(j["vms"][0]["metrics"]["iterations"].get<uint64_t>(), 0u);
 }
+
+TEST(Cli, BenchLocksQuickWritesCsvWithRatios) {
+  fs::path csv = scratch("locks.csv");
+  auto r = ks({"bench-locks", "--quick", "--threads", "1,2", "--locks",
+               "ticket,ck:ticket,spin-yield", "--csv", csv});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("vs ck:ticket"), std::string::npos) << r.out;
+  std::ifstream f(csv);
+  std::string header, line;
+  std::getline(f, header);
+  EXPECT_EQ(header, "test,lock,threads,value,unit,extra");
+  int rows = 0, ratios = 0;
+  while (std::getline(f, line)) {
+    rows++;
+    ratios += line.find("ratio=") != std::string::npos;
+  }
+  EXPECT_EQ(rows, 3 + 3 * 2 + 3) << "uncontended + throughput cells + handoff";
+  EXPECT_EQ(ratios, 1) << "ticket is compared with ck:ticket";
+  auto bad = ks({"bench-locks", "--locks", "nosuch"});
+  EXPECT_EQ(bad.exit_code, 2);
+}

@@ -27,7 +27,8 @@ struct TortureResult {
 
 // Each thread acquires until `target` acquisitions were done in all or `budget` passed; every 8th
 // attempt is a try-lock. Inside: check nobody else is in, bump the plain counter.
-TortureResult torture(AnyLock& lock, int threads, uint64_t target, std::chrono::milliseconds budget) {
+TortureResult torture(AnyLock& lock, int threads, uint64_t target,
+                      std::chrono::milliseconds budget) {
   std::atomic<int> owner{-1};
   uint64_t counter = 0;  // protected only by `lock`: TSan and the final count check it
   std::atomic<uint64_t> done{0}, try_owned{0}, violations{0};
@@ -61,7 +62,8 @@ TortureResult torture(AnyLock& lock, int threads, uint64_t target, std::chrono::
   }
   go.store(true);
   auto deadline = std::chrono::steady_clock::now() + budget;
-  while (!stop.load() && std::chrono::steady_clock::now() < deadline) std::this_thread::sleep_for(1ms);
+  while (!stop.load() && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(1ms);
   stop.store(true);
   for (auto& th : ts) th.join();
   TortureResult r;
@@ -102,10 +104,11 @@ TEST_P(LockTorture, MutualExclusionAcrossThreadCounts) {
     EXPECT_EQ(hist, s.contended);
     EXPECT_LE(s.contended, s.acquisitions - s.try_ok);
     double fairness = double(r.max_per_thread) / double(std::max<uint64_t>(1, r.min_per_thread));
-    std::printf("%-10s %2d threads: %9llu acquisitions (%llu contended, %llu try-fail), max/min per "
-                "thread %.2f\n",
-                strategy_name(GetParam()), threads, (unsigned long long)r.total,
-                (unsigned long long)s.contended, (unsigned long long)s.try_fail, fairness);
+    std::printf(
+        "%-10s %2d threads: %9llu acquisitions (%llu contended, %llu try-fail), max/min per "
+        "thread %.2f\n",
+        strategy_name(GetParam()), threads, (unsigned long long)r.total,
+        (unsigned long long)s.contended, (unsigned long long)s.try_fail, fairness);
     RecordProperty("fairness_" + std::to_string(threads) + "_threads", std::to_string(fairness));
   }
   // FIFO spinlocks collapse when oversubscribed (see docs/locks.md), so the 4x case is bounded by
@@ -177,12 +180,27 @@ TEST(LockGuards, WorkWithEveryRawStrategy) {
   TtasLock x;
   PthreadLock p;
   SpinYieldLock s;
-  { Guard<TicketLock> g(t); EXPECT_TRUE(t.is_locked()); }
-  { Guard<McsLock> g(m); EXPECT_TRUE(m.is_locked()); }
-  { Guard<ClhLock> g(c); EXPECT_TRUE(c.is_locked()); }
-  { Guard<TtasLock> g(x); EXPECT_TRUE(x.is_locked()); }
+  {
+    Guard<TicketLock> g(t);
+    EXPECT_TRUE(t.is_locked());
+  }
+  {
+    Guard<McsLock> g(m);
+    EXPECT_TRUE(m.is_locked());
+  }
+  {
+    Guard<ClhLock> g(c);
+    EXPECT_TRUE(c.is_locked());
+  }
+  {
+    Guard<TtasLock> g(x);
+    EXPECT_TRUE(x.is_locked());
+  }
   { Guard<PthreadLock> g(p); }
-  { Guard<SpinYieldLock> g(s); EXPECT_TRUE(s.is_locked()); }
+  {
+    Guard<SpinYieldLock> g(s);
+    EXPECT_TRUE(s.is_locked());
+  }
   EXPECT_FALSE(t.is_locked() || m.is_locked() || c.is_locked() || x.is_locked() || s.is_locked());
 }
 

@@ -1,10 +1,12 @@
 #include "vmm/cli.hpp"
 
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
 
+#include "bench/lock_bench.hpp"
 #include "vmm/clock.hpp"
 #include "vmm/config.hpp"
 #include "vmm/guest_images.hpp"
@@ -19,7 +21,7 @@ namespace {
 
 // Flags as typed, before unit parsing: so that the error names the flag.
 struct RunFlags {
-  std::string mem = "16M", duration = "30s";
+  std::string mem = "16M", duration = "30s", lock_profile = "on";
   std::vector<std::string> guest_args;
 };
 
@@ -41,6 +43,13 @@ void add_run_flags(CLI::App& cmd, RunConfig& cfg, RunFlags& f) {
       ->capture_default_str();
   cmd.add_option("--sched", cfg.sched, "vCPU execution: host (a thread per vCPU)")
       ->capture_default_str();
+  cmd.add_option("--lock", cfg.lock,
+                 "lock strategy for every lock (ticket mcs clh ttas pthread spin-yield), or per "
+                 "class: call=mcs,runq=ticket (classes: call runq p2m pod)")
+      ->capture_default_str();
+  cmd.add_option("--lock-profile", f.lock_profile, "lock profiling: on or off")
+      ->check(CLI::IsMember({"on", "off"}))
+      ->capture_default_str();
   cmd.add_option("--out", cfg.out, "record file (*.json) or directory for run-<time>.json")
       ->capture_default_str();
   cmd.add_flag("--json", cfg.json, "print only the JSON record on stdout (logs go to stderr)");
@@ -58,6 +67,7 @@ void finish_run_flags(RunConfig& cfg, const RunFlags& f) {
   } catch (const ConfigError& e) {
     throw ConfigError(std::string("--duration: ") + e.what());
   }
+  cfg.lock_profile = f.lock_profile == "on";
   cfg.guest_args.clear();
   for (const auto& a : f.guest_args) {
     try {
@@ -130,6 +140,24 @@ int do_info(bool json) {
   return kExitOk;
 }
 
+int do_bench_locks(bench::LockBenchOptions opt, bool quick, const std::string& json_out,
+                   const std::string& csv_out) {
+  if (quick) {
+    opt.reps = 3;
+    opt.uncontended_ops = 500000;
+    opt.throughput_ms = 50;
+    opt.handoffs = 300;
+  }
+  auto known = bench::lock_bench_lock_names();
+  for (const auto& n : opt.only)
+    if (std::find(known.begin(), known.end(), n) == known.end())
+      throw ConfigError("--locks: unknown lock '" + n + "'");
+  nlohmann::json r = bench::run_lock_bench(opt);
+  if (!json_out.empty()) write_file_atomically(json_out, r.dump(2) + "\n");
+  if (!csv_out.empty()) write_file_atomically(csv_out, bench::lock_bench_csv(r));
+  return kExitOk;
+}
+
 }  // namespace
 
 int cli_main(int argc, char** argv) {
@@ -142,6 +170,7 @@ int cli_main(int argc, char** argv) {
       "  kvmscale run --vms 64 --vcpus 2 --mem 16M --guest boot-zero --json\n"
       "  kvmscale run --guest spin --vms 2 --duration 5s --out results/spin.json\n"
       "  kvmscale run --guest hello --console\n"
+      "  kvmscale bench-locks --csv locks.csv\n"
       "Exit codes: 0 ok, 1 run failed, 2 bad usage, 130 interrupted (record still written).");
 
   RunConfig cfg;
@@ -151,6 +180,25 @@ int cli_main(int argc, char** argv) {
   bool info_json = false;
   CLI::App* info = app.add_subcommand("info", "backend, capabilities, host CPUs and limits");
   info->add_flag("--json", info_json, "print JSON");
+
+  bench::LockBenchOptions lb;
+  bool lb_quick = false;
+  std::string lb_json, lb_csv;
+  CLI::App* bl =
+      app.add_subcommand("bench-locks",
+                         "lock strategies vs Concurrency Kit and std::mutex: latency, throughput, "
+                         "fairness, handoff (ratios measured in one run)");
+  bl->add_option("--reps", lb.reps, "interleaved repetitions (medians)")->check(CLI::Range(1, 50));
+  bl->add_option("--threads", lb.threads, "thread counts, e.g. 1,2,8 (default 1,2,4.. 4x cores)")
+      ->delimiter(',')
+      ->check(CLI::Range(1, 4096));
+  bl->add_option("--ms", lb.throughput_ms, "duration of one throughput cell (ms)")
+      ->check(CLI::Range(10, 60000));
+  bl->add_option("--locks", lb.only, "only these (e.g. ticket,ck:ticket,mcs,ck:mcs)")
+      ->delimiter(',');
+  bl->add_flag("--quick", lb_quick, "short run (for smoke tests)");
+  bl->add_option("--json", lb_json, "write results as JSON");
+  bl->add_option("--csv", lb_csv, "write results as CSV");
 
   try {
     app.parse(argc, argv);
@@ -165,6 +213,7 @@ int cli_main(int argc, char** argv) {
 
   try {
     if (*info) return do_info(info_json);
+    if (*bl) return do_bench_locks(lb, lb_quick, lb_json, lb_csv);
     finish_run_flags(cfg, flags);
     install_kick_signal();
     block_stop_signals();

@@ -6,6 +6,7 @@
 #include <cstdio>
 
 #include "guests/include/kvmscale_abi.h"
+#include "locks/registry.hpp"
 #include "vmm/boot.hpp"
 
 namespace kvmscale::vmm {
@@ -108,6 +109,11 @@ std::string RunConfig::guest_for_vm(uint32_t vm) const {
   return list[vm % list.size()];
 }
 
+const std::vector<std::string>& lock_classes() {
+  static const std::vector<std::string> c = {"call", "runq", "p2m", "pod"};
+  return c;
+}
+
 const std::vector<std::string>& builtin_guest_names() {
   static const std::vector<std::string> names = {"hello",    "idle",  "spin", "boot-zero",
                                                  "pingpong", "crash", "loop", "hcbench"};
@@ -137,6 +143,11 @@ void RunConfig::validate() const {
   if (duration_ns < 1000000ull) throw ConfigError("--duration must be at least 1ms");
   if (sched != "host") throw ConfigError("unknown --sched '" + sched + "' (available: host)");
   if (out.empty()) throw ConfigError("--out must not be empty");
+  try {
+    locks::LockPolicy::parse(lock, lock_classes());
+  } catch (const std::invalid_argument& e) {
+    throw ConfigError(std::string("--lock: ") + e.what());
+  }
 }
 
 nlohmann::json RunConfig::to_json() const {
@@ -148,6 +159,8 @@ nlohmann::json RunConfig::to_json() const {
           {"guest_args", guest_args},
           {"duration_ns", duration_ns},
           {"sched", sched},
+          {"lock", lock},
+          {"lock_profile", lock_profile},
           {"out", out},
           {"json", json},
           {"echo_console", echo_console}};
@@ -164,6 +177,8 @@ RunConfig RunConfig::from_json(const nlohmann::json& j) {
     c.guest_args = j.value("guest_args", std::vector<uint64_t>{});
     c.duration_ns = j.at("duration_ns").get<uint64_t>();
     c.sched = j.value("sched", std::string("host"));
+    c.lock = j.value("lock", std::string("ticket"));
+    c.lock_profile = j.value("lock_profile", true);
     c.out = j.value("out", std::string("results"));
     c.json = j.value("json", false);
     c.echo_console = j.value("echo_console", false);

@@ -30,6 +30,8 @@ struct RunConfig {
   std::vector<uint64_t> guest_args;              // --guest-arg, up to 8
   uint64_t duration_ns = 30ull * 1000000000ull;  // upper bound; a run also ends when all exit
   std::string sched = "host";
+  std::string lock = "ticket";  // --lock: strategy, or CLASS=NAME overrides (locks::LockPolicy)
+  bool lock_profile = true;
   std::string out = "results";
   bool json = false;
   bool echo_console = false;
@@ -43,6 +45,9 @@ struct RunConfig {
 };
 
 const std::vector<std::string>& builtin_guest_names();
+// The lock classes of a run, for --lock CLASS=NAME: the cross-call lock, per-pCPU run-queue
+// locks, per-VM p2m and PoD locks.
+const std::vector<std::string>& lock_classes();
 // "a,b,,c" -> {"a", "b", "", "c"}
 std::vector<std::string> split_list(const std::string& text);
 

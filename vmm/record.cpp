@@ -142,8 +142,11 @@ void write_file_atomically(const std::string& path, const std::string& content) 
   namespace fs = std::filesystem;
   fs::path p(path);
   fs::path dir = p.has_parent_path() ? p.parent_path() : fs::path(".");
-  std::string tmp =
-      (dir / ("." + p.filename().string() + ".tmp." + std::to_string(getpid()))).string();
+  std::string tmp_name = ".";  // built by appends: GCC 12 misfires -Wrestrict on "lit" + str
+  tmp_name += p.filename().string();
+  tmp_name += ".tmp.";
+  tmp_name += std::to_string(getpid());
+  std::string tmp = (dir / tmp_name).string();
   auto fail = [&](const char* what) {
     int e = errno;
     ::unlink(tmp.c_str());

@@ -7,6 +7,7 @@
 #include <memory>
 #include <thread>
 
+#include "locks/registry.hpp"
 #include "sched/executor.hpp"
 #include "vmm/clock.hpp"
 #include "vmm/guest_images.hpp"
@@ -124,6 +125,10 @@ nlohmann::json run_testbed(const RunConfig& cfg) {
     }
   }
 
+  locks::LockPolicy lock_policy = locks::LockPolicy::parse(cfg.lock, lock_classes());
+  lock_policy.profile = cfg.lock_profile;
+  locks::LockRegistry lock_registry(lock_policy);
+
   t.create_start_ns = now_ns();
   std::vector<std::unique_ptr<Vm>> vms;
   try {
@@ -159,7 +164,9 @@ nlohmann::json run_testbed(const RunConfig& cfg) {
   t.end_ns = now_ns();
 
   std::vector<const Vm*> cvms(vm_ptrs.begin(), vm_ptrs.end());
-  return make_run_record(cfg, host, cvms, t, end, limits.warnings);
+  nlohmann::json record = make_run_record(cfg, host, cvms, t, end, limits.warnings);
+  record["locks"] = lock_registry.report();
+  return record;
 }
 
 }  // namespace kvmscale::vmm
