@@ -90,7 +90,7 @@ TEST_P(LockTorture, MutualExclusionAcrossThreadCounts) {
   LockRegistry reg(LockPolicy::parse(strategy_name(GetParam()), {}));
   uint64_t all = 0;
   for (int threads : {std::max(1, cores / 2), cores, 4 * cores}) {
-    auto lock = reg.make("torture", "t" + std::to_string(threads));
+    auto lock = reg.make("torture", std::to_string(threads) + "threads");
     TortureResult r = torture(*lock, threads, 1000000, budget());
     all += r.total;
     EXPECT_EQ(r.violations, 0u) << threads << " threads";
@@ -109,7 +109,7 @@ TEST_P(LockTorture, MutualExclusionAcrossThreadCounts) {
         "thread %.2f\n",
         strategy_name(GetParam()), threads, (unsigned long long)r.total,
         (unsigned long long)s.contended, (unsigned long long)s.try_fail, fairness);
-    RecordProperty("fairness_" + std::to_string(threads) + "_threads", std::to_string(fairness));
+    RecordProperty(std::to_string(threads) + "_threads_fairness", std::to_string(fairness));
   }
   // FIFO spinlocks collapse when oversubscribed (see docs/locks.md), so the 4x case is bounded by
   // time; the 10^6 acquisitions come from the other cases.
