@@ -1,9 +1,10 @@
 // CLH queue lock: each waiter spins on its predecessor's node. FIFO. On release a thread gives its
-// node to its successor and takes over its predecessor's, so nodes come from a per-thread pool;
-// the Guard's Node only holds pointers, so callers still cannot get it wrong.
+// node to its successor and takes over its predecessor's, so nodes come from a per-thread pool
+// (recycled, never freed); the Guard's Node only holds pointers, so callers cannot get it wrong.
 #pragma once
 
 #include <atomic>
+#include <mutex>
 #include <vector>
 
 #include "locks/common.hpp"
@@ -24,7 +25,7 @@ class ClhLock {
   };
 
   ClhLock() : tail_(new QNode) {}
-  ~ClhLock() { delete tail_.load(); }
+  ~ClhLock() { give_node(tail_.load()); }
   ClhLock(const ClhLock&) = delete;
   ClhLock& operator=(const ClhLock&) = delete;
 
@@ -59,11 +60,22 @@ class ClhLock {
   bool is_locked() const { return tail_.load()->locked.load(std::memory_order_relaxed); }
 
  private:
-  // Per-thread pool of queue nodes; freed when the thread exits.
+  // Queue nodes are recycled, never freed: another thread's try_lock() may still read the
+  // `locked` flag of a node it saw as the tail a moment ago (TSan caught a use-after-free when
+  // pools were freed at thread exit). A thread's pool goes to a shared list when it exits.
+  struct Shared {
+    std::mutex mu;
+    std::vector<QNode*> free;
+  };
+  static Shared& shared() {
+    static Shared* s = new Shared;  // never destroyed: threads may exit during static teardown
+    return *s;
+  }
   struct Pool {
     std::vector<QNode*> free;
     ~Pool() {
-      for (QNode* q : free) delete q;
+      std::lock_guard g(shared().mu);
+      shared().free.insert(shared().free.end(), free.begin(), free.end());
     }
   };
   static Pool& pool() {
@@ -72,7 +84,13 @@ class ClhLock {
   }
   static QNode* take_node() {
     Pool& p = pool();
-    if (p.free.empty()) return new QNode;
+    if (p.free.empty()) {
+      std::lock_guard g(shared().mu);
+      if (shared().free.empty()) return new QNode;
+      QNode* q = shared().free.back();
+      shared().free.pop_back();
+      return q;
+    }
     QNode* q = p.free.back();
     p.free.pop_back();
     return q;

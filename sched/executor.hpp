@@ -3,10 +3,15 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
+#include "locks/registry.hpp"
+#include "sched/cpuset.hpp"
+#include "sched/credit.hpp"
 #include "vmm/vm.hpp"
 
 namespace kvmscale::sched {
@@ -21,7 +26,23 @@ class Executor {
   virtual bool all_done() const = 0;
   // Kicks every vCPU out of guest mode, wakes blocked ones and joins all threads. Idempotent.
   virtual void stop() = 0;
+  // Scheduler counters for the run record (after stop()).
+  virtual nlohmann::json report() const { return nlohmann::json::object(); }
 };
+
+struct PcpuOptions {
+  uint32_t npcpus = 1;
+  bool bind = false;  // pin pCPU i to the i-th allowed host CPU (round-robin)
+  CreditParams params;
+  std::function<uint32_t(uint32_t vm)> weight_of = [](uint32_t) { return 256u; };
+  std::function<uint32_t(uint32_t vm)> cap_of = [](uint32_t) { return 0u; };
+  // Hard affinity of the k-th vCPU of the run (VMs in order, vCPUs in order).
+  std::function<CpuSet(uint32_t global_vcpu)> affinity_of;
+};
+
+// `--sched credit|rr`: pCPU threads multiplexing vCPUs with CreditScheduler.
+std::unique_ptr<Executor> make_pcpu_executor(std::vector<vmm::Vm*> vms, const PcpuOptions& opt,
+                                             locks::LockRegistry& locks);
 
 // `--sched host`: one host thread per vCPU, scheduled by Linux (what an ordinary KVM VMM does).
 std::unique_ptr<Executor> make_host_executor(std::vector<vmm::Vm*> vms);

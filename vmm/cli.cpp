@@ -21,7 +21,8 @@ namespace {
 
 // Flags as typed, before unit parsing: so that the error names the flag.
 struct RunFlags {
-  std::string mem = "16M", duration = "30s", lock_profile = "on";
+  std::string mem = "16M", duration = "30s", lock_profile = "on", tslice = "30ms",
+              ratelimit = "1ms";
   std::vector<std::string> guest_args;
 };
 
@@ -41,8 +42,29 @@ void add_run_flags(CLI::App& cmd, RunConfig& cfg, RunFlags& f) {
                  "upper bound on the run, e.g. 500ms, 10s, 2m (the run ends earlier when every "
                  "guest has exited)")
       ->capture_default_str();
-  cmd.add_option("--sched", cfg.sched, "vCPU execution: host (a thread per vCPU)")
+  cmd.add_option("--sched", cfg.sched,
+                 "vCPU scheduling: host (a thread per vCPU, Linux schedules), credit (Xen credit1 "
+                 "over --pcpus threads), rr (round-robin over --pcpus threads)")
       ->capture_default_str();
+  cmd.add_option("--pcpus", cfg.pcpus, "pCPU threads for credit/rr (default: host online CPUs)");
+  cmd.add_flag("--pcpu-bind", cfg.pcpu_bind, "bind pCPU i to the i-th allowed host CPU");
+  cmd.add_option("--vcpu-pin", cfg.vcpu_pin,
+                 "hard affinity: none, 1:1 (vCPU k on pCPU k mod P) or a pCPU list (vCPU k on "
+                 "LIST[k mod len])")
+      ->capture_default_str();
+  cmd.add_option("--balance", cfg.balance,
+                 "load balancing: xen (4.7: try-lock busy peers), affinity (skip peers whose "
+                 "queued vCPUs may not run here), counted (skip peers with <2 runnable), none")
+      ->capture_default_str();
+  cmd.add_option("--tslice", f.tslice, "credit timeslice and accounting period (1ms-1000ms)")
+      ->capture_default_str();
+  cmd.add_option("--ratelimit", f.ratelimit, "minimum run before preemption")
+      ->capture_default_str();
+  cmd.add_option("--weight", cfg.weight, "credit weight of every VM")->capture_default_str();
+  cmd.add_option("--cap", cfg.cap, "credit cap of every VM, % of one pCPU (0 = none)")
+      ->capture_default_str();
+  cmd.add_option("--vm", cfg.vm_opts,
+                 "per-VM settings, e.g. vm0:weight=512 or vm1:cap=50,weight=128");
   cmd.add_option("--lock", cfg.lock,
                  "lock strategy for every lock (ticket mcs clh ttas pthread spin-yield), or per "
                  "class: call=mcs,runq=ticket (classes: call runq p2m pod)")
@@ -68,6 +90,14 @@ void finish_run_flags(RunConfig& cfg, const RunFlags& f) {
     throw ConfigError(std::string("--duration: ") + e.what());
   }
   cfg.lock_profile = f.lock_profile == "on";
+  for (auto [flag, text, out] : {std::tuple{"--tslice", &f.tslice, &cfg.tslice_ns},
+                                 std::tuple{"--ratelimit", &f.ratelimit, &cfg.ratelimit_ns}}) {
+    try {
+      *out = parse_duration_ns(*text);
+    } catch (const ConfigError& e) {
+      throw ConfigError(std::string(flag) + ": " + e.what());
+    }
+  }
   cfg.guest_args.clear();
   for (const auto& a : f.guest_args) {
     try {
@@ -170,6 +200,9 @@ int cli_main(int argc, char** argv) {
       "  kvmscale run --vms 64 --vcpus 2 --mem 16M --guest boot-zero --json\n"
       "  kvmscale run --guest spin --vms 2 --duration 5s --out results/spin.json\n"
       "  kvmscale run --guest hello --console\n"
+      "  kvmscale run --sched credit --pcpus 2 --guest spin --vms 4 --vcpu-pin 1:1 --balance "
+      "affinity --duration 5s\n"
+      "  kvmscale run --sched credit --pcpus 1 --guest spin --vms 2 --vm vm0:weight=512\n"
       "  kvmscale bench-locks --csv locks.csv\n"
       "Exit codes: 0 ok, 1 run failed, 2 bad usage, 130 interrupted (record still written).");
 

@@ -1,9 +1,12 @@
 #include "vmm/config.hpp"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <cctype>
 #include <cmath>
 #include <cstdio>
+#include <map>
 
 #include "guests/include/kvmscale_abi.h"
 #include "locks/registry.hpp"
@@ -110,7 +113,7 @@ std::string RunConfig::guest_for_vm(uint32_t vm) const {
 }
 
 const std::vector<std::string>& lock_classes() {
-  static const std::vector<std::string> c = {"call", "runq", "p2m", "pod"};
+  static const std::vector<std::string> c = {"call", "runq", "sched", "p2m", "pod"};
   return c;
 }
 
@@ -118,6 +121,63 @@ const std::vector<std::string>& builtin_guest_names() {
   static const std::vector<std::string> names = {"hello",    "idle",  "spin", "boot-zero",
                                                  "pingpong", "crash", "loop", "hcbench"};
   return names;
+}
+
+namespace {
+
+uint32_t parse_u32(const std::string& s, const std::string& what) {
+  if (s.empty() || s.size() > 9 || s.find_first_not_of("0123456789") != std::string::npos)
+    throw ConfigError(what + ": '" + s + "' is not a number");
+  return uint32_t(std::stoul(s));
+}
+
+// "vm3:weight=512,cap=50" -> vm 3, {weight: 512, cap: 50}
+std::pair<uint32_t, std::map<std::string, uint32_t>> parse_vm_opt(const std::string& spec) {
+  const std::string what = "--vm '" + spec + "'";
+  size_t colon = spec.find(':');
+  if (spec.rfind("vm", 0) != 0 || colon == std::string::npos)
+    throw ConfigError(what + ": expected vmN:key=value[,key=value] (keys: weight, cap)");
+  uint32_t vm = parse_u32(spec.substr(2, colon - 2), what);
+  std::map<std::string, uint32_t> kv;
+  for (const auto& part : split_list(spec.substr(colon + 1))) {
+    size_t eq = part.find('=');
+    std::string key = part.substr(0, eq);
+    if (eq == std::string::npos || (key != "weight" && key != "cap"))
+      throw ConfigError(what + ": unknown setting '" + part + "' (keys: weight, cap)");
+    kv[key] = parse_u32(part.substr(eq + 1), what);
+  }
+  return {vm, kv};
+}
+
+}  // namespace
+
+uint32_t RunConfig::weight_of(uint32_t vm) const {
+  uint32_t w = weight;
+  for (const auto& o : vm_opts) {
+    auto [i, kv] = parse_vm_opt(o);
+    if (i == vm && kv.count("weight")) w = kv["weight"];
+  }
+  return w;
+}
+
+uint32_t RunConfig::cap_of(uint32_t vm) const {
+  uint32_t c = cap;
+  for (const auto& o : vm_opts) {
+    auto [i, kv] = parse_vm_opt(o);
+    if (i == vm && kv.count("cap")) c = kv["cap"];
+  }
+  return c;
+}
+
+uint32_t RunConfig::effective_pcpus() const {
+  return pcpus ? pcpus : uint32_t(std::max(1L, sysconf(_SC_NPROCESSORS_ONLN)));
+}
+
+std::vector<uint32_t> RunConfig::pin_of(uint32_t k) const {
+  if (vcpu_pin == "none") return {};
+  if (vcpu_pin == "1:1") return {k % effective_pcpus()};
+  auto list = split_list(vcpu_pin);
+  return {parse_u32(list[k % list.size()], "--vcpu-pin")};
 }
 
 void RunConfig::validate() const {
@@ -141,7 +201,32 @@ void RunConfig::validate() const {
   if (guest_args.size() > KS_GUEST_ARGS)
     throw ConfigError("at most " + std::to_string(KS_GUEST_ARGS) + " --guest-arg values");
   if (duration_ns < 1000000ull) throw ConfigError("--duration must be at least 1ms");
-  if (sched != "host") throw ConfigError("unknown --sched '" + sched + "' (available: host)");
+  if (sched != "host" && sched != "credit" && sched != "rr")
+    throw ConfigError("unknown --sched '" + sched + "' (available: host, credit, rr)");
+  if (pcpus > 4096) throw ConfigError("--pcpus must be between 1 and 4096 (0 = host CPUs)");
+  if (balance != "xen" && balance != "affinity" && balance != "counted" && balance != "none")
+    throw ConfigError("unknown --balance '" + balance +
+                      "' (available: xen, affinity, counted, none)");
+  if (vcpu_pin != "none" && vcpu_pin != "1:1") {
+    for (const auto& p : split_list(vcpu_pin))
+      if (parse_u32(p, "--vcpu-pin") >= effective_pcpus())
+        throw ConfigError("--vcpu-pin: pCPU " + p + " does not exist (there are " +
+                          std::to_string(effective_pcpus()) + ")");
+  }
+  if (tslice_ns < 1'000'000 || tslice_ns > 1'000'000'000)
+    throw ConfigError("--tslice must be between 1ms and 1000ms");
+  if (ratelimit_ns > tslice_ns) throw ConfigError("--ratelimit must not exceed --tslice");
+  if (weight < 1 || weight > 65535) throw ConfigError("--weight must be between 1 and 65535");
+  if (cap > 100 * KS_MAX_VCPUS) throw ConfigError("--cap is a % of one pCPU, at most 6400");
+  for (const auto& o : vm_opts) {
+    auto [vm, kv] = parse_vm_opt(o);
+    if (vm >= vms)
+      throw ConfigError("--vm '" + o + "': there are only " + std::to_string(vms) + " VMs");
+    if (kv.count("weight") && (kv["weight"] < 1 || kv["weight"] > 65535))
+      throw ConfigError("--vm '" + o + "': weight must be between 1 and 65535");
+    if (kv.count("cap") && kv["cap"] > 100 * KS_MAX_VCPUS)
+      throw ConfigError("--vm '" + o + "': cap is a % of one pCPU, at most 6400");
+  }
   if (out.empty()) throw ConfigError("--out must not be empty");
   try {
     locks::LockPolicy::parse(lock, lock_classes());
@@ -159,6 +244,15 @@ nlohmann::json RunConfig::to_json() const {
           {"guest_args", guest_args},
           {"duration_ns", duration_ns},
           {"sched", sched},
+          {"pcpus", pcpus},
+          {"pcpu_bind", pcpu_bind},
+          {"vcpu_pin", vcpu_pin},
+          {"balance", balance},
+          {"tslice_ns", tslice_ns},
+          {"ratelimit_ns", ratelimit_ns},
+          {"weight", weight},
+          {"cap", cap},
+          {"vm_opts", vm_opts},
           {"lock", lock},
           {"lock_profile", lock_profile},
           {"out", out},
@@ -177,6 +271,15 @@ RunConfig RunConfig::from_json(const nlohmann::json& j) {
     c.guest_args = j.value("guest_args", std::vector<uint64_t>{});
     c.duration_ns = j.at("duration_ns").get<uint64_t>();
     c.sched = j.value("sched", std::string("host"));
+    c.pcpus = j.value("pcpus", 0u);
+    c.pcpu_bind = j.value("pcpu_bind", false);
+    c.vcpu_pin = j.value("vcpu_pin", std::string("none"));
+    c.balance = j.value("balance", std::string("xen"));
+    c.tslice_ns = j.value("tslice_ns", uint64_t{30'000'000});
+    c.ratelimit_ns = j.value("ratelimit_ns", uint64_t{1'000'000});
+    c.weight = j.value("weight", 256u);
+    c.cap = j.value("cap", 0u);
+    c.vm_opts = j.value("vm_opts", std::vector<std::string>{});
     c.lock = j.value("lock", std::string("ticket"));
     c.lock_profile = j.value("lock_profile", true);
     c.out = j.value("out", std::string("results"));

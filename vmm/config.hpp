@@ -29,7 +29,14 @@ struct RunConfig {
   std::string guest_file;                        // a custom image instead of a built-in guest
   std::vector<uint64_t> guest_args;              // --guest-arg, up to 8
   uint64_t duration_ns = 30ull * 1000000000ull;  // upper bound; a run also ends when all exit
-  std::string sched = "host";
+  std::string sched = "host";                    // host | credit | rr
+  uint32_t pcpus = 0;                            // pCPU threads for credit/rr; 0 = host online CPUs
+  bool pcpu_bind = false;                        // bind pCPU i to the i-th allowed host CPU
+  std::string vcpu_pin = "none";  // none | 1:1 | LIST of pCPUs (vCPU k -> LIST[k % len])
+  std::string balance = "xen";    // xen | affinity | counted | none
+  uint64_t tslice_ns = 30'000'000, ratelimit_ns = 1'000'000;
+  uint32_t weight = 256, cap = 0;
+  std::vector<std::string> vm_opts;  // "vm3:weight=512,cap=50"
   std::string lock = "ticket";  // --lock: strategy, or CLASS=NAME overrides (locks::LockPolicy)
   bool lock_profile = true;
   std::string out = "results";
@@ -38,6 +45,11 @@ struct RunConfig {
 
   // The guest VM `vm` runs: the file name with --guest-file, else guest[vm % list size].
   std::string guest_for_vm(uint32_t vm) const;
+  uint32_t weight_of(uint32_t vm) const;
+  uint32_t cap_of(uint32_t vm) const;
+  uint32_t effective_pcpus() const;  // pcpus, or the host's online CPUs when 0
+  // pCPUs the k-th vCPU of the run may use (empty: any).
+  std::vector<uint32_t> pin_of(uint32_t global_vcpu) const;
   // Throws ConfigError naming the offending flag.
   void validate() const;
   nlohmann::json to_json() const;

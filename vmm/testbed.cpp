@@ -140,11 +140,31 @@ nlohmann::json run_testbed(const RunConfig& cfg) {
   for (auto& vm : vms) vm_ptrs.push_back(vm.get());
 
   EndReason end = EndReason::AllExited;
+  nlohmann::json sched_report = nlohmann::json::object();
   t.exec_start_ns = now_ns();
   if (vms.size() < cfg.vms) {
     end = EndReason::Interrupted;
   } else {
-    auto executor = sched::make_host_executor(vm_ptrs);
+    std::unique_ptr<sched::Executor> executor;
+    if (cfg.sched == "host") {
+      executor = sched::make_host_executor(vm_ptrs);
+    } else {
+      sched::PcpuOptions o;
+      o.npcpus = cfg.effective_pcpus();
+      o.bind = cfg.pcpu_bind;
+      o.params.tslice_ns = cfg.tslice_ns;
+      o.params.ratelimit_ns = cfg.ratelimit_ns;
+      o.params.round_robin = cfg.sched == "rr";
+      sched::parse_balance(cfg.balance, o.params.balance);
+      o.weight_of = [&](uint32_t vm) { return cfg.weight_of(vm); };
+      o.cap_of = [&](uint32_t vm) { return cfg.cap_of(vm); };
+      o.affinity_of = [&](uint32_t k) {
+        auto pins = cfg.pin_of(k);
+        if (pins.empty()) return sched::CpuSet(o.npcpus, true);
+        return sched::CpuSet::single(o.npcpus, pins[0]);
+      };
+      executor = sched::make_pcpu_executor(vm_ptrs, o, lock_registry);
+    }
     executor->start();
     const uint64_t deadline = t.exec_start_ns + cfg.duration_ns;
     for (;;) {
@@ -160,12 +180,14 @@ nlohmann::json run_testbed(const RunConfig& cfg) {
       }
     }
     executor->stop();
+    sched_report = executor->report();
   }
   t.end_ns = now_ns();
 
   std::vector<const Vm*> cvms(vm_ptrs.begin(), vm_ptrs.end());
   nlohmann::json record = make_run_record(cfg, host, cvms, t, end, limits.warnings);
   record["locks"] = lock_registry.report();
+  record["sched"] = sched_report;
   return record;
 }
 

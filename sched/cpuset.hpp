@@ -1,0 +1,60 @@
+// A set of pCPU indices of any size (hosts have hundreds of cores).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace kvmscale::sched {
+
+class CpuSet {
+ public:
+  CpuSet() = default;
+  explicit CpuSet(uint32_t size, bool all = false) : size_(size), words_((size + 63) / 64, 0) {
+    if (all)
+      for (uint32_t i = 0; i < size; i++) set(i);
+  }
+  static CpuSet single(uint32_t size, uint32_t cpu) {
+    CpuSet s(size);
+    s.set(cpu);
+    return s;
+  }
+  uint32_t size() const { return size_; }
+  void set(uint32_t i) { words_[i / 64] |= 1ull << (i % 64); }
+  void clear(uint32_t i) { words_[i / 64] &= ~(1ull << (i % 64)); }
+  bool test(uint32_t i) const { return i < size_ && (words_[i / 64] >> (i % 64)) & 1; }
+  uint32_t count() const {
+    uint32_t n = 0;
+    for (uint64_t w : words_) n += __builtin_popcountll(w);
+    return n;
+  }
+  bool empty() const { return count() == 0; }
+  bool operator==(const CpuSet&) const = default;
+  std::vector<uint32_t> members() const {
+    std::vector<uint32_t> m;
+    for (uint32_t i = 0; i < size_; i++)
+      if (test(i)) m.push_back(i);
+    return m;
+  }
+  std::string to_string() const {  // "0-3,6"
+    std::string s;
+    for (uint32_t i = 0; i < size_;) {
+      if (!test(i)) {
+        i++;
+        continue;
+      }
+      uint32_t j = i;
+      while (j + 1 < size_ && test(j + 1)) j++;
+      s += (s.empty() ? "" : ",") + std::to_string(i);
+      if (j > i) s += "-" + std::to_string(j);
+      i = j + 1;
+    }
+    return s;
+  }
+
+ private:
+  uint32_t size_ = 0;
+  std::vector<uint64_t> words_;
+};
+
+}  // namespace kvmscale::sched

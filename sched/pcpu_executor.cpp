@@ -1,0 +1,343 @@
+// `--sched credit|rr`: P host threads act as pCPUs and run vCPUs chosen by CreditScheduler.
+//
+// Preemption: each pCPU has a POSIX timer that sends the kick signal to its own thread at the next
+// tick or slice end; the signal only gets through inside KVM_RUN (see vmm/kick.hpp), so it forces
+// exactly one return to the pCPU loop. Idle pCPUs sleep on a condition variable and are tickled.
+// Blocked vCPUs with a timeout are woken by one timer thread.
+#include <numa.h>
+#include <pthread.h>
+#include <sched.h>
+#include <signal.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <queue>
+#include <stdexcept>
+#include <thread>
+
+#include "sched/credit.hpp"
+#include "sched/executor.hpp"
+#include "vmm/clock.hpp"
+
+namespace kvmscale::sched {
+namespace {
+
+struct ExecVcpu {
+  vmm::Vm* vm;
+  vmm::Vcpu* vcpu;
+  SchedVcpu* sv = nullptr;
+  std::atomic<bool> finished{false};
+};
+
+// Wakes vCPUs whose block timed out.
+class TimeoutService {
+ public:
+  explicit TimeoutService(CreditScheduler& s) : sched_(s), thread_([this] { loop(); }) {}
+  ~TimeoutService() {
+    {
+      std::lock_guard g(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+  }
+  void add(uint64_t deadline, SchedVcpu* v, uint64_t gen) {
+    {
+      std::lock_guard g(mu_);
+      q_.push({deadline, v, gen});
+    }
+    cv_.notify_all();
+  }
+
+ private:
+  struct Entry {
+    uint64_t deadline;
+    SchedVcpu* v;
+    uint64_t gen;
+    bool operator>(const Entry& o) const { return deadline > o.deadline; }
+  };
+  void loop() {
+    std::unique_lock lock(mu_);
+    while (!stop_) {
+      if (q_.empty()) {
+        cv_.wait(lock);
+        continue;
+      }
+      uint64_t now = now_ns();
+      Entry e = q_.top();
+      if (e.deadline > now) {
+        cv_.wait_for(lock, std::chrono::nanoseconds(e.deadline - now));
+        continue;
+      }
+      q_.pop();
+      lock.unlock();
+      sched_.wake(*e.v, now, true, e.gen);
+      lock.lock();
+    }
+  }
+  CreditScheduler& sched_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::priority_queue<Entry, std::vector<Entry>, std::greater<Entry>> q_;
+  bool stop_ = false;
+  std::thread thread_;  // last: starts after the members it uses
+};
+
+class PcpuExecutor final : public Executor, public PcpuSignals {
+ public:
+  PcpuExecutor(std::vector<vmm::Vm*> vms, const PcpuOptions& opt, locks::LockRegistry& locks)
+      : opt_(opt) {
+    std::vector<int> nodes(opt.npcpus, 0);
+    host_cpu_.assign(opt.npcpus, -1);
+    if (opt.bind) {
+      cpu_set_t allowed;
+      sched_getaffinity(0, sizeof allowed, &allowed);
+      std::vector<int> cpus;
+      for (int c = 0; c < CPU_SETSIZE; c++)
+        if (CPU_ISSET(c, &allowed)) cpus.push_back(c);
+      for (uint32_t p = 0; p < opt.npcpus; p++) {
+        host_cpu_[p] = cpus[p % cpus.size()];
+        nodes[p] = numa_available() >= 0 ? std::max(0, numa_node_of_cpu(host_cpu_[p])) : 0;
+      }
+    }
+    for (uint32_t p = 0; p < opt.npcpus; p++) pcpus_.push_back(std::make_unique<Pcpu>());
+    sched_ = std::make_unique<CreditScheduler>(opt.npcpus, opt.params, locks, *this, nodes);
+    uint32_t global = 0;
+    for (size_t m = 0; m < vms.size(); m++) {
+      vmm::Vm* vm = vms[m];
+      SchedDomain& d = sched_->add_domain(opt.weight_of(vm->index()), opt.cap_of(vm->index()));
+      for (uint32_t i = 0; i < vm->nr_vcpus(); i++, global++) {
+        auto ev = std::make_unique<ExecVcpu>();
+        ev->vm = vm;
+        ev->vcpu = &vm->vcpu(i);
+        ev->sv = &sched_->add_vcpu(d, opt.affinity_of(global), ev.get());
+        by_vm_[vm].push_back(ev.get());
+        vcpus_.push_back(std::move(ev));
+      }
+    }
+    live_.store(vcpus_.size());
+  }
+  ~PcpuExecutor() override { stop(); }
+
+  const char* name() const override { return opt_.params.round_robin ? "rr" : "credit"; }
+
+  void start() override {
+    timeouts_ = std::make_unique<TimeoutService>(*sched_);
+    start_ns_ = now_ns();
+    sched_->start(start_ns_);
+    for (uint32_t p = 0; p < pcpus_.size(); p++) threads_.emplace_back([this, p] { pcpu_loop(p); });
+  }
+
+  bool all_done() const override { return live_.load() == 0; }
+
+  void stop() override {
+    if (stopped_.exchange(true)) return;
+    stopping_.store(true);
+    for (uint32_t p = 0; p < pcpus_.size(); p++) tickle(p);
+    for (auto& t : threads_) t.join();
+    threads_.clear();
+    timeouts_.reset();
+    end_ns_ = now_ns();
+  }
+
+  // PcpuSignals: wake the pCPU if it sleeps, kick it out of guest mode if it runs a vCPU.
+  void tickle(uint32_t p) override {
+    Pcpu& pc = *pcpus_[p];
+    {
+      std::lock_guard g(pc.idle_mu);
+      pc.tickled = true;
+    }
+    pc.idle_cv.notify_one();
+    pc.kicker.kick();
+  }
+
+  nlohmann::json report() const override {
+    nlohmann::json r = sched_->report();
+    uint64_t wall = end_ns_ > start_ns_ ? end_ns_ - start_ns_ : 0;
+    for (uint32_t p = 0; p < pcpus_.size(); p++) {
+      r["pcpus"][p]["busy_ns"] = pcpus_[p]->busy_ns;
+      r["pcpus"][p]["idle_ns"] = wall > pcpus_[p]->busy_ns ? wall - pcpus_[p]->busy_ns : 0;
+      r["pcpus"][p]["host_cpu"] = host_cpu_[p];
+    }
+    // CPU share per VM against its weight, and Jain's index over run_ns / weight.
+    nlohmann::json vms = nlohmann::json::array();
+    double sum = 0, sum_sq = 0;
+    uint64_t total = 0;
+    std::vector<std::pair<uint64_t, uint32_t>> per_vm;
+    for (const auto& [vm, list] : by_vm_) {
+      uint64_t run = 0;
+      for (const ExecVcpu* ev : list) run += ev->sv->stats.run_ns;
+      per_vm.push_back({run, list[0]->sv->dom->weight});
+      total += run;
+    }
+    size_t i = 0;
+    for (const auto& [vm, list] : by_vm_) {
+      auto [run, weight] = per_vm[i++];
+      double x = double(run) / weight;
+      sum += x;
+      sum_sq += x * x;
+      vms.push_back({{"vm", vm->index()},
+                     {"weight", weight},
+                     {"cap", list[0]->sv->dom->cap},
+                     {"run_ns", run},
+                     {"cpu_share", total ? double(run) / double(total) : 0.0},
+                     {"pcpu_fraction", wall ? double(run) / double(wall) : 0.0}});
+    }
+    r["vms"] = vms;
+    r["jain_fairness"] = sum_sq > 0 ? sum * sum / (double(per_vm.size()) * sum_sq) : 1.0;
+    r["wall_ns"] = wall;
+    return r;
+  }
+
+ private:
+  struct Pcpu {
+    vmm::Kicker kicker;
+    std::mutex idle_mu;
+    std::condition_variable idle_cv;
+    bool tickled = false;
+    uint64_t busy_ns = 0;  // own thread only
+  };
+
+  void finish(ExecVcpu& ev, uint64_t now) {
+    sched_->finish(*ev.sv, now);
+    if (!ev.finished.exchange(true)) live_.fetch_sub(1);
+  }
+
+  void crash_vm(vmm::Vm* vm, uint64_t now) {
+    for (ExecVcpu* ev : by_vm_[vm]) finish(*ev, now);
+  }
+
+  // Sleeps until tickled or `until` (0: until tickled).
+  void idle_wait(Pcpu& pc, uint64_t until) {
+    std::unique_lock lock(pc.idle_mu);
+    auto ready = [&] { return pc.tickled || stopping_.load(); };
+    if (until == 0)
+      pc.idle_cv.wait(lock, ready);
+    else {
+      uint64_t now = now_ns();
+      if (until > now) pc.idle_cv.wait_for(lock, std::chrono::nanoseconds(until - now), ready);
+    }
+    pc.tickled = false;
+  }
+
+  timer_t make_timer() {
+    sigevent sev{};
+    sev.sigev_notify = SIGEV_THREAD_ID;
+    sev.sigev_signo = vmm::kKickSignal;
+    sev._sigev_un._tid = static_cast<pid_t>(syscall(SYS_gettid));
+    timer_t t{};
+    if (timer_create(CLOCK_MONOTONIC, &sev, &t) != 0)
+      throw std::runtime_error(std::string("timer_create: ") + std::strerror(errno));
+    return t;
+  }
+
+  void pcpu_loop(uint32_t p) {
+    Pcpu& pc = *pcpus_[p];
+    if (host_cpu_[p] >= 0) {
+      cpu_set_t one;
+      CPU_ZERO(&one);
+      CPU_SET(host_cpu_[p], &one);
+      pthread_setaffinity_np(pthread_self(), sizeof one, &one);
+    }
+    pc.kicker.bind_current_thread();
+    timer_t timer = make_timer();
+    const uint64_t tick = opt_.params.tick_ns;
+    // Stagger ticks so pCPUs do not all account at once.
+    uint64_t next_tick = start_ns_ + tick * (p + 1) / pcpus_.size();
+    uint64_t armed = 0, deadline = 0;
+    SchedVcpu* cur = nullptr;
+    while (!stopping_.load(std::memory_order_relaxed)) {
+      uint64_t now = now_ns();
+      if (now >= next_tick) {
+        sched_->tick(p, now);
+        while (next_tick <= now) next_tick += tick;
+      }
+      if (!cur || now >= deadline || sched_->need_resched(p)) {
+        auto d = sched_->schedule(p, now);
+        cur = d.next;
+        deadline = d.until_ns;
+      }
+      if (!cur) {
+        // Only the master keeps ticking while idle: it runs the accounting.
+        idle_wait(pc, p == 0 ? next_tick : 0);
+        continue;
+      }
+      auto& ev = *static_cast<ExecVcpu*>(cur->owner);
+      if (ev.vm->stopped()) {
+        finish(ev, now);
+        continue;
+      }
+      if (cur->block_result_due) {
+        ev.vcpu->set_hcall_result(cur->block_result);
+        cur->block_result_due = false;
+      }
+      uint64_t wake_at = std::min(deadline, next_tick);
+      if (wake_at != armed) {
+        itimerspec its{};
+        its.it_value.tv_sec = time_t(wake_at / 1000000000ull);
+        its.it_value.tv_nsec = long(wake_at % 1000000000ull);
+        timer_settime(timer, TIMER_ABSTIME, &its, nullptr);
+        armed = wake_at;
+      }
+      uint64_t t0 = now_ns();
+      vmm::Action a = ev.vm->run_once(*ev.vcpu, pc.kicker);
+      uint64_t t1 = now_ns();
+      pc.busy_ns += t1 - t0;
+      using K = vmm::Action::Kind;
+      switch (a.kind) {
+        case K::Resume:
+        case K::Kicked: break;
+        case K::Yield: sched_->yield(p, *cur); break;
+        case K::Block:
+          if (sched_->block(p, *cur, t1)) {
+            if (a.value) timeouts_->add(t1 + a.value, cur, cur->block_gen);
+          } else {
+            ev.vcpu->set_hcall_result(0);  // a wake was already pending
+          }
+          break;
+        case K::Wake: sched_->wake(*by_vm_[ev.vm][a.value]->sv, t1); break;
+        case K::Exit:
+          ev.vm->vcpu_exited(*ev.vcpu, int64_t(a.value));
+          finish(ev, t1);
+          break;
+        case K::Crash:
+          if (ev.vm->crash(a.reason))
+            crash_vm(ev.vm, t1);
+          else
+            finish(ev, t1);
+          break;
+      }
+    }
+    if (cur) sched_->finish(*cur, now_ns());  // the run is over: leave nothing marked Running
+    timer_delete(timer);
+  }
+
+  PcpuOptions opt_;
+  std::vector<int> host_cpu_;
+  std::vector<std::unique_ptr<Pcpu>> pcpus_;
+  std::unique_ptr<CreditScheduler> sched_;
+  std::vector<std::unique_ptr<ExecVcpu>> vcpus_;
+  std::map<vmm::Vm*, std::vector<ExecVcpu*>> by_vm_;
+  std::unique_ptr<TimeoutService> timeouts_;
+  std::vector<std::thread> threads_;
+  std::atomic<size_t> live_{0};
+  std::atomic<bool> stopping_{false}, stopped_{false};
+  uint64_t start_ns_ = 0, end_ns_ = 0;
+};
+
+}  // namespace
+
+std::unique_ptr<Executor> make_pcpu_executor(std::vector<vmm::Vm*> vms, const PcpuOptions& opt,
+                                             locks::LockRegistry& locks) {
+  return std::make_unique<PcpuExecutor>(std::move(vms), opt, locks);
+}
+
+}  // namespace kvmscale::sched
