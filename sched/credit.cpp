@@ -63,15 +63,16 @@ SchedVcpu& CreditScheduler::add_vcpu(SchedDomain& d, CpuSet affinity, void* owne
   return *vcpus_.back();
 }
 
-void CreditScheduler::start(uint64_t now) {
-  std::vector<uint32_t> cursor_for(npcpus(), 0);
+void CreditScheduler::start(uint64_t now, std::function<uint32_t(const SchedVcpu&)> placement) {
   uint32_t rr = 0;
   for (auto& v : vcpus_) {
-    // Spread over allowed pCPUs: the first allowed one at or after a rotating start.
-    uint32_t p = rr;
-    for (uint32_t i = 0; i < npcpus(); i++, p = (p + 1) % npcpus())
-      if (v->affinity.test(p)) break;
-    rr = (p + 1) % npcpus();
+    uint32_t p = placement ? placement(*v) : rr;
+    if (!placement) {
+      // Spread over allowed pCPUs: the first allowed one at or after a rotating start.
+      for (uint32_t i = 0; i < npcpus(); i++, p = (p + 1) % npcpus())
+        if (v->affinity.test(p)) break;
+      rr = (p + 1) % npcpus();
+    }
     v->processor.store(p);
     Pcpu& pc = *pcpus_[p];
     AnyLock::Node n;

@@ -13,6 +13,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <list>
 #include <memory>
 #include <mutex>
@@ -117,8 +118,9 @@ class CreditScheduler {
   // Set-up, before any scheduling.
   SchedDomain& add_domain(uint32_t weight, uint32_t cap);
   SchedVcpu& add_vcpu(SchedDomain& d, CpuSet affinity, void* owner);
-  // Queues every vCPU on a pCPU it may run on (round-robin) and starts the clocks.
-  void start(uint64_t now);
+  // Queues every vCPU on a pCPU it may run on and starts the clocks. `placement` picks the pCPU
+  // (it must be in the vCPU's affinity); by default vCPUs are spread round-robin.
+  void start(uint64_t now, std::function<uint32_t(const SchedVcpu&)> placement = {});
 
   uint32_t npcpus() const { return uint32_t(pcpus_.size()); }
   const CreditParams& params() const { return params_; }
