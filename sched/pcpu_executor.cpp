@@ -162,7 +162,10 @@ class PcpuExecutor final : public Executor, public PcpuSignals {
   nlohmann::json report() const override {
     nlohmann::json r = sched_->report();
     uint64_t wall = end_ns_ > start_ns_ ? end_ns_ - start_ns_ : 0;
+    uint64_t sched_total = 0;
     for (uint32_t p = 0; p < pcpus_.size(); p++) {
+      sched_total += pcpus_[p]->sched_ns;
+      r["pcpus"][p]["sched_ns"] = pcpus_[p]->sched_ns;
       r["pcpus"][p]["busy_ns"] = pcpus_[p]->busy_ns;
       r["pcpus"][p]["idle_ns"] = wall > pcpus_[p]->busy_ns ? wall - pcpus_[p]->busy_ns : 0;
       r["pcpus"][p]["host_cpu"] = host_cpu_[p];
@@ -194,6 +197,7 @@ class PcpuExecutor final : public Executor, public PcpuSignals {
     r["vms"] = vms;
     r["jain_fairness"] = sum_sq > 0 ? sum * sum / (double(per_vm.size()) * sum_sq) : 1.0;
     r["wall_ns"] = wall;
+    r["sched_overhead"] = wall ? double(sched_total) / (double(wall) * double(pcpus_.size())) : 0.0;
     return r;
   }
 
@@ -203,7 +207,8 @@ class PcpuExecutor final : public Executor, public PcpuSignals {
     std::mutex idle_mu;
     std::condition_variable idle_cv;
     bool tickled = false;
-    uint64_t busy_ns = 0;  // own thread only
+    uint64_t busy_ns = 0;   // inside KVM_RUN; own thread only
+    uint64_t sched_ns = 0;  // in tick() (with accounting) and schedule() (with balancing)
   };
 
   void finish(ExecVcpu& ev, uint64_t now) {
@@ -259,11 +264,15 @@ class PcpuExecutor final : public Executor, public PcpuSignals {
       if (now >= next_tick) {
         sched_->tick(p, now);
         while (next_tick <= now) next_tick += tick;
+        uint64_t after = now_ns();
+        pc.sched_ns += after - now;
+        now = after;
       }
       if (!cur || now >= deadline || sched_->need_resched(p)) {
         auto d = sched_->schedule(p, now);
         cur = d.next;
         deadline = d.until_ns;
+        pc.sched_ns += now_ns() - now;
       }
       if (!cur) {
         // Only the master keeps ticking while idle: it runs the accounting.
