@@ -73,11 +73,15 @@ int main(int argc, char** argv) {
   uint64_t switches = 2000;
   uint32_t idle_vms = 250, idle_vcpus = 4;
   std::string idle_duration = "5s";
+  std::vector<std::string> lock_list = {"ticket", "spin-yield"};
   app.add_option("--reps", reps)->check(CLI::Range(1, 100));
-  app.add_option("--switches", switches, "yields per guest per repetition")->check(CLI::Range(10, 1000000));
+  app.add_option("--switches", switches, "yields per guest per repetition")
+      ->check(CLI::Range(10, 1000000));
   app.add_option("--idle-vms", idle_vms)->check(CLI::Range(1, 5000));
   app.add_option("--idle-vcpus", idle_vcpus)->check(CLI::Range(1, 64));
   app.add_option("--idle-duration", idle_duration);
+  app.add_option("--locks", lock_list, "lock strategies to measure the overhead with")
+      ->delimiter(',');
   CLI11_PARSE(app, argc, argv);
   vmm::install_kick_signal();
   vmm::block_stop_signals();
@@ -97,30 +101,36 @@ int main(int argc, char** argv) {
   }
   double o = median(ours), b = median(raw);
   std::printf("backend %s, %d repetitions, medians\n", vmm::backend_name(backend), reps);
-  std::printf("vCPU switch (yield) on one pCPU: kvmscale credit %.0f ns, raw alternating KVM_RUN "
-              "%.0f ns, ratio %.3f (target <= 1.25)\n",
-              o, b, o / b);
+  std::printf(
+      "vCPU switch (yield) on one pCPU: kvmscale credit %.0f ns, raw alternating KVM_RUN "
+      "%.0f ns, ratio %.3f (target <= 1.25)\n",
+      o, b, o / b);
 
-  vmm::RunConfig c;
-  c.guest = "idle";
-  c.vms = idle_vms;
-  c.vcpus = idle_vcpus;
-  c.mem = 8ull << 20;
-  c.guest_args = {500'000'000};  // block 500 ms at a time
-  c.sched = "credit";
-  c.duration_ns = vmm::parse_duration_ns(idle_duration);
-  json rec = vmm::run_testbed(c);
-  const json& s = rec["sched"];
-  uint64_t wakes = 0;
-  for (const auto& v : s["vcpus"]) wakes += v["wakes"].get<uint64_t>();
-  uint64_t busy = 0;
-  for (const auto& p : s["pcpus"]) busy += p["busy_ns"].get<uint64_t>();
-  double overhead = s["sched_overhead"].get<double>();
-  std::printf("scheduler overhead, %u idle-ish vCPUs on %zu pCPUs for %s: %.3f%% of pCPU time "
-              "(target < 1%%); guest time %.1f%%, %llu wakes, %llu accounting passes\n",
-              idle_vms * idle_vcpus, s["pcpus"].size(), idle_duration.c_str(), overhead * 100,
-              100.0 * double(busy) / (double(s["wall_ns"].get<uint64_t>()) * double(s["pcpus"].size())),
-              static_cast<unsigned long long>(wakes),
-              static_cast<unsigned long long>(s["accounting_passes"].get<uint64_t>()));
+  for (const auto& lock : lock_list) {
+    vmm::RunConfig c;
+    c.guest = "idle";
+    c.vms = idle_vms;
+    c.vcpus = idle_vcpus;
+    c.mem = 8ull << 20;
+    c.guest_args = {500'000'000};  // block 500 ms at a time
+    c.sched = "credit";
+    c.lock = lock;
+    c.duration_ns = vmm::parse_duration_ns(idle_duration);
+    json rec = vmm::run_testbed(c);
+    const json& s = rec["sched"];
+    uint64_t wakes = 0, busy = 0;
+    for (const auto& v : s["vcpus"]) wakes += v["wakes"].get<uint64_t>();
+    for (const auto& p : s["pcpus"]) busy += p["busy_ns"].get<uint64_t>();
+    const json& runq = rec["locks"]["classes"]["runq"];
+    std::printf(
+        "scheduler overhead, %u idle-ish vCPUs on %zu pCPUs, --lock %s: %.3f%% of pCPU "
+        "time (target < 1%%); guest time %.1f%%, %llu wakes; runq lock waits %.1f ms "
+        "(max %.1f us)\n",
+        idle_vms * idle_vcpus, s["pcpus"].size(), lock.c_str(),
+        s["sched_overhead"].get<double>() * 100,
+        100.0 * double(busy) / (double(s["wall_ns"].get<uint64_t>()) * double(s["pcpus"].size())),
+        static_cast<unsigned long long>(wakes), runq["wait_ns"].get<double>() / 1e6,
+        runq["wait_max_ns"].get<double>() / 1e3);
+  }
   return 0;
 }

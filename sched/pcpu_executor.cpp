@@ -119,7 +119,7 @@ class PcpuExecutor final : public Executor, public PcpuSignals {
         ev->vm = vm;
         ev->vcpu = &vm->vcpu(i);
         ev->sv = &sched_->add_vcpu(d, opt.affinity_of(global), ev.get());
-        by_vm_[vm].push_back(ev.get());
+        by_vm_[vm->index()].push_back(ev.get());
         vcpus_.push_back(std::move(ev));
       }
     }
@@ -187,7 +187,7 @@ class PcpuExecutor final : public Executor, public PcpuSignals {
       double x = double(run) / weight;
       sum += x;
       sum_sq += x * x;
-      vms.push_back({{"vm", vm->index()},
+      vms.push_back({{"vm", vm},
                      {"weight", weight},
                      {"cap", list[0]->sv->dom->cap},
                      {"run_ns", run},
@@ -217,7 +217,7 @@ class PcpuExecutor final : public Executor, public PcpuSignals {
   }
 
   void crash_vm(vmm::Vm* vm, uint64_t now) {
-    for (ExecVcpu* ev : by_vm_[vm]) finish(*ev, now);
+    for (ExecVcpu* ev : by_vm_.at(vm->index())) finish(*ev, now);
   }
 
   // Sleeps until tickled or `until` (0: until tickled).
@@ -312,7 +312,7 @@ class PcpuExecutor final : public Executor, public PcpuSignals {
             ev.vcpu->set_hcall_result(0);  // a wake was already pending
           }
           break;
-        case K::Wake: sched_->wake(*by_vm_[ev.vm][a.value]->sv, t1); break;
+        case K::Wake: sched_->wake(*by_vm_.at(ev.vm->index())[a.value]->sv, t1); break;
         case K::Exit:
           ev.vm->vcpu_exited(*ev.vcpu, int64_t(a.value));
           finish(ev, t1);
@@ -334,7 +334,7 @@ class PcpuExecutor final : public Executor, public PcpuSignals {
   std::vector<std::unique_ptr<Pcpu>> pcpus_;
   std::unique_ptr<CreditScheduler> sched_;
   std::vector<std::unique_ptr<ExecVcpu>> vcpus_;
-  std::map<vmm::Vm*, std::vector<ExecVcpu*>> by_vm_;
+  std::map<uint32_t, std::vector<ExecVcpu*>> by_vm_;  // by VM index: reports come out in order
   std::unique_ptr<TimeoutService> timeouts_;
   std::vector<std::thread> threads_;
   std::atomic<size_t> live_{0};

@@ -89,6 +89,10 @@ TEST(Cli, SigintEndsTheRunWithAValidPartialRecord) {
 }
 
 TEST(Cli, BenchLocksQuickWritesCsvWithRatios) {
+#if defined(__SANITIZE_THREAD__)
+  GTEST_SKIP() << "TSan build: Concurrency Kit's inline-assembly atomics are invisible to TSan, so "
+                  "bench-locks leaves ck out and there is no ck ratio to check";
+#endif
   fs::path csv = scratch("locks.csv");
   auto r = ks({"bench-locks", "--quick", "--threads", "1,2", "--locks",
                "ticket,ck:ticket,spin-yield", "--csv", csv});

@@ -126,6 +126,19 @@ nlohmann::json run_testbed(const RunConfig& cfg) {
   }
 
   locks::LockPolicy lock_policy = locks::LockPolicy::parse(cfg.lock, lock_classes());
+  if (cfg.sched != "host" && cfg.effective_pcpus() >= uint32_t(host.online_cpus)) {
+    for (const char* cls : {"runq", "sched"}) {
+      locks::Strategy st = lock_policy.for_class(cls);
+      if (st == locks::Strategy::Ticket || st == locks::Strategy::Mcs ||
+          st == locks::Strategy::Clh) {
+        limits.warnings.push_back(
+            std::string("FIFO spinlock '") + locks::strategy_name(st) + "' for the " + cls +
+            " locks with as many pCPU threads as host CPUs: waiters that get preempted stall "
+            "everyone behind them (docs/locks.md); --lock spin-yield avoids it");
+        break;
+      }
+    }
+  }
   lock_policy.profile = cfg.lock_profile;
   locks::LockRegistry lock_registry(lock_policy);
 
