@@ -1,5 +1,7 @@
 #include "mm/guest_memory.hpp"
 
+#include <numa.h>
+#include <numaif.h>
 #include <sys/mman.h>
 
 #include <cerrno>
@@ -16,6 +18,16 @@ GuestMemory::GuestMemory(uint64_t size) : size_(size) {
 }
 
 GuestMemory::~GuestMemory() { ::munmap(base_, size_); }
+
+std::string GuestMemory::bind_to_nodes(const std::vector<int>& nodes) const {
+  if (numa_available() < 0) return "NUMA is not available on this host";
+  bitmask* mask = numa_allocate_nodemask();
+  for (int n : nodes) numa_bitmask_setbit(mask, unsigned(n));
+  long r = mbind(base_, size_, MPOL_BIND, mask->maskp, mask->size + 1, MPOL_MF_MOVE);
+  int err = errno;
+  numa_free_nodemask(mask);
+  return r == 0 ? std::string() : std::string("mbind: ") + std::strerror(err);
+}
 
 std::optional<size_t> GuestMemory::read_cstring(uint64_t gpa, std::span<char> out) const {
   if (out.empty()) return std::nullopt;

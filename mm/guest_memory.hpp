@@ -6,6 +6,8 @@
 #include <cstdint>
 #include <optional>
 #include <span>
+#include <string>
+#include <vector>
 
 namespace kvmscale::mm {
 
@@ -30,6 +32,9 @@ class GuestMemory {
   T* object_at(uint64_t gpa) const {
     return reinterpret_cast<T*>(translate(gpa, sizeof(T)));
   }
+  // Binds the memory to these NUMA nodes (mbind MPOL_BIND, moving pages already touched).
+  // Returns an error message, empty on success.
+  std::string bind_to_nodes(const std::vector<int>& nodes) const;
   // Copies a NUL-terminated guest string of at most max_len bytes (excluding NUL) into out.
   std::optional<size_t> read_cstring(uint64_t gpa, std::span<char> out) const;
 

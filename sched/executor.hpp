@@ -40,6 +40,11 @@ struct PcpuOptions {
   std::function<CpuSet(uint32_t global_vcpu)> affinity_of;
 };
 
+// Host CPU of each of `npcpus` bound pCPUs: round-robin over this process's allowed CPUs.
+std::vector<int> bound_host_cpus(uint32_t npcpus);
+// NUMA node of a host CPU (0 where NUMA is unavailable).
+int node_of_host_cpu(int cpu);
+
 // `--sched credit|rr`: pCPU threads multiplexing vCPUs with CreditScheduler.
 std::unique_ptr<Executor> make_pcpu_executor(std::vector<vmm::Vm*> vms, const PcpuOptions& opt,
                                              locks::LockRegistry& locks);

@@ -98,15 +98,8 @@ class PcpuExecutor final : public Executor, public PcpuSignals {
     std::vector<int> nodes(opt.npcpus, 0);
     host_cpu_.assign(opt.npcpus, -1);
     if (opt.bind) {
-      cpu_set_t allowed;
-      sched_getaffinity(0, sizeof allowed, &allowed);
-      std::vector<int> cpus;
-      for (int c = 0; c < CPU_SETSIZE; c++)
-        if (CPU_ISSET(c, &allowed)) cpus.push_back(c);
-      for (uint32_t p = 0; p < opt.npcpus; p++) {
-        host_cpu_[p] = cpus[p % cpus.size()];
-        nodes[p] = numa_available() >= 0 ? std::max(0, numa_node_of_cpu(host_cpu_[p])) : 0;
-      }
+      host_cpu_ = bound_host_cpus(opt.npcpus);
+      for (uint32_t p = 0; p < opt.npcpus; p++) nodes[p] = node_of_host_cpu(host_cpu_[p]);
     }
     for (uint32_t p = 0; p < opt.npcpus; p++) pcpus_.push_back(std::make_unique<Pcpu>());
     sched_ = std::make_unique<CreditScheduler>(opt.npcpus, opt.params, locks, *this, nodes);
@@ -343,6 +336,23 @@ class PcpuExecutor final : public Executor, public PcpuSignals {
 };
 
 }  // namespace
+
+std::vector<int> bound_host_cpus(uint32_t npcpus) {
+  cpu_set_t allowed;
+  CPU_ZERO(&allowed);
+  sched_getaffinity(0, sizeof allowed, &allowed);
+  std::vector<int> cpus;
+  for (int c = 0; c < CPU_SETSIZE; c++)
+    if (CPU_ISSET(c, &allowed)) cpus.push_back(c);
+  if (cpus.empty()) cpus.push_back(0);
+  std::vector<int> out(npcpus);
+  for (uint32_t p = 0; p < npcpus; p++) out[p] = cpus[p % cpus.size()];
+  return out;
+}
+
+int node_of_host_cpu(int cpu) {
+  return numa_available() >= 0 ? std::max(0, numa_node_of_cpu(cpu)) : 0;
+}
 
 std::unique_ptr<Executor> make_pcpu_executor(std::vector<vmm::Vm*> vms, const PcpuOptions& opt,
                                              locks::LockRegistry& locks) {

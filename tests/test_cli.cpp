@@ -37,6 +37,13 @@ TEST(Cli, BadUsageExitsTwoWithAClearMessage) {
       {{"run", "--guest-arg", "x"}, "--guest-arg"},
       {{"run", "--frobnicate"}, "frobnicate"},
       {{"run", "--sched", "cfs"}, "--sched"},
+      {{"run", "--numa"}, "--numa needs"},
+      {{"run", "--sched", "credit", "--balance", "greedy"}, "--balance"},
+      {{"run", "--sched", "credit", "--vcpu-pin", "0,99"}, "pCPU 99 does not exist"},
+      {{"run", "--vm", "vm9:weight=2", "--vms", "2"}, "only 2 VMs"},
+      {{"run", "--vm", "vm0:speed=2"}, "unknown setting"},
+      {{"run", "--tslice", "0ms"}, "--tslice"},
+      {{"run", "--lock", "call=fast"}, "valid: ticket"},
   };
   for (const auto& c : cases) {
     auto r = ks(c.args);

@@ -116,3 +116,15 @@ TEST(CreditKvm, RoundRobinAndCrashContainment) {
   EXPECT_EQ(r["vms"][3]["state"], "exited");
   EXPECT_EQ(r["sched"]["policy"], "rr");
 }
+
+TEST(CreditKvm, BoundPcpusAndNumaPlacementAreRecorded) {
+  SKIP_WITHOUT_KVM();
+  auto c = credit("hello", 2, 2, 2, 10);
+  c.pcpu_bind = true;
+  c.numa = true;
+  json r = vmm::run_testbed(c);
+  EXPECT_EQ(r["run"]["end_reason"], "all_exited");
+  for (const auto& p : r["sched"]["pcpus"]) EXPECT_GE(p["host_cpu"].get<int>(), 0);
+  ASSERT_EQ(r["numa_placement"].size(), 2u);
+  for (const auto& n : r["numa_placement"]) EXPECT_TRUE(n["ok"].get<bool>()) << n;
+}

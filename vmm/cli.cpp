@@ -48,6 +48,9 @@ void add_run_flags(CLI::App& cmd, RunConfig& cfg, RunFlags& f) {
       ->capture_default_str();
   cmd.add_option("--pcpus", cfg.pcpus, "pCPU threads for credit/rr (default: host online CPUs)");
   cmd.add_flag("--pcpu-bind", cfg.pcpu_bind, "bind pCPU i to the i-th allowed host CPU");
+  cmd.add_flag("--numa", cfg.numa,
+               "bind each VM's memory to the NUMA nodes of the pCPUs its vCPUs may run on "
+               "(needs --pcpu-bind)");
   cmd.add_option("--vcpu-pin", cfg.vcpu_pin,
                  "hard affinity: none, 1:1 (vCPU k on pCPU k mod P) or a pCPU list (vCPU k on "
                  "LIST[k mod len])")

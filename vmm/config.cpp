@@ -203,6 +203,9 @@ void RunConfig::validate() const {
   if (duration_ns < 1000000ull) throw ConfigError("--duration must be at least 1ms");
   if (sched != "host" && sched != "credit" && sched != "rr")
     throw ConfigError("unknown --sched '" + sched + "' (available: host, credit, rr)");
+  if (numa && (sched == "host" || !pcpu_bind))
+    throw ConfigError(
+        "--numa needs --sched credit or rr with --pcpu-bind (pCPUs must sit on known nodes)");
   if (pcpus > 4096) throw ConfigError("--pcpus must be between 1 and 4096 (0 = host CPUs)");
   if (balance != "xen" && balance != "affinity" && balance != "counted" && balance != "none")
     throw ConfigError("unknown --balance '" + balance +
@@ -246,6 +249,7 @@ nlohmann::json RunConfig::to_json() const {
           {"sched", sched},
           {"pcpus", pcpus},
           {"pcpu_bind", pcpu_bind},
+          {"numa", numa},
           {"vcpu_pin", vcpu_pin},
           {"balance", balance},
           {"tslice_ns", tslice_ns},
@@ -273,6 +277,7 @@ RunConfig RunConfig::from_json(const nlohmann::json& j) {
     c.sched = j.value("sched", std::string("host"));
     c.pcpus = j.value("pcpus", 0u);
     c.pcpu_bind = j.value("pcpu_bind", false);
+    c.numa = j.value("numa", false);
     c.vcpu_pin = j.value("vcpu_pin", std::string("none"));
     c.balance = j.value("balance", std::string("xen"));
     c.tslice_ns = j.value("tslice_ns", uint64_t{30'000'000});

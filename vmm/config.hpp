@@ -32,6 +32,7 @@ struct RunConfig {
   std::string sched = "host";                    // host | credit | rr
   uint32_t pcpus = 0;                            // pCPU threads for credit/rr; 0 = host online CPUs
   bool pcpu_bind = false;                        // bind pCPU i to the i-th allowed host CPU
+  bool numa = false;              // bind each VM's memory to the nodes of its vCPUs' pCPUs
   std::string vcpu_pin = "none";  // none | 1:1 | LIST of pCPUs (vCPU k -> LIST[k % len])
   std::string balance = "xen";    // xen | affinity | counted | none
   uint64_t tslice_ns = 30'000'000, ratelimit_ns = 1'000'000;

@@ -2,6 +2,7 @@
 
 #include <signal.h>
 
+#include <algorithm>
 #include <atomic>
 #include <exception>
 #include <memory>
@@ -151,6 +152,26 @@ nlohmann::json run_testbed(const RunConfig& cfg) {
   }
   std::vector<Vm*> vm_ptrs;
   for (auto& vm : vms) vm_ptrs.push_back(vm.get());
+  nlohmann::json numa_placement = nlohmann::json::array();
+  if (cfg.numa) {
+    // Each VM's memory goes to the nodes of the host CPUs its vCPUs' pCPUs are bound to.
+    std::vector<int> host_cpus = sched::bound_host_cpus(cfg.effective_pcpus());
+    uint32_t k = 0;
+    for (Vm* vm : vm_ptrs) {
+      std::vector<int> nodes;
+      for (uint32_t i = 0; i < vm->nr_vcpus(); i++, k++) {
+        std::vector<uint32_t> pins = cfg.pin_of(k);
+        if (pins.empty())
+          for (uint32_t p = 0; p < cfg.effective_pcpus(); p++) pins.push_back(p);
+        for (uint32_t p : pins) nodes.push_back(sched::node_of_host_cpu(host_cpus[p]));
+      }
+      std::sort(nodes.begin(), nodes.end());
+      nodes.erase(std::unique(nodes.begin(), nodes.end()), nodes.end());
+      std::string err = vm->memory().bind_to_nodes(nodes);
+      if (!err.empty()) limits.warnings.push_back("vm" + std::to_string(vm->index()) + ": " + err);
+      numa_placement.push_back({{"vm", vm->index()}, {"nodes", nodes}, {"ok", err.empty()}});
+    }
+  }
 
   EndReason end = EndReason::AllExited;
   nlohmann::json sched_report = nlohmann::json::object();
@@ -201,6 +222,7 @@ nlohmann::json run_testbed(const RunConfig& cfg) {
   nlohmann::json record = make_run_record(cfg, host, cvms, t, end, limits.warnings);
   record["locks"] = lock_registry.report();
   record["sched"] = sched_report;
+  if (cfg.numa) record["numa_placement"] = numa_placement;
   return record;
 }
 
