@@ -48,13 +48,16 @@ class AnyLock {
   Strategy strategy() const { return static_cast<Strategy>(impl_.index() - 1); }
   LockProfile* profile() const { return profile_; }
 
-  void lock(Node& n) {
-    if (profile_ == nullptr) return raw_lock(n);
+  void lock(Node& n) { lock(n, NoPoll{}); }
+  // Calls poll() while waiting (see NoPoll in common.hpp).
+  template <typename Poll>
+  void lock(Node& n, Poll&& poll) {
+    if (profile_ == nullptr) return raw_lock(n, poll);
     if (raw_try(n)) {
       profile_->acquired(-1, false);
     } else {
       uint64_t t0 = lock_clock_ns();
-      raw_lock(n);
+      raw_lock(n, poll);
       profile_->acquired(int64_t(lock_clock_ns() - t0), false);
     }
     start_hold(n);
@@ -91,11 +94,12 @@ class AnyLock {
     else
       return n.none;
   }
-  void raw_lock(Node& n) {
+  template <typename Poll>
+  void raw_lock(Node& n, Poll& poll) {
     std::visit(
         [&](auto& l) {
           if constexpr (!std::is_same_v<std::decay_t<decltype(l)>, std::monostate>)
-            l.lock(node_for<std::decay_t<decltype(l)>>(n));
+            l.lock(node_for<std::decay_t<decltype(l)>>(n), poll);
         },
         impl_);
   }

@@ -29,11 +29,16 @@ class ClhLock {
   ClhLock(const ClhLock&) = delete;
   ClhLock& operator=(const ClhLock&) = delete;
 
-  void lock(Node& n) {
+  void lock(Node& n) { lock(n, NoPoll{}); }
+  template <typename Poll>
+  void lock(Node& n, Poll&& poll) {
     n.mine = take_node();
     n.mine->locked.store(true, std::memory_order_relaxed);
     n.pred = tail_.exchange(n.mine, std::memory_order_acq_rel);
-    while (n.pred->locked.load(std::memory_order_acquire)) cpu_relax();
+    while (n.pred->locked.load(std::memory_order_acquire)) {
+      poll();
+      cpu_relax();
+    }
   }
   bool try_lock(Node& n) {
     QNode* t = tail_.load(std::memory_order_acquire);

@@ -4,10 +4,19 @@
 #include <time.h>
 
 #include <cstdint>
+#include <type_traits>
 
 namespace kvmscale::locks {
 
 inline void cpu_relax() { __builtin_ia32_pause(); }
+
+// lock(node, poll) calls poll() while it waits, so a waiter can do urgent work meanwhile (as a
+// CPU spinning on a Xen spinlock with interrupts enabled still answers IPIs). NoPoll compiles away.
+struct NoPoll {
+  void operator()() const {}
+};
+template <typename Poll>
+inline constexpr bool kPolls = !std::is_same_v<std::decay_t<Poll>, NoPoll>;
 
 inline uint64_t lock_clock_ns() {
   timespec ts;

@@ -18,13 +18,18 @@ class McsLock {
     std::atomic<bool> waiting{false};
   };
 
-  void lock(Node& me) {
+  void lock(Node& me) { lock(me, NoPoll{}); }
+  template <typename Poll>
+  void lock(Node& me, Poll&& poll) {
     me.next.store(nullptr, std::memory_order_relaxed);
     me.waiting.store(true, std::memory_order_relaxed);
     Node* prev = tail_.exchange(&me, std::memory_order_acq_rel);
     if (prev == nullptr) return;
     prev->next.store(&me, std::memory_order_release);
-    while (me.waiting.load(std::memory_order_acquire)) cpu_relax();
+    while (me.waiting.load(std::memory_order_acquire)) {
+      poll();
+      cpu_relax();
+    }
   }
   bool try_lock(Node& me) {
     me.next.store(nullptr, std::memory_order_relaxed);

@@ -15,6 +15,18 @@ class PthreadLock {
   PthreadLock(const PthreadLock&) = delete;
   PthreadLock& operator=(const PthreadLock&) = delete;
   void lock(Node&) { pthread_mutex_lock(&m_); }
+  // Polling cannot happen inside the kernel: a polling waiter try-locks instead of sleeping.
+  template <typename Poll>
+  void lock(Node& n, Poll&& poll) {
+    if constexpr (!kPolls<Poll>) {
+      lock(n);
+    } else {
+      while (pthread_mutex_trylock(&m_) != 0) {
+        poll();
+        cpu_relax();
+      }
+    }
+  }
   bool try_lock(Node&) { return pthread_mutex_trylock(&m_) == 0; }
   void unlock(Node&) { pthread_mutex_unlock(&m_); }
 

@@ -10,10 +10,15 @@ namespace kvmscale::locks {
 class TicketLock {
  public:
   using Node = NoNode;
-  void lock(Node&) {
+  template <typename Poll>
+  void lock(Node&, Poll&& poll) {
     const uint32_t me = next_.fetch_add(1, std::memory_order_relaxed);
-    while (owner_.load(std::memory_order_acquire) != me) cpu_relax();
+    while (owner_.load(std::memory_order_acquire) != me) {
+      poll();
+      cpu_relax();
+    }
   }
+  void lock(Node& n) { lock(n, NoPoll{}); }
   bool try_lock(Node&) {
     // owner never passes next, so reading owner == next and then winning the CAS on next means
     // the lock was free at the CAS.

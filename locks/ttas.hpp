@@ -14,11 +14,17 @@ class TtasLock {
   using Node = NoNode;
   static constexpr uint32_t kMinBackoff = 4, kMaxBackoff = 1024;
 
-  void lock(Node&) {
+  void lock(Node& n) { lock(n, NoPoll{}); }
+  template <typename Poll>
+  void lock(Node&, Poll&& poll) {
     uint32_t backoff = kMinBackoff;
     for (;;) {
-      while (locked_.load(std::memory_order_relaxed)) cpu_relax();
+      while (locked_.load(std::memory_order_relaxed)) {
+        poll();
+        cpu_relax();
+      }
       if (!locked_.exchange(true, std::memory_order_acquire)) return;
+      poll();
       for (uint32_t i = 0; i < backoff; i++) cpu_relax();
       if (backoff < kMaxBackoff) backoff *= 2;
     }

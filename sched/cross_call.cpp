@@ -1,0 +1,159 @@
+#include "sched/cross_call.hpp"
+
+#include <sched.h>
+
+#include <algorithm>
+
+namespace kvmscale::sched {
+
+using locks::AnyLock;
+
+const char* call_lock_mode_name(CallLockMode m) {
+  return m == CallLockMode::Global ? "global" : "percpu";
+}
+
+bool parse_call_lock_mode(const std::string& s, CallLockMode& out) {
+  if (s == "global")
+    out = CallLockMode::Global;
+  else if (s == "percpu")
+    out = CallLockMode::PerCpu;
+  else
+    return false;
+  return true;
+}
+
+// One cross-call. Each target's state goes 0 (pending) -> 1 (ran) or 2 (excused while stalled);
+// `remaining` drops once per target, whichever happens first.
+struct CrossCall::Call {
+  Call(Fn f, uint32_t npcpus) : fn(std::move(f)), state(npcpus) {}
+  Fn fn;
+  std::vector<std::atomic<uint8_t>> state;
+  std::atomic<uint32_t> remaining{0};
+  void settle(uint32_t t, uint8_t how) {
+    uint8_t pending = 0;
+    if (state[t].compare_exchange_strong(pending, how, std::memory_order_acq_rel))
+      remaining.fetch_sub(1, std::memory_order_release);
+  }
+};
+
+CrossCall::CrossCall(uint32_t npcpus, CallLockMode mode, locks::LockRegistry& locks,
+                     std::function<void(uint32_t)> kick)
+    : mode_(mode), kick_(std::move(kick)) {
+  for (uint32_t p = 0; p < npcpus; p++) {
+    slots_.push_back(std::make_unique<Slot>());
+    if (mode == CallLockMode::PerCpu)
+      slots_.back()->lock = locks.make("call", "call[" + std::to_string(p) + "]");
+  }
+  if (mode == CallLockMode::Global) global_lock_ = locks.make("call", "call_lock");
+}
+
+CrossCall::~CrossCall() = default;
+
+void CrossCall::post(uint32_t t, const std::shared_ptr<Call>& c) {
+  Slot& s = *slots_[t];
+  {
+    std::lock_guard g(s.mu);
+    s.pending.push_back(c);
+  }
+  s.has_pending.store(true, std::memory_order_release);
+}
+
+void CrossCall::serve(uint32_t p) {
+  Slot& s = *slots_[p];
+  if (!s.has_pending.load(std::memory_order_acquire)) return;
+  std::vector<std::shared_ptr<Call>> calls;
+  {
+    std::lock_guard g(s.mu);
+    calls.swap(s.pending);
+    s.has_pending.store(false, std::memory_order_relaxed);
+  }
+  for (auto& c : calls) {
+    c->fn(p);
+    c->settle(p, 1);
+  }
+}
+
+void CrossCall::set_stalled(uint32_t p, bool stalled) {
+  slots_[p]->stalled.store(stalled, std::memory_order_release);
+}
+
+void CrossCall::on_selected_cpus(const CpuSet& targets, const Fn& fn, int self) {
+  std::vector<uint32_t> list = targets.members();  // ascending: the per-CPU lock order
+  if (list.empty()) return;
+  auto poll = [&] {
+    if (self >= 0) serve(uint32_t(self));
+  };
+  // Take the call lock(s).
+  AnyLock::Node global_node;
+  std::vector<std::unique_ptr<AnyLock::Node>> nodes;
+  if (mode_ == CallLockMode::Global) {
+    global_lock_->lock(global_node, poll);
+  } else {
+    for (uint32_t t : list) {
+      nodes.push_back(std::make_unique<AnyLock::Node>());
+      slots_[t]->lock->lock(*nodes.back(), poll);
+    }
+  }
+  auto call = std::make_shared<Call>(fn, npcpus());
+  call->remaining.store(uint32_t(list.size()));
+  uint64_t t0 = locks::lock_clock_ns();
+  bool self_targeted = false;
+  for (uint32_t t : list) {
+    if (int(t) == self) {
+      self_targeted = true;
+      continue;
+    }
+    post(t, call);
+    kick_(t);
+    kicks_.fetch_add(1, std::memory_order_relaxed);
+  }
+  if (self_targeted) {
+    fn(uint32_t(self));
+    call->settle(uint32_t(self), 1);
+  }
+  // Wait for every ack, serving our own mailbox and excusing targets that are stalled. Spin a
+  // little, then yield: on a host with fewer cores than busy threads the target may need ours.
+  for (uint32_t spins = 0; call->remaining.load(std::memory_order_acquire) > 0; spins++) {
+    if (spins >= 64) sched_yield();
+    poll();
+    for (uint32_t t : list)
+      if (slots_[t]->stalled.load(std::memory_order_acquire) &&
+          call->state[t].load(std::memory_order_acquire) == 0) {
+        uint8_t before = 0;
+        if (call->state[t].compare_exchange_strong(before, 2, std::memory_order_acq_rel)) {
+          call->remaining.fetch_sub(1, std::memory_order_release);
+          excused_.fetch_add(1, std::memory_order_relaxed);
+        }
+      }
+    locks::cpu_relax();
+  }
+  uint64_t lat = locks::lock_clock_ns() - t0;
+  if (mode_ == CallLockMode::Global) {
+    global_lock_->unlock(global_node);
+  } else {
+    for (size_t i = list.size(); i-- > 0;) slots_[list[i]]->lock->unlock(*nodes[i]);
+  }
+  calls_.fetch_add(1, std::memory_order_relaxed);
+  targets_.fetch_add(list.size(), std::memory_order_relaxed);
+  latency_ns_.fetch_add(lat, std::memory_order_relaxed);
+  uint64_t prev = latency_max_ns_.load(std::memory_order_relaxed);
+  while (lat > prev && !latency_max_ns_.compare_exchange_weak(prev, lat)) {
+  }
+  latency_hist_[locks::LockStats::bucket(lat)].fetch_add(1, std::memory_order_relaxed);
+}
+
+nlohmann::json CrossCall::report() const {
+  std::vector<uint64_t> hist;
+  for (const auto& h : latency_hist_) hist.push_back(h.load());
+  while (!hist.empty() && hist.back() == 0) hist.pop_back();
+  return {{"mode", call_lock_mode_name(mode_)},
+          {"calls", calls_.load()},
+          {"targets", targets_.load()},
+          {"kicks", kicks_.load()},
+          {"acks_excused_stalled", excused_.load()},
+          {"latency_ns_total", latency_ns_.load()},
+          {"latency_ns_max", latency_max_ns_.load()},
+          {"latency_hist_log2_ns", hist}};
+}
+
+}  // namespace kvmscale::sched

@@ -1,0 +1,77 @@
+// on_selected_cpus(): run a function on a set of pCPUs and wait for them, as Xen's
+// xen/common/smp.c does for EPT flushes. Targets in guest mode are kicked out of KVM_RUN and run
+// the function at their next safe point (before they handle the exit, or while idle).
+//
+// Call-lock modes (--call-lock):
+//   global  one call lock (class "call") serialises every cross-call, as Xen;
+//   percpu  the study's proposal: lock only the targets' per-pCPU call locks, in ascending order.
+// While an initiator waits for a lock or for acks it keeps serving calls aimed at itself (as a
+// Xen CPU spinning with interrupts enabled still answers IPIs), so two pCPUs calling each other
+// cannot deadlock.
+//
+// Stalls: a pCPU blocked where it cannot serve (in a userfaultfd fault wait) is excused: the
+// initiator counts it as acked and stops waiting for it, and it runs the function at its next
+// safe point, before it can use a translation again. The initiator re-checks stalls while it
+// waits, so a target that stalls after the kick is noticed too. Hence `fn` is copied and may run
+// after on_selected_cpus() returned: it must not refer to the caller's stack.
+#pragma once
+
+#include <array>
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <vector>
+
+#include "locks/registry.hpp"
+#include "sched/cpuset.hpp"
+
+namespace kvmscale::sched {
+
+enum class CallLockMode { Global, PerCpu };
+const char* call_lock_mode_name(CallLockMode m);
+bool parse_call_lock_mode(const std::string& s, CallLockMode& out);
+
+class CrossCall {
+ public:
+  using Fn = std::function<void(uint32_t pcpu)>;
+  CrossCall(uint32_t npcpus, CallLockMode mode, locks::LockRegistry& locks,
+            std::function<void(uint32_t pcpu)> kick);
+  ~CrossCall();
+
+  // Runs fn(t) on every t in targets. `self` is the calling pCPU, or -1 for other threads.
+  void on_selected_cpus(const CpuSet& targets, const Fn& fn, int self);
+  // pCPU p at a safe point: runs every call aimed at it. Cheap when there is none.
+  void serve(uint32_t p);
+  // p entered / left a wait in which it cannot serve calls.
+  void set_stalled(uint32_t p, bool stalled);
+
+  uint32_t npcpus() const { return uint32_t(slots_.size()); }
+  CallLockMode mode() const { return mode_; }
+  // calls, targets, kicks, acks excused by stall, latency (first kick to last ack) histogram.
+  nlohmann::json report() const;
+
+ private:
+  struct Call;
+  struct Slot {
+    std::atomic<bool> has_pending{false};
+    std::mutex mu;
+    std::vector<std::shared_ptr<Call>> pending;
+    std::atomic<bool> stalled{false};
+    std::unique_ptr<locks::AnyLock> lock;  // percpu mode
+  };
+  void post(uint32_t t, const std::shared_ptr<Call>& c);
+
+  CallLockMode mode_;
+  std::vector<std::unique_ptr<Slot>> slots_;
+  std::unique_ptr<locks::AnyLock> global_lock_;
+  std::function<void(uint32_t)> kick_;
+  // Statistics (atomics: initiators run concurrently in percpu mode).
+  std::atomic<uint64_t> calls_{0}, targets_{0}, kicks_{0}, excused_{0}, latency_ns_{0},
+      latency_max_ns_{0};
+  std::array<std::atomic<uint64_t>, 40> latency_hist_{};
+};
+
+}  // namespace kvmscale::sched

@@ -1,0 +1,209 @@
+// Cross-calls between fake pCPUs (plain threads that serve at safe points), both call-lock modes.
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <chrono>
+#include <random>
+#include <thread>
+
+#include "sched/cross_call.hpp"
+
+using namespace kvmscale::sched;
+using kvmscale::locks::LockPolicy;
+using kvmscale::locks::LockRegistry;
+using namespace std::chrono_literals;
+
+namespace {
+
+struct Fake {
+  explicit Fake(uint32_t n, CallLockMode mode, const char* lock = "ticket")
+      : locks(LockPolicy::parse(lock, {})),
+        kicked(n),
+        cc(n, mode, locks, [this](uint32_t p) { kicked[p].fetch_add(1); }) {}
+  LockRegistry locks;
+  std::vector<std::atomic<uint64_t>> kicked;
+  CrossCall cc;
+};
+
+// Fails (instead of hanging) if `done` is not set within the limit.
+void watchdog(std::atomic<bool>& done, std::chrono::seconds limit, const char* what) {
+  auto deadline = std::chrono::steady_clock::now() + limit;
+  while (!done.load() && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(5ms);
+  if (!done.load()) {
+    std::fprintf(stderr, "deadlock: %s did not finish in %llds\n", what, (long long)limit.count());
+    std::abort();
+  }
+}
+
+class CrossCallModes : public testing::TestWithParam<CallLockMode> {};
+
+}  // namespace
+
+TEST_P(CrossCallModes, EveryTargetRunsEveryCallExactlyOnce) {
+  const uint32_t n = 4;
+  Fake f(n, GetParam());
+  std::atomic<bool> stop{false};
+  std::vector<std::atomic<uint64_t>> ran(n);
+  // pCPU threads: serve, and initiate calls to random target sets (self included sometimes).
+  std::vector<std::thread> pcpus;
+  std::vector<uint64_t> expected(n, 0);
+  std::mutex expected_mu;
+  std::atomic<int> finished{0};
+  std::atomic<uint64_t> nonempty{0};
+  for (uint32_t p = 0; p < n; p++)
+    pcpus.emplace_back([&, p] {
+      std::mt19937 rng(p);
+      for (int i = 0; i < 100; i++) {
+        CpuSet targets(n);
+        for (uint32_t t = 0; t < n; t++)
+          if (rng() % 2) targets.set(t);
+        {
+          std::lock_guard g(expected_mu);
+          for (uint32_t t : targets.members()) expected[t]++;
+        }
+        if (!targets.empty()) nonempty++;
+        f.cc.on_selected_cpus(
+            targets, [&ran](uint32_t t) { ran[t].fetch_add(1); }, int(p));
+        f.cc.serve(p);
+      }
+      finished++;
+      while (!stop.load()) f.cc.serve(p);  // keep answering the others
+    });
+  std::atomic<bool> all{false};
+  std::thread dog([&] { watchdog(all, 60s, "cross-call storm"); });
+  while (finished.load() < int(n)) std::this_thread::sleep_for(1ms);
+  all = true;
+  stop = true;
+  for (auto& t : pcpus) t.join();
+  dog.join();
+  for (uint32_t p = 0; p < n; p++) {
+    f.cc.serve(p);
+    EXPECT_EQ(ran[p].load(), expected[p]) << "pCPU " << p;
+  }
+  auto r = f.cc.report();
+  EXPECT_EQ(r["calls"].get<uint64_t>(), nonempty.load()) << "an empty target set is no call";
+  EXPECT_EQ(r["acks_excused_stalled"], 0);
+}
+
+TEST_P(CrossCallModes, SelfOnlyCallRunsInline) {
+  Fake f(2, GetParam());
+  int ran = 0;
+  f.cc.on_selected_cpus(
+      CpuSet::single(2, 1), [&](uint32_t p) { ran += int(p); }, 1);
+  EXPECT_EQ(ran, 1);
+  EXPECT_EQ(f.kicked[0].load() + f.kicked[1].load(), 0u) << "no kick for oneself";
+}
+
+TEST_P(CrossCallModes, KicksTargetsAndWaitsForTheirAck) {
+  Fake f(3, GetParam());
+  std::atomic<bool> served{false}, returned{false};
+  std::thread caller([&] {
+    f.cc.on_selected_cpus(
+        CpuSet::single(3, 2), [&](uint32_t) { served = true; }, -1);
+    returned = true;
+  });
+  while (f.kicked[2].load() == 0) std::this_thread::yield();
+  std::this_thread::sleep_for(20ms);
+  EXPECT_FALSE(returned.load()) << "must wait until the target has run the call";
+  f.cc.serve(2);
+  caller.join();
+  EXPECT_TRUE(served.load());
+}
+
+TEST_P(CrossCallModes, StalledTargetIsExcusedAndRunsTheCallLater) {
+  Fake f(2, GetParam());
+  std::atomic<int> ran{0};
+  f.cc.set_stalled(1, true);
+  std::atomic<bool> done{false};
+  std::thread dog([&] { watchdog(done, 20s, "call to a stalled pCPU"); });
+  f.cc.on_selected_cpus(
+      CpuSet(2, true), [&ran](uint32_t) { ran++; }, 0);
+  done = true;
+  dog.join();
+  EXPECT_EQ(ran.load(), 1) << "only pCPU 0 ran it so far";
+  EXPECT_EQ(f.cc.report()["acks_excused_stalled"], 1);
+  f.cc.set_stalled(1, false);
+  f.cc.serve(1);  // its next safe point: the flush is still delivered
+  EXPECT_EQ(ran.load(), 2);
+}
+
+TEST_P(CrossCallModes, TargetThatStallsAfterTheKickIsNoticed) {
+  Fake f(2, GetParam());
+  std::atomic<bool> done{false};
+  std::thread caller([&] {
+    f.cc.on_selected_cpus(
+        CpuSet::single(2, 1), [](uint32_t) {}, 0);
+    done = true;
+  });
+  while (f.kicked[1].load() == 0) std::this_thread::yield();
+  f.cc.set_stalled(1, true);  // e.g. it hit a userfaultfd fault instead of returning
+  std::atomic<bool> ok{false};
+  std::thread dog([&] { watchdog(ok, 20s, "stall after kick"); });
+  caller.join();
+  ok = true;
+  dog.join();
+  EXPECT_TRUE(done.load());
+}
+
+TEST_P(CrossCallModes, TwoPcpusCallingEachOtherDoNotDeadlock) {
+  for (const char* lock : {"ticket", "mcs", "clh", "ttas", "pthread", "spin-yield"}) {
+    Fake f(2, GetParam(), lock);
+    std::atomic<bool> done{false};
+    std::thread dog([&] { watchdog(done, 60s, lock); });
+    std::vector<std::thread> ts;
+    std::atomic<int> finished{0};
+    for (uint32_t p = 0; p < 2; p++)
+      ts.emplace_back([&, p] {
+        for (int i = 0; i < 300; i++)
+          f.cc.on_selected_cpus(
+              CpuSet::single(2, 1 - p), [](uint32_t) {}, int(p));
+        finished++;
+        while (finished.load() < 2) f.cc.serve(p);  // a pCPU keeps answering until all are done
+      });
+    for (auto& t : ts) t.join();
+    done = true;
+    dog.join();
+    EXPECT_EQ(f.cc.report()["calls"], 600) << lock;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Modes, CrossCallModes,
+                         testing::Values(CallLockMode::Global, CallLockMode::PerCpu),
+                         [](const auto& i) { return std::string(call_lock_mode_name(i.param)); });
+
+TEST(CrossCall, PerCpuLocksOnlyTheTargets) {
+  Fake f(4, CallLockMode::PerCpu);
+  f.cc.on_selected_cpus(
+      CpuSet::single(4, 2), [](uint32_t) {}, 2);
+  auto locks = f.locks.report()["locks"];
+  ASSERT_EQ(locks.size(), 4u);
+  for (const auto& l : locks)
+    EXPECT_EQ(l["stats"]["acquisitions"], l["name"] == "call[2]" ? 1 : 0) << l["name"];
+  Fake g(4, CallLockMode::Global);
+  g.cc.on_selected_cpus(
+      CpuSet::single(4, 2), [](uint32_t) {}, 2);
+  EXPECT_EQ(g.locks.report()["classes"]["call"]["acquisitions"], 1);
+}
+
+TEST(LocksPolling, EveryStrategyPollsWhileItWaits) {
+  using namespace kvmscale::locks;
+  for (Strategy s : {Strategy::Ticket, Strategy::Mcs, Strategy::Clh, Strategy::Ttas,
+                     Strategy::Pthread, Strategy::SpinYield}) {
+    AnyLock lock(s);
+    AnyLock::Node held;
+    lock.lock(held);
+    std::atomic<bool> polled{false};
+    std::thread waiter([&] {
+      AnyLock::Node n;
+      lock.lock(n, [&] { polled = true; });
+      lock.unlock(n);
+    });
+    // The holder releases only once the waiter has polled: hangs if a strategy never polls.
+    auto deadline = std::chrono::steady_clock::now() + 10s;
+    while (!polled.load() && std::chrono::steady_clock::now() < deadline) std::this_thread::yield();
+    EXPECT_TRUE(polled.load()) << strategy_name(s);
+    lock.unlock(held);
+    waiter.join();
+  }
+}
