@@ -1,0 +1,209 @@
+// PoD policy with fake memory, and the software TLB's detection of a missed flush.
+#include <gtest/gtest.h>
+
+#include <map>
+#include <set>
+
+#include "mm/pod.hpp"
+#include "mm/soft_tlb.hpp"
+#include "sched/cross_call.hpp"
+
+using namespace kvmscale::mm;
+
+namespace {
+
+// Fake memory: each granule is zero, "quick-zero but dirty further in", or non-zero.
+struct FakeMem : PodBackend {
+  enum Kind { Zero, TailDirty, Dirty };
+  std::map<uint64_t, Kind> kind;  // default Zero
+  std::set<uint64_t> fenced_now, discarded;
+  std::vector<std::string> log;
+  uint64_t flushes = 0;
+  Kind k(uint64_t g) const {
+    auto it = kind.find(g);
+    return it == kind.end() ? Zero : it->second;
+  }
+  bool quick_zero(uint64_t g) override { return k(g) != Dirty; }
+  bool full_zero(uint64_t g) override {
+    EXPECT_TRUE(fenced_now.count(g)) << "full check of an unfenced granule " << g;
+    return k(g) == Zero;
+  }
+  void fence(uint64_t g) override {
+    fenced_now.insert(g);
+    log.push_back("fence " + std::to_string(g));
+  }
+  void unfence(uint64_t g) override {
+    EXPECT_GT(flushes, 0u);
+    fenced_now.erase(g);
+  }
+  void discard(uint64_t g) override {
+    EXPECT_EQ(k(g), Zero) << "reclaim must never take a non-zero granule";
+    fenced_now.erase(g);
+    discarded.insert(g);
+  }
+  void flush() override {
+    flushes++;
+    log.push_back("flush");
+  }
+};
+
+PodParams params(uint64_t max, uint64_t target, uint32_t stride = 16, uint32_t limit = 1024) {
+  PodParams p;
+  p.max = max;
+  p.target = target;
+  p.stride = stride;
+  p.limit = limit;
+  return p;
+}
+
+}  // namespace
+
+TEST(Pod, PopulatesUnderTargetWithoutReclaim) {
+  FakeMem mem;
+  Pod pod(params(100, 10), mem);
+  for (uint64_t g = 0; g < 10; g++) EXPECT_EQ(pod.on_fault(g), Pod::Fault::Populate);
+  EXPECT_EQ(pod.populated(), 10u);
+  EXPECT_EQ(mem.flushes, 0u);
+  EXPECT_EQ(pod.on_fault(3), Pod::Fault::AlreadyPopulated) << "a retried fault is harmless";
+  EXPECT_EQ(pod.stats().duplicate_faults, 1u);
+}
+
+TEST(Pod, OverTargetReclaimsRecentZeroPagesEagerly) {
+  FakeMem mem;
+  Pod pod(params(100, 4, 16), mem);
+  for (uint64_t g = 0; g < 4; g++) pod.on_fault(g);
+  mem.kind[0] = mem.kind[1] = FakeMem::Dirty;  // two written, two still zero
+  EXPECT_EQ(pod.on_fault(50), Pod::Fault::Populate);
+  EXPECT_EQ(pod.stats().eager_checks, 1u);
+  EXPECT_EQ(pod.stats().sweeps, 0u) << "the eager ring sufficed";
+  EXPECT_EQ(mem.discarded, (std::set<uint64_t>{2, 3}));
+  EXPECT_EQ(pod.stats().quick_rejected, 2u);
+  EXPECT_EQ(pod.stats().flushes, 1u) << "one flush for the batch";
+  EXPECT_EQ(pod.populated(), 3u);
+  EXPECT_EQ(pod.entry(2), Pod::Entry::Pod);
+  EXPECT_EQ(pod.entry(0), Pod::Entry::Populated);
+}
+
+TEST(Pod, FencesTheWholeBatchBeforeTheSingleFlush) {
+  FakeMem mem;
+  Pod pod(params(64, 4, 16), mem);
+  for (uint64_t g = 0; g < 4; g++) pod.on_fault(g);
+  pod.on_fault(10);
+  std::vector<std::string> expect = {"fence 3", "fence 2", "fence 1", "fence 0", "flush"};
+  EXPECT_EQ(mem.log, expect) << "newest first, all fenced, then one flush";
+}
+
+TEST(Pod, QuickZeroButDirtyGranulesAreRestored) {
+  FakeMem mem;
+  Pod pod(params(64, 2, 16), mem);
+  pod.on_fault(0);
+  pod.on_fault(1);
+  mem.kind[0] = FakeMem::TailDirty;  // passes the 128-byte check, fails the full one
+  EXPECT_EQ(pod.on_fault(5), Pod::Fault::Populate);
+  EXPECT_EQ(pod.entry(0), Pod::Entry::Populated);
+  EXPECT_EQ(pod.stats().restored, 1u);
+  EXPECT_EQ(pod.stats().reclaimed, 1u);
+  EXPECT_TRUE(mem.fenced_now.empty()) << "nothing is left fenced";
+}
+
+TEST(Pod, EmergencySweepGoesDownwardsFromWhereItStopped) {
+  FakeMem mem;
+  // 64 granules, target 48, batches of 8, limit 16. Everything populated is dirty except 10 and 3,
+  // which are older than the eager ring (the last 32 populated: 16..47).
+  Pod pod(params(64, 48, 8, 16), mem);
+  for (uint64_t g = 0; g < 48; g++) pod.on_fault(g);
+  for (uint64_t g = 0; g < 48; g++) mem.kind[g] = FakeMem::Dirty;
+  mem.kind[10] = mem.kind[3] = FakeMem::Zero;
+  EXPECT_EQ(pod.on_fault(60), Pod::Fault::Populate);
+  EXPECT_EQ(pod.stats().sweeps, 1u);
+  // From 63 downwards it finds 10 in the batch 15..8 and stops there (past its limit, found one).
+  EXPECT_EQ(mem.discarded, std::set<uint64_t>{10});
+  EXPECT_EQ(pod.entry(3), Pod::Entry::Populated);
+  // The next sweep continues below where this one stopped and finds 3.
+  mem.kind[60] = FakeMem::Dirty;
+  EXPECT_EQ(pod.on_fault(61), Pod::Fault::Populate);
+  EXPECT_EQ(pod.stats().sweeps, 2u);
+  EXPECT_EQ(mem.discarded, (std::set<uint64_t>{10, 3}));
+  EXPECT_LE(pod.stats().scanned, 64u + 32u + 8u) << "the second sweep started at 7, not at 63";
+}
+
+TEST(Pod, OutOfPodMemoryWhenNothingIsZero) {
+  FakeMem mem;
+  Pod pod(params(32, 8), mem);
+  for (uint64_t g = 0; g < 8; g++) {
+    pod.on_fault(g);
+    mem.kind[g] = FakeMem::Dirty;
+  }
+  EXPECT_EQ(pod.on_fault(20), Pod::Fault::OutOfMemory);
+  EXPECT_EQ(pod.stats().out_of_memory, 1u);
+  EXPECT_EQ(pod.populated(), 8u);
+  EXPECT_TRUE(mem.discarded.empty());
+}
+
+TEST(Pod, PopulatedNeverExceedsTarget) {
+  FakeMem mem;
+  Pod pod(params(4096, 512, 16, 1024), mem);
+  // A Windows-like boot: touch every granule in order; each is zero, so reclaim keeps up.
+  for (uint64_t g = 0; g < 4096; g++) {
+    ASSERT_NE(pod.on_fault(g), Pod::Fault::OutOfMemory) << g;
+    ASSERT_LE(pod.populated(), 512u);
+  }
+  EXPECT_EQ(pod.stats().max_populated, 512u);
+  EXPECT_EQ(pod.stats().populates, 4096u);
+  EXPECT_EQ(pod.stats().reclaimed, 4096u - pod.populated());
+}
+
+TEST(Pod, RejectsBadParameters) {
+  FakeMem mem;
+  EXPECT_THROW(Pod(params(10, 0), mem), std::invalid_argument);
+  EXPECT_THROW(Pod(params(10, 11), mem), std::invalid_argument);
+  EXPECT_THROW(Pod(params(10, 5, 0), mem), std::invalid_argument);
+}
+
+// The software TLB with a p2m validator: a reclaim without the flush leaves a stale entry that
+// the next lookup reports; with the flush (a cross-call to every pCPU) there is none.
+TEST(SoftTlb, MissedFlushIsDetectedAndTheFlushPreventsIt) {
+  using kvmscale::locks::LockPolicy;
+  using kvmscale::locks::LockRegistry;
+  using kvmscale::sched::CallLockMode;
+  using kvmscale::sched::CpuSet;
+  using kvmscale::sched::CrossCall;
+  std::set<uint64_t> mapped = {7};
+  auto valid = [&](uint32_t, uint64_t gfn) { return mapped.count(gfn) > 0; };
+  std::vector<SoftTlb> tlbs(2, SoftTlb(valid));
+  uint8_t page[16];
+  for (auto& t : tlbs) {
+    EXPECT_EQ(t.lookup(1, 7), nullptr);
+    t.insert(1, 7, page);
+    EXPECT_EQ(t.lookup(1, 7), page);
+  }
+  EXPECT_EQ(tlbs[0].stale_hits(), 0u);
+
+  mapped.erase(7);  // reclaimed, but nobody flushed
+  tlbs[0].lookup(1, 7);
+  EXPECT_EQ(tlbs[0].stale_hits(), 1u) << "a missed invalidation is caught";
+
+  LockRegistry locks(LockPolicy::parse("ticket", {}));
+  CrossCall cc(2, CallLockMode::Global, locks, [](uint32_t) {});
+  cc.set_stalled(1, true);  // pCPU 1 is in a fault: it gets the flush at its next safe point
+  cc.on_selected_cpus(
+      CpuSet(2, true), [&tlbs](uint32_t p) { tlbs[p].invalidate_vm(1); }, 0);
+  cc.set_stalled(1, false);
+  cc.serve(1);
+  for (auto& t : tlbs) {
+    uint64_t before = t.stale_hits();
+    EXPECT_EQ(t.lookup(1, 7), nullptr);
+    EXPECT_EQ(t.stale_hits(), before);
+    EXPECT_EQ(t.flushes(), 1u);
+  }
+}
+
+TEST(SoftTlb, FlushOnlyDropsThatVm) {
+  SoftTlb t;
+  uint8_t a[1], b[1];
+  t.insert(1, 5, a);
+  t.insert(2, 6, b);
+  t.invalidate_vm(1);
+  EXPECT_EQ(t.lookup(1, 5), nullptr);
+  EXPECT_EQ(t.lookup(2, 6), b);
+}
