@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 #include <vector>
 
+#include "bench/bench_common.hpp"
 #include "guests/include/ks_loop.h"
 #include "guests/include/kvmscale_abi.h"
 #include "vmm/boot.hpp"
@@ -21,14 +22,10 @@
 #include "vmm/vm.hpp"
 
 using namespace kvmscale;
+using bench::median;
 using nlohmann::json;
 
 namespace {
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v.empty() ? 0 : v[v.size() / 2];
-}
 
 vmm::RunConfig one_vm(const std::string& guest, std::vector<uint64_t> args) {
   vmm::RunConfig c;
@@ -117,15 +114,8 @@ int main(int argc, char** argv) {
   app.add_option("--json", json_out, "also write the results as JSON to this file");
   CLI11_PARSE(app, argc, argv);
 
-  vmm::install_kick_signal();
-  vmm::block_stop_signals();
-  std::unique_ptr<vmm::KvmSystem> kvm;
-  try {
-    kvm = std::make_unique<vmm::KvmSystem>();
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "bench_core needs /dev/kvm: %s\n", e.what());
-    return 1;
-  }
+  auto kvm = bench::open_kvm_for_bench("bench_core");
+  if (!kvm) return 1;
   vmm::Backend backend = vmm::detect_backend();
 
   std::vector<double> guest_loop, host_loop, ks_hc, raw_hc, ks_launch, raw_launch;

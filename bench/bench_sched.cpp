@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <memory>
 
+#include "bench/bench_common.hpp"
 #include "guests/include/kvmscale_abi.h"
 #include "vmm/clock.hpp"
 #include "vmm/guest_images.hpp"
@@ -16,14 +17,10 @@
 #include "vmm/vm.hpp"
 
 using namespace kvmscale;
+using bench::median;
 using nlohmann::json;
 
 namespace {
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v.empty() ? 0 : v[v.size() / 2];
-}
 
 // Bare: one thread alternates KVM_RUN between vCPU 0 of two VMs running hcbench in yield mode.
 double raw_switch_ns(const vmm::KvmSystem& kvm, vmm::Backend backend, uint64_t n) {
@@ -83,15 +80,8 @@ int main(int argc, char** argv) {
   app.add_option("--locks", lock_list, "lock strategies to measure the overhead with")
       ->delimiter(',');
   CLI11_PARSE(app, argc, argv);
-  vmm::install_kick_signal();
-  vmm::block_stop_signals();
-  std::unique_ptr<vmm::KvmSystem> kvm;
-  try {
-    kvm = std::make_unique<vmm::KvmSystem>();
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "bench_sched needs /dev/kvm: %s\n", e.what());
-    return 1;
-  }
+  auto kvm = bench::open_kvm_for_bench("bench_sched");
+  if (!kvm) return 1;
   vmm::Backend backend = vmm::detect_backend();
 
   std::vector<double> ours, raw;

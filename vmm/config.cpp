@@ -151,23 +151,20 @@ std::pair<uint32_t, std::map<std::string, uint32_t>> parse_vm_opt(const std::str
 
 }  // namespace
 
-uint32_t RunConfig::weight_of(uint32_t vm) const {
-  uint32_t w = weight;
+// The last --vm setting of `key` for `vm`, else `fallback`.
+static uint32_t vm_setting(const std::vector<std::string>& vm_opts, uint32_t vm, const char* key,
+                           uint32_t fallback) {
   for (const auto& o : vm_opts) {
     auto [i, kv] = parse_vm_opt(o);
-    if (i == vm && kv.count("weight")) w = kv["weight"];
+    if (i == vm && kv.count(key)) fallback = kv[key];
   }
-  return w;
+  return fallback;
 }
 
-uint32_t RunConfig::cap_of(uint32_t vm) const {
-  uint32_t c = cap;
-  for (const auto& o : vm_opts) {
-    auto [i, kv] = parse_vm_opt(o);
-    if (i == vm && kv.count("cap")) c = kv["cap"];
-  }
-  return c;
+uint32_t RunConfig::weight_of(uint32_t vm) const {
+  return vm_setting(vm_opts, vm, "weight", weight);
 }
+uint32_t RunConfig::cap_of(uint32_t vm) const { return vm_setting(vm_opts, vm, "cap", cap); }
 
 uint32_t RunConfig::effective_pcpus() const {
   return pcpus ? pcpus : uint32_t(std::max(1L, sysconf(_SC_NPROCESSORS_ONLN)));
