@@ -1,5 +1,7 @@
 #include "vmm/cli.hpp"
 
+#include <linux/userfaultfd.h>
+
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <cstdio>
@@ -128,6 +130,12 @@ int do_run(const RunConfig& cfg) {
   return record["run"]["interrupted"].get<bool>() ? kExitInterrupted : kExitOk;
 }
 
+std::string to_hex(uint64_t v) {
+  char b[24];
+  std::snprintf(b, sizeof b, "%llx", static_cast<unsigned long long>(v));
+  return b;
+}
+
 int do_info(bool json) {
   std::unique_ptr<KvmSystem> kvm;
   std::string kvm_error;
@@ -167,6 +175,13 @@ int do_info(bool json) {
             << ") => at most ~" << h.nofile_hard / fds_per_vm(1)
             << " 1-vCPU VMs per process; threads-max " << h.threads_max << ", max_map_count "
             << h.max_map_count << "\n"
+            << "uffd:     "
+            << (h.uffd_features < 0 ? std::string("unavailable")
+                                    : "features 0x" + to_hex(uint64_t(h.uffd_features)) +
+                                          ((h.uffd_features & UFFD_FEATURE_PAGEFAULT_FLAG_WP)
+                                               ? " (write-protect: yes)"
+                                               : " (write-protect: no)"))
+            << "\n"
             << "guests:  ";
   for (const auto& g : embedded_guest_names()) std::cout << " " << g;
   std::cout << "\n";

@@ -1,7 +1,11 @@
 #include "vmm/host_info.hpp"
 
+#include <fcntl.h>
+#include <linux/userfaultfd.h>
 #include <numa.h>
+#include <sys/ioctl.h>
 #include <sys/resource.h>
+#include <sys/syscall.h>
 #include <sys/utsname.h>
 #include <unistd.h>
 
@@ -37,6 +41,16 @@ std::string cpu_model() {
   return "unknown";
 }
 
+int64_t probe_uffd_features() {
+  int fd = int(syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK));
+  if (fd < 0) return -1;
+  uffdio_api api{};
+  api.api = UFFD_API;
+  int64_t features = ioctl(fd, UFFDIO_API, &api) == 0 ? int64_t(api.features) : -1;
+  close(fd);
+  return features;
+}
+
 }  // namespace
 
 HostInfo probe_host(const KvmSystem* kvm) {
@@ -57,6 +71,7 @@ HostInfo probe_host(const KvmSystem* kvm) {
   if (getrlimit(RLIMIT_NPROC, &rl) == 0) h.nproc_soft = rl.rlim_cur;
   h.threads_max = read_number("/proc/sys/kernel/threads-max");
   h.max_map_count = read_number("/proc/sys/vm/max_map_count");
+  h.uffd_features = probe_uffd_features();
   if (kvm != nullptr) {
     h.kvm_available = true;
     h.kvm_api_version = kvm->api_version();
@@ -72,22 +87,28 @@ HostInfo probe_host(const KvmSystem* kvm) {
 }
 
 nlohmann::json HostInfo::to_json() const {
-  return {{"kernel", kernel},
-          {"cpu_model", cpu_model},
-          {"online_cpus", online_cpus},
-          {"numa_nodes", numa_nodes},
-          {"mem_total", mem_total},
-          {"mem_available", mem_available},
-          {"kvm_available", kvm_available},
-          {"backend", backend_name(backend)},
-          {"kvm_api_version", kvm_api_version},
-          {"kvm_caps", kvm_caps},
-          {"limits",
-           {{"nofile_soft", nofile_soft},
-            {"nofile_hard", nofile_hard},
-            {"nproc_soft", nproc_soft},
-            {"threads_max", threads_max},
-            {"max_map_count", max_map_count}}}};
+  return {
+      {"kernel", kernel},
+      {"cpu_model", cpu_model},
+      {"online_cpus", online_cpus},
+      {"numa_nodes", numa_nodes},
+      {"mem_total", mem_total},
+      {"mem_available", mem_available},
+      {"kvm_available", kvm_available},
+      {"backend", backend_name(backend)},
+      {"kvm_api_version", kvm_api_version},
+      {"kvm_caps", kvm_caps},
+      {"limits",
+       {{"nofile_soft", nofile_soft},
+        {"nofile_hard", nofile_hard},
+        {"nproc_soft", nproc_soft},
+        {"threads_max", threads_max},
+        {"max_map_count", max_map_count}}},
+      {"userfaultfd",
+       {{"available", uffd_features >= 0},
+        {"features", uffd_features},
+        {"write_protect", uffd_features >= 0 && (uffd_features & UFFD_FEATURE_PAGEFAULT_FLAG_WP)},
+        {"thread_id", uffd_features >= 0 && (uffd_features & UFFD_FEATURE_THREAD_ID)}}}};
 }
 
 LimitCheck check_limits(HostInfo& h, uint32_t vms, uint32_t vcpus, uint64_t mem,
