@@ -73,8 +73,11 @@ void CrossCall::serve(uint32_t p) {
   }
 }
 
-void CrossCall::set_stalled(uint32_t p, bool stalled) {
-  slots_[p]->stalled.store(stalled, std::memory_order_release);
+void CrossCall::set_stalled(uint32_t p, bool stalled, Stall why) {
+  if (stalled)
+    slots_[p]->stalled.fetch_or(why, std::memory_order_acq_rel);
+  else
+    slots_[p]->stalled.fetch_and(uint8_t(~why), std::memory_order_acq_rel);
 }
 
 void CrossCall::on_selected_cpus(const CpuSet& targets, const Fn& fn, int self) {
@@ -117,7 +120,7 @@ void CrossCall::on_selected_cpus(const CpuSet& targets, const Fn& fn, int self) 
     if (spins >= 64) sched_yield();
     poll();
     for (uint32_t t : list)
-      if (slots_[t]->stalled.load(std::memory_order_acquire) &&
+      if (slots_[t]->stalled.load(std::memory_order_acquire) != 0 &&
           call->state[t].load(std::memory_order_acquire) == 0) {
         uint8_t before = 0;
         if (call->state[t].compare_exchange_strong(before, 2, std::memory_order_acq_rel)) {

@@ -45,8 +45,11 @@ class CrossCall {
   void on_selected_cpus(const CpuSet& targets, const Fn& fn, int self);
   // pCPU p at a safe point: runs every call aimed at it. Cheap when there is none.
   void serve(uint32_t p);
-  // p entered / left a wait in which it cannot serve calls.
-  void set_stalled(uint32_t p, bool stalled);
+  // Why a context cannot serve calls. Independent reasons, so that e.g. the fault service
+  // clearing "in a fault" cannot undo "gone" set by the exiting thread.
+  enum Stall : uint8_t { kInFault = 1, kIdle = 2, kGone = 4 };
+  // p entered / left a state in which it cannot serve calls (and uses no translation).
+  void set_stalled(uint32_t p, bool stalled, Stall why = kInFault);
 
   uint32_t npcpus() const { return uint32_t(slots_.size()); }
   CallLockMode mode() const { return mode_; }
@@ -59,7 +62,7 @@ class CrossCall {
     std::atomic<bool> has_pending{false};
     std::mutex mu;
     std::vector<std::shared_ptr<Call>> pending;
-    std::atomic<bool> stalled{false};
+    std::atomic<uint8_t> stalled{0};       // Stall bits
     std::unique_ptr<locks::AnyLock> lock;  // percpu mode
   };
   void post(uint32_t t, const std::shared_ptr<Call>& c);

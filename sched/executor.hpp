@@ -12,6 +12,7 @@
 #include "locks/registry.hpp"
 #include "sched/cpuset.hpp"
 #include "sched/credit.hpp"
+#include "sched/cross_call.hpp"
 #include "vmm/vm.hpp"
 
 namespace kvmscale::sched {
@@ -28,6 +29,19 @@ class Executor {
   virtual void stop() = 0;
   // Scheduler counters for the run record (after stop()).
   virtual nlohmann::json report() const { return nlohmann::json::object(); }
+
+  // Cross-call targets ("contexts"): the pCPU threads (credit/rr) or the vCPU threads (host).
+  virtual uint32_t contexts() const = 0;
+  virtual void kick_context(uint32_t c) = 0;
+  // Contexts that have run a vCPU of `vm`: the targets of its flushes (its dirty mask).
+  virtual CpuSet dirty_mask(const vmm::Vm& vm) const = 0;
+  // The context running on thread `tid`, or -1.
+  virtual int context_of_thread(uint32_t tid) const = 0;
+  // Contexts serve `cc` at safe points and count as stalled while blocked, idle or gone.
+  // Call before start().
+  virtual void set_cross_call(CrossCall* cc) = 0;
+  // Stops every vCPU of `vm` (it was crashed from outside, e.g. out of PoD memory).
+  virtual void stop_vm(vmm::Vm& vm) = 0;
 };
 
 struct PcpuOptions {

@@ -1,5 +1,8 @@
 #include <sched.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <thread>
 
@@ -13,12 +16,14 @@ class HostExecutor final : public Executor {
  public:
   explicit HostExecutor(std::vector<vmm::Vm*> vms) : vms_(std::move(vms)) {
     for (auto* vm : vms_) {
+      first_context_.push_back(uint32_t(total_));
       slots_.emplace_back();
       for (uint32_t i = 0; i < vm->nr_vcpus(); i++) {
         slots_.back().push_back(std::make_unique<Slot>());
         total_++;
       }
     }
+    tids_ = std::vector<std::atomic<uint32_t>>(total_);
   }
   ~HostExecutor() override { stop(); }
 
@@ -32,6 +37,26 @@ class HostExecutor final : public Executor {
   }
 
   bool all_done() const override { return live_.load() == 0; }
+
+  uint32_t contexts() const override { return uint32_t(total_); }
+  void kick_context(uint32_t c) override { slot_of(c).kicker.kick(); }
+  CpuSet dirty_mask(const vmm::Vm& vm) const override {
+    CpuSet s(static_cast<uint32_t>(total_), false);
+    for (size_t m = 0; m < vms_.size(); m++)
+      if (vms_[m] == &vm)
+        for (uint32_t i = 0; i < vm.nr_vcpus(); i++) s.set(first_context_[m] + i);
+    return s;
+  }
+  int context_of_thread(uint32_t tid) const override {
+    for (size_t c = 0; c < tids_.size(); c++)
+      if (tids_[c].load(std::memory_order_relaxed) == tid) return int(c);
+    return -1;
+  }
+  void set_cross_call(CrossCall* cc) override { cc_ = cc; }
+  void stop_vm(vmm::Vm& vm) override {
+    for (size_t m = 0; m < vms_.size(); m++)
+      if (vms_[m] == &vm) stop_vm(m);
+  }
 
   void stop() override {
     stopping_.store(true);
@@ -57,19 +82,34 @@ class HostExecutor final : public Executor {
     }
   }
 
+  Slot& slot_of(uint32_t c) const {
+    size_t m = size_t(std::upper_bound(first_context_.begin(), first_context_.end(), c) -
+                      first_context_.begin()) -
+               1;
+    return *slots_[m][c - first_context_[m]];
+  }
+
   void vcpu_thread(size_t m, uint32_t i) {
     vmm::Vm& vm = *vms_[m];
     vmm::Vcpu& v = vm.vcpu(i);
     Slot& slot = *slots_[m][i];
+    const uint32_t ctx = first_context_[m] + i;
+    tids_[ctx].store(uint32_t(syscall(SYS_gettid)), std::memory_order_relaxed);
     vmm::Kicker& kicker = slot.kicker;
     kicker.bind_current_thread();
     while (!stopping_.load(std::memory_order_relaxed) && !vm.stopped()) {
       vmm::Action a = vm.run_once(v, kicker);
+      if (cc_) cc_->serve(ctx);  // a safe point: answer flushes before going on
       using K = vmm::Action::Kind;
       if (a.kind == K::Yield) {
         sched_yield();
       } else if (a.kind == K::Block) {
+        if (cc_) cc_->set_stalled(ctx, true, CrossCall::kIdle);  // blocked: cannot answer
         v.set_hcall_result(slot.wake.wait(a.value) ? 0 : 1);
+        if (cc_) {
+          cc_->set_stalled(ctx, false, CrossCall::kIdle);
+          cc_->serve(ctx);
+        }
       } else if (a.kind == K::Wake) {
         slots_[m][a.value]->wake.wake();
       } else if (a.kind == K::Exit) {
@@ -80,12 +120,16 @@ class HostExecutor final : public Executor {
         break;
       }
     }
+    if (cc_) cc_->set_stalled(ctx, true, CrossCall::kGone);  // never wait for it again
     live_.fetch_sub(1);
   }
 
   std::vector<vmm::Vm*> vms_;
   std::vector<std::vector<std::unique_ptr<Slot>>> slots_;
   std::vector<std::thread> threads_;
+  std::vector<uint32_t> first_context_;  // per VM: context index of its vCPU 0
+  std::vector<std::atomic<uint32_t>> tids_;
+  CrossCall* cc_ = nullptr;
   size_t total_ = 0;
   std::atomic<size_t> live_{0};
   std::atomic<bool> stopping_{false};

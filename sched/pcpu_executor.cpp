@@ -30,10 +30,22 @@
 namespace kvmscale::sched {
 namespace {
 
+// pCPUs that have run a VM's vCPUs since the start: its flush targets. Bits only get set; a
+// flush to a pCPU that no longer runs the VM costs one kick and is otherwise harmless.
+struct DirtyMask {
+  explicit DirtyMask(uint32_t n = 0) : words((n + 63) / 64) {}
+  std::vector<std::atomic<uint64_t>> words;
+  void set(uint32_t p) {
+    if (!((words[p / 64].load(std::memory_order_relaxed) >> (p % 64)) & 1))
+      words[p / 64].fetch_or(1ull << (p % 64), std::memory_order_release);
+  }
+};
+
 struct ExecVcpu {
   vmm::Vm* vm;
   vmm::Vcpu* vcpu;
   SchedVcpu* sv = nullptr;
+  DirtyMask* dirty = nullptr;
   std::atomic<bool> finished{false};
 };
 
@@ -102,17 +114,22 @@ class PcpuExecutor final : public Executor, public PcpuSignals {
       for (uint32_t p = 0; p < opt.npcpus; p++) nodes[p] = node_of_host_cpu(host_cpu_[p]);
     }
     for (uint32_t p = 0; p < opt.npcpus; p++) pcpus_.push_back(std::make_unique<Pcpu>());
+    tids_ = std::vector<std::atomic<uint32_t>>(opt.npcpus);
     sched_ = std::make_unique<CreditScheduler>(opt.npcpus, opt.params, locks, *this, nodes);
     uint32_t global = 0;
     for (size_t m = 0; m < vms.size(); m++) {
       vmm::Vm* vm = vms[m];
       SchedDomain& d = sched_->add_domain(opt.weight_of(vm->index()), opt.cap_of(vm->index()));
+      dirty_.emplace(std::piecewise_construct, std::forward_as_tuple(vm->index()),
+                     std::forward_as_tuple(opt.npcpus));
+      vm_by_index_[vm->index()] = vm;
       for (uint32_t i = 0; i < vm->nr_vcpus(); i++, global++) {
         auto ev = std::make_unique<ExecVcpu>();
         ev->vm = vm;
         ev->vcpu = &vm->vcpu(i);
         ev->sv = &sched_->add_vcpu(d, opt.affinity_of(global), ev.get());
         by_vm_[vm->index()].push_back(ev.get());
+        ev->dirty = &dirty_[vm->index()];
         vcpus_.push_back(std::move(ev));
       }
     }
@@ -140,6 +157,23 @@ class PcpuExecutor final : public Executor, public PcpuSignals {
     timeouts_.reset();
     end_ns_ = now_ns();
   }
+
+  uint32_t contexts() const override { return uint32_t(pcpus_.size()); }
+  void kick_context(uint32_t c) override { tickle(c); }
+  CpuSet dirty_mask(const vmm::Vm& vm) const override {
+    CpuSet s(uint32_t(pcpus_.size()), false);
+    const DirtyMask& d = dirty_.at(vm.index());
+    for (uint32_t p = 0; p < pcpus_.size(); p++)
+      if ((d.words[p / 64].load(std::memory_order_acquire) >> (p % 64)) & 1) s.set(p);
+    return s;
+  }
+  int context_of_thread(uint32_t tid) const override {
+    for (size_t c = 0; c < tids_.size(); c++)
+      if (tids_[c].load(std::memory_order_relaxed) == tid) return int(c);
+    return -1;
+  }
+  void set_cross_call(CrossCall* cc) override { cc_ = cc; }
+  void stop_vm(vmm::Vm& vm) override { crash_vm(&vm, now_ns()); }
 
   // PcpuSignals: wake the pCPU if it sleeps, kick it out of guest mode if it runs a vCPU.
   void tickle(uint32_t p) override {
@@ -209,7 +243,7 @@ class PcpuExecutor final : public Executor, public PcpuSignals {
     if (!ev.finished.exchange(true)) live_.fetch_sub(1);
   }
 
-  void crash_vm(vmm::Vm* vm, uint64_t now) {
+  void crash_vm(const vmm::Vm* vm, uint64_t now) {
     for (ExecVcpu* ev : by_vm_.at(vm->index())) finish(*ev, now);
   }
 
@@ -246,6 +280,7 @@ class PcpuExecutor final : public Executor, public PcpuSignals {
       pthread_setaffinity_np(pthread_self(), sizeof one, &one);
     }
     pc.kicker.bind_current_thread();
+    tids_[p].store(uint32_t(syscall(SYS_gettid)), std::memory_order_relaxed);
     timer_t timer = make_timer();
     const uint64_t tick = opt_.params.tick_ns;
     // Stagger ticks so pCPUs do not all account at once.
@@ -253,6 +288,7 @@ class PcpuExecutor final : public Executor, public PcpuSignals {
     uint64_t armed = 0, deadline = 0;
     SchedVcpu* cur = nullptr;
     while (!stopping_.load(std::memory_order_relaxed)) {
+      if (cc_) cc_->serve(p);  // a safe point: answer flushes before anything else
       uint64_t now = now_ns();
       if (now >= next_tick) {
         sched_->tick(p, now);
@@ -268,8 +304,11 @@ class PcpuExecutor final : public Executor, public PcpuSignals {
         pc.sched_ns += now_ns() - now;
       }
       if (!cur) {
-        // Only the master keeps ticking while idle: it runs the accounting.
+        // Only the master keeps ticking while idle: it runs the accounting. An idle pCPU uses no
+        // translation: flushes need not wait for it (it serves them when it wakes).
+        if (cc_) cc_->set_stalled(p, true, CrossCall::kIdle);
         idle_wait(pc, p == 0 ? next_tick : 0);
+        if (cc_) cc_->set_stalled(p, false, CrossCall::kIdle);
         continue;
       }
       auto& ev = *static_cast<ExecVcpu*>(cur->owner);
@@ -289,8 +328,10 @@ class PcpuExecutor final : public Executor, public PcpuSignals {
         timer_settime(timer, TIMER_ABSTIME, &its, nullptr);
         armed = wake_at;
       }
+      ev.dirty->set(p);
       uint64_t t0 = now_ns();
       vmm::Action a = ev.vm->run_once(*ev.vcpu, pc.kicker);
+      if (cc_) cc_->serve(p);
       uint64_t t1 = now_ns();
       pc.busy_ns += t1 - t0;
       using K = vmm::Action::Kind;
@@ -319,6 +360,7 @@ class PcpuExecutor final : public Executor, public PcpuSignals {
       }
     }
     if (cur) sched_->finish(*cur, now_ns());  // the run is over: leave nothing marked Running
+    if (cc_) cc_->set_stalled(p, true, CrossCall::kGone);  // never wait for it again
     timer_delete(timer);
   }
 
@@ -327,7 +369,11 @@ class PcpuExecutor final : public Executor, public PcpuSignals {
   std::vector<std::unique_ptr<Pcpu>> pcpus_;
   std::unique_ptr<CreditScheduler> sched_;
   std::vector<std::unique_ptr<ExecVcpu>> vcpus_;
-  std::map<uint32_t, std::vector<ExecVcpu*>> by_vm_;  // by VM index: reports come out in order
+  std::map<uint32_t, std::vector<ExecVcpu*>> by_vm_;
+  std::map<uint32_t, DirtyMask> dirty_;  // by VM index; built before the threads start
+  std::map<uint32_t, vmm::Vm*> vm_by_index_;
+  std::vector<std::atomic<uint32_t>> tids_;
+  CrossCall* cc_ = nullptr;  // by VM index: reports come out in order
   std::unique_ptr<TimeoutService> timeouts_;
   std::vector<std::thread> threads_;
   std::atomic<size_t> live_{0};

@@ -44,6 +44,12 @@ TEST(Cli, BadUsageExitsTwoWithAClearMessage) {
       {{"run", "--vm", "vm0:speed=2"}, "unknown setting"},
       {{"run", "--tslice", "0ms"}, "--tslice"},
       {{"run", "--lock", "call=fast"}, "valid: ticket"},
+      {{"run", "--pod-target", "150%"}, "1-100"},
+      {{"run", "--pod-target", "1G", "--mem", "16M"}, "exceeds the guest's free RAM"},
+      {{"run", "--pod-target", "lots"}, "--pod-target"},
+      {{"run", "--pod-granule", "8K"}, "4K or 2M"},
+      {{"run", "--call-lock", "none"}, "--call-lock"},
+      {{"run", "--fault-threads", "0"}, "--fault-threads"},
   };
   for (const auto& c : cases) {
     auto r = ks(c.args);

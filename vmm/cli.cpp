@@ -24,7 +24,7 @@ namespace {
 // Flags as typed, before unit parsing: so that the error names the flag.
 struct RunFlags {
   std::string mem = "16M", duration = "30s", lock_profile = "on", tslice = "30ms",
-              ratelimit = "1ms";
+              ratelimit = "1ms", pod_granule = "4K";
   std::vector<std::string> guest_args;
 };
 
@@ -70,6 +70,19 @@ void add_run_flags(CLI::App& cmd, RunConfig& cfg, RunFlags& f) {
       ->capture_default_str();
   cmd.add_option("--vm", cfg.vm_opts,
                  "per-VM settings, e.g. vm0:weight=512 or vm1:cap=50,weight=128");
+  cmd.add_option("--pod-target", cfg.pod_target,
+                 "populate-on-demand: the free RAM a VM may have populated, SIZE or PERCENT "
+                 "(e.g. 50%); zero pages are reclaimed over it (default: fully populated)");
+  cmd.add_option("--pod-granule", f.pod_granule, "PoD granule: 4K or 2M")->capture_default_str();
+  cmd.add_option("--sweep-stride", cfg.sweep_stride, "PoD zero-check batch (one flush each)")
+      ->capture_default_str();
+  cmd.add_option("--sweep-limit", cfg.sweep_limit, "PoD emergency sweep scan limit")
+      ->capture_default_str();
+  cmd.add_option("--call-lock", cfg.call_lock,
+                 "cross-call locking: global (one call lock, as Xen) or percpu (lock the targets)")
+      ->capture_default_str();
+  cmd.add_option("--fault-threads", cfg.fault_threads, "threads serving userfaultfd (io_uring)")
+      ->capture_default_str();
   cmd.add_option("--lock", cfg.lock,
                  "lock strategy for every lock (ticket mcs clh ttas pthread spin-yield), or per "
                  "class: call=mcs,runq=ticket (classes: call runq p2m pod)")
@@ -95,6 +108,11 @@ void finish_run_flags(RunConfig& cfg, const RunFlags& f) {
     throw ConfigError(std::string("--duration: ") + e.what());
   }
   cfg.lock_profile = f.lock_profile == "on";
+  try {
+    cfg.pod_granule = parse_size(f.pod_granule);
+  } catch (const ConfigError& e) {
+    throw ConfigError(std::string("--pod-granule: ") + e.what());
+  }
   for (auto [flag, text, out] : {std::tuple{"--tslice", &f.tslice, &cfg.tslice_ns},
                                  std::tuple{"--ratelimit", &f.ratelimit, &cfg.ratelimit_ns}}) {
     try {

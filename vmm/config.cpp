@@ -166,6 +166,30 @@ uint32_t RunConfig::weight_of(uint32_t vm) const {
 }
 uint32_t RunConfig::cap_of(uint32_t vm) const { return vm_setting(vm_opts, vm, "cap", cap); }
 
+uint64_t RunConfig::pod_target_granules() const {
+  if (pod_target.empty()) return 0;
+  const uint64_t ram = mem - KS_RAM_GPA;
+  uint64_t bytes;
+  if (pod_target.back() == '%') {
+    uint32_t pct = parse_u32(pod_target.substr(0, pod_target.size() - 1), "--pod-target");
+    if (pct < 1 || pct > 100) throw ConfigError("--pod-target: a percentage must be 1-100");
+    bytes = ram / 100 * pct;
+  } else {
+    try {
+      bytes = parse_size(pod_target);
+    } catch (const ConfigError& e) {
+      throw ConfigError(std::string("--pod-target: ") + e.what());
+    }
+  }
+  if (bytes > ram)
+    throw ConfigError("--pod-target " + pod_target + " exceeds the guest's free RAM (" +
+                      format_size(ram) + ")");
+  if (bytes < pod_granule)
+    throw ConfigError("--pod-target must be at least one granule (" + format_size(pod_granule) +
+                      ")");
+  return bytes / pod_granule;
+}
+
 uint32_t RunConfig::effective_pcpus() const {
   return pcpus ? pcpus : uint32_t(std::max(1L, sysconf(_SC_NPROCESSORS_ONLN)));
 }
@@ -228,6 +252,14 @@ void RunConfig::validate() const {
       throw ConfigError("--vm '" + o + "': cap is a % of one pCPU, at most 6400");
   }
   if (out.empty()) throw ConfigError("--out must not be empty");
+  if (pod_granule != 4096 && pod_granule != (2ull << 20))
+    throw ConfigError("--pod-granule must be 4K or 2M");
+  if (sweep_stride < 1 || sweep_stride > 4096) throw ConfigError("--sweep-stride must be 1-4096");
+  if (sweep_limit < 1) throw ConfigError("--sweep-limit must be positive");
+  if (call_lock != "global" && call_lock != "percpu")
+    throw ConfigError("unknown --call-lock '" + call_lock + "' (available: global, percpu)");
+  if (fault_threads < 1 || fault_threads > 64) throw ConfigError("--fault-threads must be 1-64");
+  pod_target_granules();  // validates --pod-target
   try {
     locks::LockPolicy::parse(lock, lock_classes());
   } catch (const std::invalid_argument& e) {
@@ -254,6 +286,12 @@ nlohmann::json RunConfig::to_json() const {
           {"weight", weight},
           {"cap", cap},
           {"vm_opts", vm_opts},
+          {"pod_target", pod_target},
+          {"pod_granule", pod_granule},
+          {"sweep_stride", sweep_stride},
+          {"sweep_limit", sweep_limit},
+          {"call_lock", call_lock},
+          {"fault_threads", fault_threads},
           {"lock", lock},
           {"lock_profile", lock_profile},
           {"out", out},
@@ -282,6 +320,12 @@ RunConfig RunConfig::from_json(const nlohmann::json& j) {
     c.weight = j.value("weight", 256u);
     c.cap = j.value("cap", 0u);
     c.vm_opts = j.value("vm_opts", std::vector<std::string>{});
+    c.pod_target = j.value("pod_target", std::string{});
+    c.pod_granule = j.value("pod_granule", uint64_t{4096});
+    c.sweep_stride = j.value("sweep_stride", 16u);
+    c.sweep_limit = j.value("sweep_limit", 1024u);
+    c.call_lock = j.value("call_lock", std::string("global"));
+    c.fault_threads = j.value("fault_threads", 1u);
     c.lock = j.value("lock", std::string("ticket"));
     c.lock_profile = j.value("lock_profile", true);
     c.out = j.value("out", std::string("results"));

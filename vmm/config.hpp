@@ -38,6 +38,12 @@ struct RunConfig {
   uint64_t tslice_ns = 30'000'000, ratelimit_ns = 1'000'000;
   uint32_t weight = 256, cap = 0;
   std::vector<std::string> vm_opts;  // "vm3:weight=512,cap=50"
+  // Populate-on-demand of each VM's free RAM (everything above the VMM's low 4 MiB).
+  std::string pod_target;       // "" = fully populated; SIZE (e.g. 8M) or PERCENT (e.g. 50%)
+  uint64_t pod_granule = 4096;  // 4K or 2M
+  uint32_t sweep_stride = 16, sweep_limit = 1024;
+  std::string call_lock = "global";  // global | percpu
+  uint32_t fault_threads = 1;
   std::string lock = "ticket";  // --lock: strategy, or CLASS=NAME overrides (locks::LockPolicy)
   bool lock_profile = true;
   std::string out = "results";
@@ -48,7 +54,9 @@ struct RunConfig {
   std::string guest_for_vm(uint32_t vm) const;
   uint32_t weight_of(uint32_t vm) const;
   uint32_t cap_of(uint32_t vm) const;
-  uint32_t effective_pcpus() const;  // pcpus, or the host's online CPUs when 0
+  uint32_t effective_pcpus() const;
+  // Granules of free RAM a PoD VM may populate (0 when PoD is off).
+  uint64_t pod_target_granules() const;  // pcpus, or the host's online CPUs when 0
   // pCPUs the k-th vCPU of the run may use (empty: any).
   std::vector<uint32_t> pin_of(uint32_t global_vcpu) const;
   // Throws ConfigError naming the offending flag.

@@ -5,10 +5,14 @@
 #include <algorithm>
 #include <atomic>
 #include <exception>
+#include <map>
 #include <memory>
 #include <thread>
 
 #include "locks/registry.hpp"
+#include "mm/fault_service.hpp"
+#include "mm/pod_vm.hpp"
+#include "mm/userfaultfd.hpp"
 #include "sched/executor.hpp"
 #include "vmm/clock.hpp"
 #include "vmm/guest_images.hpp"
@@ -86,6 +90,82 @@ std::vector<std::unique_ptr<Vm>> create_vms(const RunConfig& cfg, const KvmSyste
   std::erase(vms, nullptr);  // interrupted: keep what was built
   return vms;
 }
+
+// Populate-on-demand for every VM of a run: one userfaultfd, the FaultService threads, each VM's
+// PodVm, and the cross-calls its flushes go through. Built after the executor, before it starts.
+class PodRuntime {
+ public:
+  PodRuntime(const RunConfig& cfg, const std::vector<Vm*>& vms, sched::Executor& ex,
+             locks::LockRegistry& locks)
+      : ex_(ex),
+        cc_(ex.contexts(),
+            cfg.call_lock == "percpu" ? sched::CallLockMode::PerCpu : sched::CallLockMode::Global,
+            locks, [&ex](uint32_t c) { ex.kick_context(c); }),
+        flushes_received_(ex.contexts()) {
+    ex.set_cross_call(&cc_);
+    mm::PodParams pp;
+    pp.target = cfg.pod_target_granules();
+    pp.stride = cfg.sweep_stride;
+    pp.limit = cfg.sweep_limit;
+    for (Vm* vm : vms) {
+      uint8_t* ram = vm->memory().host_base() + KS_RAM_GPA;
+      auto flush = [this, vm] {
+        // The EPT-like flush: every pCPU that ran the VM drops its translations (counted here:
+        // exit handlers do not cache guest RAM translations yet).
+        cc_.on_selected_cpus(
+            ex_.dirty_mask(*vm), [this](uint32_t c) { flushes_received_[c].fetch_add(1); }, -1);
+      };
+      pods_.push_back(
+          {vm, std::make_unique<mm::PodVm>(
+                   ram, vm->memory().size() - KS_RAM_GPA, cfg.pod_granule, pp, uffd_,
+                   locks.make("pod", "pod[vm" + std::to_string(vm->index()) + "]"), flush)});
+    }
+    faults_ = std::make_unique<mm::FaultService>(
+        uffd_, int(cfg.fault_threads), [this](const mm::FaultEvent& ev) { on_fault(ev); });
+  }
+  ~PodRuntime() { faults_.reset(); }  // stop serving before the PodVms unregister
+
+  nlohmann::json vm_report(const Vm& vm) const {
+    for (const auto& p : pods_)
+      if (p.vm == &vm) return p.pod->report();
+    return nullptr;
+  }
+  nlohmann::json report() const {
+    nlohmann::json r = cc_.report();
+    r["fault_events"] = faults_ ? faults_->events() : 0;
+    r["out_of_memory_vms"] = oom_.load();
+    return r;
+  }
+
+ private:
+  struct VmPod {
+    Vm* vm;
+    std::unique_ptr<mm::PodVm> pod;
+  };
+  void on_fault(const mm::FaultEvent& ev) {
+    for (auto& p : pods_) {
+      if (!p.pod->contains(ev.address)) continue;
+      // The faulting context cannot answer cross-calls until its fault is resolved.
+      int ctx = ex_.context_of_thread(ev.tid);
+      if (ctx >= 0) cc_.set_stalled(uint32_t(ctx), true);
+      mm::PodVm::Outcome o = p.pod->handle(ev);
+      if (ctx >= 0) cc_.set_stalled(uint32_t(ctx), false);
+      if (o == mm::PodVm::Outcome::OutOfMemory && p.vm->crash("out of PoD memory")) {
+        oom_.fetch_add(1);
+        ex_.stop_vm(*p.vm);  // its faulting vCPU is kicked out of the fault wait (EINTR)
+      }
+      return;
+    }
+  }
+
+  sched::Executor& ex_;
+  mm::Userfaultfd uffd_;
+  sched::CrossCall cc_;
+  std::vector<std::atomic<uint64_t>> flushes_received_;
+  std::vector<VmPod> pods_;
+  std::unique_ptr<mm::FaultService> faults_;
+  std::atomic<uint64_t> oom_{0};
+};
 
 }  // namespace
 
@@ -175,6 +255,9 @@ nlohmann::json run_testbed(const RunConfig& cfg) {
 
   EndReason end = EndReason::AllExited;
   nlohmann::json sched_report = nlohmann::json::object();
+  std::unique_ptr<PodRuntime> pod;
+  nlohmann::json pod_report;
+  std::map<uint32_t, nlohmann::json> pod_vm_reports;
   t.exec_start_ns = now_ns();
   if (vms.size() < cfg.vms) {
     end = EndReason::Interrupted;
@@ -199,6 +282,14 @@ nlohmann::json run_testbed(const RunConfig& cfg) {
       };
       executor = sched::make_pcpu_executor(vm_ptrs, o, lock_registry);
     }
+    if (!cfg.pod_target.empty()) {
+      try {
+        pod = std::make_unique<PodRuntime>(cfg, vm_ptrs, *executor, lock_registry);
+      } catch (const std::system_error& e) {
+        throw RunError(std::string("populate-on-demand set-up failed: ") + e.what());
+      }
+    }
+    t.exec_start_ns = now_ns();
     executor->start();
     const uint64_t deadline = t.exec_start_ns + cfg.duration_ns;
     for (;;) {
@@ -215,6 +306,12 @@ nlohmann::json run_testbed(const RunConfig& cfg) {
     }
     executor->stop();
     sched_report = executor->report();
+    if (pod) {
+      // Collect, then stop the fault service while the executor it calls into still exists.
+      pod_report = pod->report();
+      for (Vm* vm : vm_ptrs) pod_vm_reports[vm->index()] = pod->vm_report(*vm);
+      pod.reset();
+    }
   }
   t.end_ns = now_ns();
 
@@ -222,6 +319,10 @@ nlohmann::json run_testbed(const RunConfig& cfg) {
   nlohmann::json record = make_run_record(cfg, host, cvms, t, end, limits.warnings);
   record["locks"] = lock_registry.report();
   record["sched"] = sched_report;
+  if (!pod_vm_reports.empty()) {
+    record["cross_calls"] = pod_report;
+    for (auto& vmr : record["vms"]) vmr["pod"] = pod_vm_reports[vmr["index"].get<uint32_t>()];
+  }
   if (cfg.numa) record["numa_placement"] = numa_placement;
   return record;
 }

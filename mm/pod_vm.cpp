@@ -1,0 +1,88 @@
+#include "mm/pod_vm.hpp"
+
+#include <sys/mman.h>
+
+#include <cerrno>
+
+namespace kvmscale::mm {
+
+namespace {
+bool all_zero(const uint8_t* p, uint64_t len) {
+  const uint64_t* w = reinterpret_cast<const uint64_t*>(p);
+  for (uint64_t i = 0; i < len / 8; i++)
+    if (w[i]) return false;
+  return true;
+}
+PodParams with_granules(PodParams p, uint64_t len, uint64_t granule) {
+  p.max = len / granule;
+  return p;
+}
+}  // namespace
+
+PodVm::PodVm(uint8_t* ram, uint64_t len, uint64_t granule, PodParams params, Userfaultfd& uffd,
+             std::unique_ptr<locks::AnyLock> lock, std::function<void()> flush)
+    : base_(reinterpret_cast<uint64_t>(ram)),
+      len_(len),
+      granule_(granule),
+      uffd_(uffd),
+      lock_(std::move(lock)),
+      flush_(std::move(flush)),
+      pod_(with_granules(params, len, granule), *this) {
+  uffd_.register_range(ram, len);
+}
+
+PodVm::~PodVm() { uffd_.unregister_range(reinterpret_cast<void*>(base_), len_); }
+
+PodVm::Outcome PodVm::handle(const FaultEvent& ev) {
+  uint64_t g = (ev.address - base_) / granule_;
+  locks::Guard<locks::AnyLock> guard(*lock_);
+  if (ev.write_protect) {
+    // A write to a granule fenced by a batch. Holding the lock means the batch is decided:
+    // restored granules were unfenced (which woke the writer), discarded ones need a wake so
+    // the write retries and faults as MISSING.
+    wp_faults_++;
+    uffd_.wake(addr(g), granule_);
+    return Outcome::Resolved;
+  }
+  switch (pod_.on_fault(g)) {
+    case Pod::Fault::Populate:
+      if (int r = uffd_.zeropage(addr(g), granule_); r != 0 && r != -EEXIST) uffd_errors_++;
+      return Outcome::Resolved;
+    case Pod::Fault::AlreadyPopulated:
+      uffd_.wake(addr(g), granule_);  // a duplicate event: the page is there, let it retry
+      return Outcome::Resolved;
+    default: return Outcome::OutOfMemory;
+  }
+}
+
+bool PodVm::quick_zero(uint64_t g) {
+  return all_zero(reinterpret_cast<const uint8_t*>(addr(g)), 128);
+}
+
+bool PodVm::full_zero(uint64_t g) {
+  return all_zero(reinterpret_cast<const uint8_t*>(addr(g)), granule_);
+}
+
+void PodVm::fence(uint64_t g) {
+  if (uffd_.writeprotect(addr(g), granule_, true) != 0) uffd_errors_++;
+}
+
+void PodVm::unfence(uint64_t g) {
+  if (uffd_.writeprotect(addr(g), granule_, false) != 0) uffd_errors_++;
+}
+
+void PodVm::discard(uint64_t g) {
+  madvise(reinterpret_cast<void*>(addr(g)), granule_, MADV_DONTNEED);
+  uffd_.writeprotect(addr(g), granule_, false);  // drop any marker left on the empty range
+  uffd_.wake(addr(g), granule_);                 // writers blocked on the fence retry (MISSING)
+}
+
+nlohmann::json PodVm::report() const {
+  nlohmann::json r = pod_.report();
+  r["granule"] = granule_;
+  r["write_protect_faults"] = wp_faults_;
+  r["uffd_errors"] = uffd_errors_;
+  return r;
+}
+
+}  // namespace kvmscale::mm
