@@ -2,17 +2,25 @@
 
 #include <sys/mman.h>
 
+#include <algorithm>
 #include <cerrno>
 
 namespace kvmscale::mm {
 
-namespace {
-bool all_zero(const uint8_t* p, uint64_t len) {
+bool is_zero(const uint8_t* p, uint64_t len) {
+  // OR-reduce in blocks so the compiler vectorises; stop at the first non-zero block.
   const uint64_t* w = reinterpret_cast<const uint64_t*>(p);
-  for (uint64_t i = 0; i < len / 8; i++)
-    if (w[i]) return false;
+  const uint64_t words = len / 8;
+  for (uint64_t i = 0; i < words; i += 64) {
+    uint64_t acc = 0;
+    const uint64_t end = std::min<uint64_t>(words, i + 64);
+    for (uint64_t j = i; j < end; j++) acc |= w[j];
+    if (acc) return false;
+  }
   return true;
 }
+
+namespace {
 PodParams with_granules(PodParams p, uint64_t len, uint64_t granule) {
   p.max = len / granule;
   return p;
@@ -56,11 +64,11 @@ PodVm::Outcome PodVm::handle(const FaultEvent& ev) {
 }
 
 bool PodVm::quick_zero(uint64_t g) {
-  return all_zero(reinterpret_cast<const uint8_t*>(addr(g)), 128);
+  return is_zero(reinterpret_cast<const uint8_t*>(addr(g)), 128);
 }
 
 bool PodVm::full_zero(uint64_t g) {
-  return all_zero(reinterpret_cast<const uint8_t*>(addr(g)), granule_);
+  return is_zero(reinterpret_cast<const uint8_t*>(addr(g)), granule_);
 }
 
 void PodVm::fence(uint64_t g) {

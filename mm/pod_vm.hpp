@@ -15,6 +15,9 @@
 
 namespace kvmscale::mm {
 
+// True if [p, p+len) is all zero bytes (len a multiple of 8): the PoD zero check.
+bool is_zero(const uint8_t* p, uint64_t len);
+
 class PodVm final : public PodBackend {
  public:
   enum class Outcome { Resolved, OutOfMemory };

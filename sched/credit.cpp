@@ -309,7 +309,7 @@ bool CreditScheduler::tick(uint32_t p, uint64_t now) {
       burn(*cur, now);
       int boost = int(Prio::Boost);
       cur->pri.compare_exchange_strong(boost, int(Prio::Under), std::memory_order_relaxed);
-      need_activate = !cur->active;
+      need_activate = !cur->active.load(std::memory_order_relaxed);
       if (cur->parked.load(std::memory_order_relaxed)) preempt = true;
     }
     uint64_t gen = acct_gen_.load(std::memory_order_acquire);

@@ -86,7 +86,8 @@ struct SchedVcpu {
   std::atomic<int> credit{0};
   std::atomic<int> pri{int(Prio::Under)};
   std::atomic<bool> parked{false};
-  bool active = false;  // under the accounting lock
+  // Written under the accounting lock; tick() peeks without it (activate() re-checks).
+  std::atomic<bool> active{false};
 };
 
 struct BalanceStats {

@@ -122,7 +122,6 @@ class PcpuExecutor final : public Executor, public PcpuSignals {
       SchedDomain& d = sched_->add_domain(opt.weight_of(vm->index()), opt.cap_of(vm->index()));
       dirty_.emplace(std::piecewise_construct, std::forward_as_tuple(vm->index()),
                      std::forward_as_tuple(opt.npcpus));
-      vm_by_index_[vm->index()] = vm;
       for (uint32_t i = 0; i < vm->nr_vcpus(); i++, global++) {
         auto ev = std::make_unique<ExecVcpu>();
         ev->vm = vm;
@@ -371,7 +370,6 @@ class PcpuExecutor final : public Executor, public PcpuSignals {
   std::vector<std::unique_ptr<ExecVcpu>> vcpus_;
   std::map<uint32_t, std::vector<ExecVcpu*>> by_vm_;
   std::map<uint32_t, DirtyMask> dirty_;  // by VM index; built before the threads start
-  std::map<uint32_t, vmm::Vm*> vm_by_index_;
   std::vector<std::atomic<uint32_t>> tids_;
   CrossCall* cc_ = nullptr;  // by VM index: reports come out in order
   std::unique_ptr<TimeoutService> timeouts_;

@@ -123,7 +123,12 @@ class PodRuntime {
     faults_ = std::make_unique<mm::FaultService>(
         uffd_, int(cfg.fault_threads), [this](const mm::FaultEvent& ev) { on_fault(ev); });
   }
-  ~PodRuntime() { faults_.reset(); }  // stop serving before the PodVms unregister
+  ~PodRuntime() { stop(); }
+  // Stops serving faults (joins the service threads); reports are exact only after this.
+  void stop() {
+    if (faults_) fault_events_ = faults_->events();
+    faults_.reset();
+  }
 
   nlohmann::json vm_report(const Vm& vm) const {
     for (const auto& p : pods_)
@@ -132,8 +137,11 @@ class PodRuntime {
   }
   nlohmann::json report() const {
     nlohmann::json r = cc_.report();
-    r["fault_events"] = faults_ ? faults_->events() : 0;
+    r["fault_events"] = fault_events_;
     r["out_of_memory_vms"] = oom_.load();
+    std::vector<uint64_t> received;
+    for (const auto& f : flushes_received_) received.push_back(f.load());
+    r["flushes_received"] = received;  // per context (pCPU, or vCPU thread with --sched host)
     return r;
   }
 
@@ -165,6 +173,7 @@ class PodRuntime {
   std::vector<VmPod> pods_;
   std::unique_ptr<mm::FaultService> faults_;
   std::atomic<uint64_t> oom_{0};
+  uint64_t fault_events_ = 0;
 };
 
 }  // namespace
@@ -307,7 +316,8 @@ nlohmann::json run_testbed(const RunConfig& cfg) {
     executor->stop();
     sched_report = executor->report();
     if (pod) {
-      // Collect, then stop the fault service while the executor it calls into still exists.
+      // Stop the fault service while the executor it calls into still exists, then collect.
+      pod->stop();
       pod_report = pod->report();
       for (Vm* vm : vm_ptrs) pod_vm_reports[vm->index()] = pod->vm_report(*vm);
       pod.reset();
