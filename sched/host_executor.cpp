@@ -6,6 +6,7 @@
 #include <atomic>
 #include <thread>
 
+#include "sched/context_threads.hpp"
 #include "sched/executor.hpp"
 #include "sched/wake_slot.hpp"
 
@@ -23,7 +24,7 @@ class HostExecutor final : public Executor {
         total_++;
       }
     }
-    tids_ = std::vector<std::atomic<uint32_t>>(total_);
+    threads_of_ = std::make_unique<ContextThreads>(total_);
   }
   ~HostExecutor() override { stop(); }
 
@@ -47,11 +48,7 @@ class HostExecutor final : public Executor {
         for (uint32_t i = 0; i < vm.nr_vcpus(); i++) s.set(first_context_[m] + i);
     return s;
   }
-  int context_of_thread(uint32_t tid) const override {
-    for (size_t c = 0; c < tids_.size(); c++)
-      if (tids_[c].load(std::memory_order_relaxed) == tid) return int(c);
-    return -1;
-  }
+  int context_of_thread(uint32_t tid) const override { return threads_of_->find(tid); }
   void set_cross_call(CrossCall* cc) override { cc_ = cc; }
   void stop_vm(vmm::Vm& vm) override {
     for (size_t m = 0; m < vms_.size(); m++)
@@ -94,7 +91,7 @@ class HostExecutor final : public Executor {
     vmm::Vcpu& v = vm.vcpu(i);
     Slot& slot = *slots_[m][i];
     const uint32_t ctx = first_context_[m] + i;
-    tids_[ctx].store(uint32_t(syscall(SYS_gettid)), std::memory_order_relaxed);
+    threads_of_->register_current(ctx);
     vmm::Kicker& kicker = slot.kicker;
     kicker.bind_current_thread();
     while (!stopping_.load(std::memory_order_relaxed) && !vm.stopped()) {
@@ -128,7 +125,7 @@ class HostExecutor final : public Executor {
   std::vector<std::vector<std::unique_ptr<Slot>>> slots_;
   std::vector<std::thread> threads_;
   std::vector<uint32_t> first_context_;  // per VM: context index of its vCPU 0
-  std::vector<std::atomic<uint32_t>> tids_;
+  std::unique_ptr<ContextThreads> threads_of_;
   CrossCall* cc_ = nullptr;
   size_t total_ = 0;
   std::atomic<size_t> live_{0};

@@ -23,6 +23,7 @@
 #include <stdexcept>
 #include <thread>
 
+#include "sched/context_threads.hpp"
 #include "sched/credit.hpp"
 #include "sched/executor.hpp"
 #include "vmm/clock.hpp"
@@ -114,7 +115,7 @@ class PcpuExecutor final : public Executor, public PcpuSignals {
       for (uint32_t p = 0; p < opt.npcpus; p++) nodes[p] = node_of_host_cpu(host_cpu_[p]);
     }
     for (uint32_t p = 0; p < opt.npcpus; p++) pcpus_.push_back(std::make_unique<Pcpu>());
-    tids_ = std::vector<std::atomic<uint32_t>>(opt.npcpus);
+    threads_of_ = std::make_unique<ContextThreads>(opt.npcpus);
     sched_ = std::make_unique<CreditScheduler>(opt.npcpus, opt.params, locks, *this, nodes);
     uint32_t global = 0;
     for (size_t m = 0; m < vms.size(); m++) {
@@ -166,11 +167,7 @@ class PcpuExecutor final : public Executor, public PcpuSignals {
       if ((d.words[p / 64].load(std::memory_order_acquire) >> (p % 64)) & 1) s.set(p);
     return s;
   }
-  int context_of_thread(uint32_t tid) const override {
-    for (size_t c = 0; c < tids_.size(); c++)
-      if (tids_[c].load(std::memory_order_relaxed) == tid) return int(c);
-    return -1;
-  }
+  int context_of_thread(uint32_t tid) const override { return threads_of_->find(tid); }
   void set_cross_call(CrossCall* cc) override { cc_ = cc; }
   void stop_vm(vmm::Vm& vm) override { crash_vm(&vm, now_ns()); }
 
@@ -279,7 +276,7 @@ class PcpuExecutor final : public Executor, public PcpuSignals {
       pthread_setaffinity_np(pthread_self(), sizeof one, &one);
     }
     pc.kicker.bind_current_thread();
-    tids_[p].store(uint32_t(syscall(SYS_gettid)), std::memory_order_relaxed);
+    threads_of_->register_current(p);
     timer_t timer = make_timer();
     const uint64_t tick = opt_.params.tick_ns;
     // Stagger ticks so pCPUs do not all account at once.
@@ -370,7 +367,7 @@ class PcpuExecutor final : public Executor, public PcpuSignals {
   std::vector<std::unique_ptr<ExecVcpu>> vcpus_;
   std::map<uint32_t, std::vector<ExecVcpu*>> by_vm_;
   std::map<uint32_t, DirtyMask> dirty_;  // by VM index; built before the threads start
-  std::vector<std::atomic<uint32_t>> tids_;
+  std::unique_ptr<ContextThreads> threads_of_;
   CrossCall* cc_ = nullptr;  // by VM index: reports come out in order
   std::unique_ptr<TimeoutService> timeouts_;
   std::vector<std::thread> threads_;
