@@ -12,12 +12,14 @@ const char* balance_name(Balance b) {
     case Balance::Xen: return "xen";
     case Balance::Affinity: return "affinity";
     case Balance::Counted: return "counted";
+    case Balance::Hybrid: return "hybrid";
     default: return "none";
   }
 }
 
 bool parse_balance(const std::string& s, Balance& out) {
-  for (Balance b : {Balance::Xen, Balance::Affinity, Balance::Counted, Balance::None})
+  for (Balance b :
+       {Balance::Xen, Balance::Affinity, Balance::Counted, Balance::Hybrid, Balance::None})
     if (s == balance_name(b)) {
       out = b;
       return true;
@@ -94,19 +96,34 @@ void CreditScheduler::runq_insert(Pcpu& pc, SchedVcpu& v, uint64_t now) {
   while (it != pc.runq.end() && (*it)->pri.load(std::memory_order_relaxed) >= pri) ++it;
   v.pos = pc.runq.insert(it, &v);
   v.queued = true;
-  for (uint32_t q : v.affinity.members())
-    if (pc.affinity_count[q]++ == 0)
-      pc.affinity_bits[q / 64].fetch_or(1ull << (q % 64), std::memory_order_relaxed);
+  track_affinity(pc, v, true);
   pc.nr_runnable.store(uint32_t(pc.runq.size()) + (pc.curr ? 1 : 0), std::memory_order_relaxed);
 }
 
 void CreditScheduler::runq_remove(Pcpu& pc, SchedVcpu& v) {
   pc.runq.erase(v.pos);
   v.queued = false;
-  for (uint32_t q : v.affinity.members())
-    if (--pc.affinity_count[q] == 0)
-      pc.affinity_bits[q / 64].fetch_and(~(1ull << (q % 64)), std::memory_order_relaxed);
+  track_affinity(pc, v, false);
   pc.nr_runnable.store(uint32_t(pc.runq.size()) + (pc.curr ? 1 : 0), std::memory_order_relaxed);
+}
+
+// The bitmap costs O(|affinity|) per queue operation; only the strategies that read it pay.
+void CreditScheduler::track_affinity(Pcpu& pc, const SchedVcpu& v, bool queued) {
+  const Balance b = params_.balance;
+  if (b != Balance::Affinity && b != Balance::Hybrid) return;
+  if (b == Balance::Hybrid && v.affinity.count() == npcpus()) {
+    if (queued)
+      pc.unrestricted.fetch_add(1, std::memory_order_relaxed);
+    else
+      pc.unrestricted.fetch_sub(1, std::memory_order_relaxed);
+    return;
+  }
+  for (uint32_t q : v.affinity.members()) {
+    if (queued && pc.affinity_count[q]++ == 0)
+      pc.affinity_bits[q / 64].fetch_or(1ull << (q % 64), std::memory_order_relaxed);
+    if (!queued && --pc.affinity_count[q] == 0)
+      pc.affinity_bits[q / 64].fetch_and(~(1ull << (q % 64)), std::memory_order_relaxed);
+  }
 }
 
 void CreditScheduler::runq_sort(Pcpu& pc) {
@@ -234,6 +251,18 @@ bool CreditScheduler::peer_worth_trying(Pcpu& thief, const Pcpu& peer) {
       if (peer.nr_runnable.load(std::memory_order_relaxed) > 1) return true;
       thief.stats.balance.skipped_count++;
       return false;
+    case Balance::Hybrid: {
+      if (peer.nr_runnable.load(std::memory_order_relaxed) <= 1) {
+        thief.stats.balance.skipped_count++;
+        return false;
+      }
+      uint32_t q = thief.index;
+      if (peer.unrestricted.load(std::memory_order_relaxed) > 0 ||
+          ((peer.affinity_bits[q / 64].load(std::memory_order_relaxed) >> (q % 64)) & 1))
+        return true;
+      thief.stats.balance.skipped_bitmap++;
+      return false;
+    }
     default: return true;
   }
 }

@@ -27,7 +27,12 @@
 namespace kvmscale::sched {
 
 enum class Prio : int { Boost = 0, Under = -1, Over = -2, Idle = -64 };
-enum class Balance { Xen, Affinity, Counted, None };
+// xen: try-lock every busy peer (4.7). affinity: the study's bitmap, skip peers none of whose
+// queued vCPUs may run on the thief. counted: upstream 4.9, skip peers with < 2 runnable.
+// hybrid (ours): skip peers with < 2 runnable, then peers whose *restricted* queued vCPUs exclude
+// the thief and that queue no unrestricted vCPU; the bitmap only tracks restricted vCPUs, so
+// unpinned queues cost O(1) per queue operation instead of O(pCPUs).
+enum class Balance { Xen, Affinity, Counted, Hybrid, None };
 const char* balance_name(Balance b);
 bool parse_balance(const std::string& s, Balance& out);
 
@@ -170,6 +175,7 @@ class CreditScheduler {
     std::atomic<uint32_t> nr_runnable{0};  // queued + running
     std::vector<uint32_t> affinity_count;  // [q]: queued vCPUs that may run on q (under lock)
     std::vector<std::atomic<uint64_t>> affinity_bits;  // bit q: affinity_count[q] > 0
+    std::atomic<uint32_t> unrestricted{0};  // hybrid: queued vCPUs that may run anywhere
     uint32_t balance_cursor = 0;
     uint64_t last_acct_gen = 0;
     PcpuSchedStats stats;
@@ -179,6 +185,7 @@ class CreditScheduler {
   void runq_insert(Pcpu& pc, SchedVcpu& v, uint64_t now);
   void runq_remove(Pcpu& pc, SchedVcpu& v);
   void runq_sort(Pcpu& pc);
+  void track_affinity(Pcpu& pc, const SchedVcpu& v, bool queued);
   SchedVcpu* pick_local(Pcpu& pc, int* best_pri);
   SchedVcpu* load_balance(Pcpu& pc, int local_pri, uint64_t now);
   SchedVcpu* steal_from(Pcpu& thief, Pcpu& peer, int min_pri);

@@ -243,6 +243,24 @@ TEST(CreditBalance, CountedSkipsOnlyPeersWithOneRunnable) {
   run_balance_case({Balance::Counted, false, 1, 0, 0, 1});
 }
 
+TEST(CreditBalance, HybridSkipsPinnedPeersButStealsUnpinnedWork) {
+  // Pinned: the restricted-vCPU bitmap excludes pCPU 1 (no try-lock); unpinned: the queued
+  // unrestricted vCPUs make the peer worth a try-lock and the steal happens.
+  run_balance_case({Balance::Hybrid, true, 0, 1, 0, 0});
+  run_balance_case({Balance::Hybrid, false, 1, 0, 0, 1});
+}
+
+TEST(CreditBalance, HybridSkipsALoneVcpuByCount) {
+  Fixture f(2, no_ratelimit(Balance::Hybrid));
+  auto& d = f.s.add_domain(256, 0);
+  auto& a = f.vcpu(d, -1);
+  f.s.start(0, [](const SchedVcpu&) { return 0u; });
+  ASSERT_EQ(f.s.schedule(0, 0).next, &a);
+  EXPECT_EQ(f.s.schedule(1, 0).next, nullptr);
+  EXPECT_EQ(f.s.pcpu_stats(1).balance.skipped_count, 1u);
+  EXPECT_EQ(f.s.pcpu_stats(1).balance.trylocks, 0u);
+}
+
 TEST(CreditBalance, NoneNeverLooks) { run_balance_case({Balance::None, false, 0, 0, 0, 0}); }
 
 TEST(CreditBalance, CountedSkipsALoneVcpu) {

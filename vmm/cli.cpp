@@ -9,6 +9,7 @@
 #include <iostream>
 
 #include "bench/lock_bench.hpp"
+#include "study/study_cli.hpp"
 #include "vmm/clock.hpp"
 #include "vmm/config.hpp"
 #include "vmm/guest_images.hpp"
@@ -59,7 +60,8 @@ void add_run_flags(CLI::App& cmd, RunConfig& cfg, RunFlags& f) {
       ->capture_default_str();
   cmd.add_option("--balance", cfg.balance,
                  "load balancing: xen (4.7: try-lock busy peers), affinity (skip peers whose "
-                 "queued vCPUs may not run here), counted (skip peers with <2 runnable), none")
+                 "queued vCPUs may not run here), counted (skip peers with <2 runnable), hybrid "
+                 "(counted, then the bitmap of restricted vCPUs only), none")
       ->capture_default_str();
   cmd.add_option("--tslice", f.tslice, "credit timeslice and accounting period (1ms-1000ms)")
       ->capture_default_str();
@@ -226,6 +228,36 @@ int do_bench_locks(bench::LockBenchOptions opt, bool quick, const std::string& j
 
 }  // namespace
 
+std::vector<RunFlagInfo> run_flag_infos() {
+  CLI::App app;
+  RunConfig cfg;
+  RunFlags f;
+  add_run_flags(app, cfg, f);
+  std::vector<RunFlagInfo> out;
+  for (const CLI::Option* o : app.get_options()) {
+    if (o->get_lnames().empty()) continue;
+    const std::string name = o->get_lnames().front();
+    if (name == "help" || name == "out" || name == "json" || name == "console") continue;
+    out.push_back({name, o->get_type_size() == 0, o->get_description()});
+  }
+  return out;
+}
+
+RunConfig parse_run_args(const std::vector<std::string>& args) {
+  CLI::App app;
+  RunConfig cfg;
+  RunFlags f;
+  add_run_flags(app, cfg, f);
+  std::vector<std::string> reversed(args.rbegin(), args.rend());  // CLI11 wants them reversed
+  try {
+    app.parse(reversed);
+  } catch (const CLI::ParseError& e) {
+    throw ConfigError(e.what());
+  }
+  finish_run_flags(cfg, f);
+  return cfg;
+}
+
 int cli_main(int argc, char** argv) {
   CLI::App app{"kvmscale: a scalability testbed for virtualization platforms on /dev/kvm"};
   app.require_subcommand(1);
@@ -240,6 +272,11 @@ int cli_main(int argc, char** argv) {
       "affinity --duration 5s\n"
       "  kvmscale run --sched credit --pcpus 1 --guest spin --vms 2 --vm vm0:weight=512\n"
       "  kvmscale bench-locks --csv locks.csv\n"
+      "  kvmscale matrix --vms 1,2,4 --lock ticket,mcs --call-lock global,percpu --pod-target 50% "
+      "--repeat 3 --out results/m1\n"
+      "  kvmscale compare results/m1/cells/<a>.json results/m2\n"
+      "  kvmscale scenario call-lock\n"
+      "  kvmscale scenario credit-balance --repeat 5\n"
       "Exit codes: 0 ok, 1 run failed, 2 bad usage, 130 interrupted (record still written).");
 
   RunConfig cfg;
@@ -249,6 +286,9 @@ int cli_main(int argc, char** argv) {
   bool info_json = false;
   CLI::App* info = app.add_subcommand("info", "backend, capabilities, host CPUs and limits");
   info->add_flag("--json", info_json, "print JSON");
+
+  study::StudyCommands study_cmds;
+  study::add_study_commands(app, study_cmds);
 
   bench::LockBenchOptions lb;
   bool lb_quick = false;
@@ -283,6 +323,7 @@ int cli_main(int argc, char** argv) {
   try {
     if (*info) return do_info(info_json);
     if (*bl) return do_bench_locks(lb, lb_quick, lb_json, lb_csv);
+    if (int rc = study::run_study_command(study_cmds); rc >= 0) return rc;
     finish_run_flags(cfg, flags);
     install_kick_signal();
     block_stop_signals();

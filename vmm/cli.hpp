@@ -11,4 +11,17 @@ inline constexpr int kExitOk = 0, kExitFailure = 1, kExitUsage = 2, kExitInterru
 
 int cli_main(int argc, char** argv);
 
+// The `run` flags, for commands that pass them through (matrix): long name without dashes,
+// whether it is a boolean flag, and its help text. Excludes --out, --json and --console.
+struct RunFlagInfo {
+  std::string name;
+  bool boolean;
+  std::string help;
+};
+std::vector<RunFlagInfo> run_flag_infos();
+// Parses `run` flags (e.g. {"--vms", "4", "--pcpu-bind"}) exactly as `kvmscale run` does.
+// Throws ConfigError (vmm/config.hpp) with the offending flag named.
+struct RunConfig;
+RunConfig parse_run_args(const std::vector<std::string>& args);
+
 }  // namespace kvmscale::vmm

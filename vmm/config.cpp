@@ -228,9 +228,10 @@ void RunConfig::validate() const {
     throw ConfigError(
         "--numa needs --sched credit or rr with --pcpu-bind (pCPUs must sit on known nodes)");
   if (pcpus > 4096) throw ConfigError("--pcpus must be between 1 and 4096 (0 = host CPUs)");
-  if (balance != "xen" && balance != "affinity" && balance != "counted" && balance != "none")
+  if (balance != "xen" && balance != "affinity" && balance != "counted" && balance != "hybrid" &&
+      balance != "none")
     throw ConfigError("unknown --balance '" + balance +
-                      "' (available: xen, affinity, counted, none)");
+                      "' (available: xen, affinity, counted, hybrid, none)");
   if (vcpu_pin != "none" && vcpu_pin != "1:1") {
     for (const auto& p : split_list(vcpu_pin))
       if (parse_u32(p, "--vcpu-pin") >= effective_pcpus())

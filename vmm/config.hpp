@@ -34,7 +34,7 @@ struct RunConfig {
   bool pcpu_bind = false;                        // bind pCPU i to the i-th allowed host CPU
   bool numa = false;              // bind each VM's memory to the nodes of its vCPUs' pCPUs
   std::string vcpu_pin = "none";  // none | 1:1 | LIST of pCPUs (vCPU k -> LIST[k % len])
-  std::string balance = "xen";    // xen | affinity | counted | none
+  std::string balance = "xen";    // xen | affinity | counted | hybrid | none
   uint64_t tslice_ns = 30'000'000, ratelimit_ns = 1'000'000;
   uint32_t weight = 256, cap = 0;
   std::vector<std::string> vm_opts;  // "vm3:weight=512,cap=50"

@@ -1,0 +1,161 @@
+#include "study/compare.hpp"
+
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <set>
+#include <sstream>
+
+#include "study/metrics.hpp"
+#include "study/stats.hpp"
+#include "vmm/config.hpp"
+
+namespace kvmscale::study {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace {
+
+bool read_record(const fs::path& p, json& out) {
+  std::ifstream in(p);
+  if (!in) return false;
+  out = json::parse(in, nullptr, false);
+  return !out.is_discarded() && out.is_object() && out.contains("schema_version") &&
+         out.contains("run") && !out["run"].value("interrupted", false);
+}
+
+}  // namespace
+
+RunSet load_run_set(const std::string& path) {
+  RunSet set;
+  set.label = path;
+  std::error_code ec;
+  if (fs::is_regular_file(path, ec)) {
+    json r;
+    if (!read_record(path, r)) throw vmm::ConfigError(path + " is not a finished run record");
+    set.runs.push_back(run_metrics(r));
+    return set;
+  }
+  if (!fs::is_directory(path, ec)) throw vmm::ConfigError(path + ": no such file or directory");
+  fs::path root = fs::exists(fs::path(path) / "cells") ? fs::path(path) / "cells" : fs::path(path);
+  std::vector<fs::path> files;
+  for (const auto& e : fs::recursive_directory_iterator(root, ec))
+    if (e.is_regular_file() && e.path().extension() == ".json") files.push_back(e.path());
+  std::sort(files.begin(), files.end());
+  for (const auto& f : files) {
+    json r;
+    if (read_record(f, r)) set.runs.push_back(run_metrics(r));
+  }
+  if (set.runs.empty()) throw vmm::ConfigError(path + " holds no finished run records");
+  return set;
+}
+
+std::vector<MetricComparison> compare_sets(const RunSet& a, const RunSet& b,
+                                           const std::vector<std::string>& only) {
+  auto values = [](const RunSet& s, const std::string& m) {
+    std::vector<double> v;
+    for (const auto& r : s.runs)
+      if (auto it = r.find(m); it != r.end()) v.push_back(it->second);
+    return v;
+  };
+  std::vector<std::string> names = only;
+  if (names.empty()) {
+    std::set<std::string> all;
+    for (const auto& r : a.runs)
+      for (const auto& [k, v] : r) all.insert(k);
+    for (const auto& m : builtin_metrics())
+      if (all.erase(m.name)) names.push_back(m.name);
+    names.insert(names.end(), all.begin(), all.end());
+  }
+  std::vector<MetricComparison> out;
+  uint64_t seed = 1;
+  for (const auto& name : names) {
+    std::vector<double> va = values(a, name), vb = values(b, name);
+    if (va.empty() || vb.empty()) continue;
+    MetricComparison c;
+    c.metric = name;
+    c.n_a = va.size();
+    c.n_b = vb.size();
+    c.median_a = median(va);
+    c.median_b = median(vb);
+    c.ratio = c.median_a != 0 ? c.median_b / c.median_a
+                              : (c.median_b == 0 ? 1.0 : std::nan(""));
+    Interval ci = bootstrap_ratio_ci(va, vb, 0.95, 10000, seed++);
+    c.ci_lo = ci.lo;
+    c.ci_hi = ci.hi;
+    c.p = mann_whitney(va, vb).p;
+    const bool ci_excludes_one = std::isnan(ci.lo) || ci.lo > 1.0 || ci.hi < 1.0;
+    c.significant = c.p < 0.05 && ci_excludes_one && c.median_a != c.median_b;
+    if (c.significant) {
+      Better better = metric_info(name).better;
+      bool up = c.median_b > c.median_a;
+      c.verdict = better == Better::Neither               ? "changed"
+                  : (better == Better::Higher) == up ? "better"
+                                                          : "worse";
+    }
+    out.push_back(c);
+  }
+  return out;
+}
+
+namespace {
+
+std::string fmt(double v, int prec = 3) {
+  if (std::isnan(v)) return "n/a";
+  char b[48];
+  std::snprintf(b, sizeof b, "%.*g", prec, v);
+  return b;
+}
+
+}  // namespace
+
+std::string comparison_text(const RunSet& a, const RunSet& b,
+                            const std::vector<MetricComparison>& rows) {
+  std::ostringstream s;
+  s << "A: " << a.label << " (" << a.runs.size() << " runs)\n"
+    << "B: " << b.label << " (" << b.runs.size() << " runs)\n";
+  char line[256];
+  std::snprintf(line, sizeof line, "%-26s %12s %12s %8s %19s %8s  %s\n", "metric", "median A",
+                "median B", "B/A", "95% CI of B/A", "p", "verdict");
+  s << line;
+  for (const auto& c : rows) {
+    std::string ci = "[" + fmt(c.ci_lo) + ", " + fmt(c.ci_hi) + "]";
+    std::snprintf(line, sizeof line, "%-26s %12s %12s %8s %19s %8s  %s\n", c.metric.c_str(),
+                  fmt(c.median_a, 4).c_str(), fmt(c.median_b, 4).c_str(), fmt(c.ratio).c_str(),
+                  ci.c_str(), fmt(c.p, 2).c_str(),
+                  c.significant ? ("* " + c.verdict).c_str() : "");
+    s << line;
+  }
+  // The smallest two-sided exact Mann-Whitney p is 2 / C(m+n, m).
+  double combos = 1;
+  for (size_t i = 1; i <= a.runs.size(); i++)
+    combos = combos * double(b.runs.size() + i) / double(i);
+  if (2 / combos >= 0.05)
+    s << "note: with " << a.runs.size() << " and " << b.runs.size()
+      << " runs nothing can be significant at 5% (use --repeat 4 or more)\n";
+  s << "* significant: Mann-Whitney p < 0.05 and the 95% bootstrap interval excludes 1\n";
+  return s.str();
+}
+
+json comparison_json(const RunSet& a, const RunSet& b, const std::vector<MetricComparison>& rows) {
+  auto num = [](double v) { return std::isnan(v) ? json(nullptr) : json(v); };
+  json metrics = json::array();
+  for (const auto& c : rows)
+    metrics.push_back({{"metric", c.metric},
+                       {"n_a", c.n_a},
+                       {"n_b", c.n_b},
+                       {"median_a", num(c.median_a)},
+                       {"median_b", num(c.median_b)},
+                       {"ratio", num(c.ratio)},
+                       {"ci95", {num(c.ci_lo), num(c.ci_hi)}},
+                       {"p", num(c.p)},
+                       {"significant", c.significant},
+                       {"verdict", c.verdict}});
+  return {{"a", {{"label", a.label}, {"runs", a.runs.size()}}},
+          {"b", {{"label", b.label}, {"runs", b.runs.size()}}},
+          {"metrics", metrics}};
+}
+
+}  // namespace kvmscale::study

@@ -1,0 +1,41 @@
+// Comparing two sets of runs metric by metric: medians, ratio B/A, its 95% bootstrap confidence
+// interval and a Mann-Whitney p-value; a difference is significant when both agree.
+#pragma once
+
+#include <map>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+namespace kvmscale::study {
+
+struct RunSet {
+  std::string label;
+  std::vector<std::map<std::string, double>> runs;  // metrics of each run
+};
+
+// A run record file (one run) or a directory: a matrix (its cells/) or any directory of
+// records (searched recursively). Throws vmm::ConfigError when nothing usable is found.
+RunSet load_run_set(const std::string& path);
+
+struct MetricComparison {
+  std::string metric;
+  size_t n_a = 0, n_b = 0;
+  double median_a = 0, median_b = 0;
+  double ratio = 0;           // median_b / median_a (NaN when median_a is 0 and median_b not)
+  double ci_lo = 0, ci_hi = 0;  // 95% bootstrap interval of the ratio (NaN when undefined)
+  double p = 1;               // Mann-Whitney two-sided
+  bool significant = false;   // p < 0.05 and the interval excludes 1
+  std::string verdict;        // "better", "worse", "changed" (B vs A) or "" when not significant
+};
+
+// Metrics present in both sets; `only` restricts and orders them when not empty.
+std::vector<MetricComparison> compare_sets(const RunSet& a, const RunSet& b,
+                                           const std::vector<std::string>& only = {});
+
+std::string comparison_text(const RunSet& a, const RunSet& b,
+                            const std::vector<MetricComparison>& rows);
+nlohmann::json comparison_json(const RunSet& a, const RunSet& b,
+                               const std::vector<MetricComparison>& rows);
+
+}  // namespace kvmscale::study

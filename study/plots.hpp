@@ -1,0 +1,21 @@
+// gnuplot plots of a matrix: one figure per metric, the median over repetitions with min-max
+// error bars, x = #VMs (or another numeric axis), one line per combination of the other axes.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "study/matrix.hpp"
+
+namespace kvmscale::study {
+
+// The metrics plotted when present: boot time, call-lock wait, flush latency, balance
+// try-locks and failures, scheduler overhead, guest throughput.
+const std::vector<std::string>& plotted_metrics();
+
+// Writes <metric>.dat and <metric>.gp into `plot_dir` and renders PNG and SVG with gnuplot.
+// Returns warnings (gnuplot missing or failing); the data and scripts are written regardless.
+std::vector<std::string> write_plots(const MatrixSpec& spec, const std::vector<RunRow>& rows,
+                                     const std::string& plot_dir);
+
+}  // namespace kvmscale::study

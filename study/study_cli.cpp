@@ -1,0 +1,226 @@
+#include "study/study_cli.hpp"
+
+#include <sched.h>
+#include <signal.h>
+
+#include <ctime>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <random>
+
+#include "study/compare.hpp"
+#include "study/matrix.hpp"
+#include "study/scenario.hpp"
+#include "vmm/cli.hpp"
+#include "vmm/kick.hpp"
+#include "vmm/record.hpp"
+#include "vmm/testbed.hpp"
+
+namespace kvmscale::study {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace {
+
+std::string stamp() {
+  std::time_t t = std::time(nullptr);
+  char b[32];
+  std::strftime(b, sizeof b, "%Y%m%d-%H%M%S", std::localtime(&t));
+  return b;
+}
+
+uint64_t random_seed() { return std::random_device{}() & 0xffffffffu; }
+
+bool stop_requested() {
+  sigset_t pending;
+  sigpending(&pending);
+  return sigismember(&pending, SIGINT) || sigismember(&pending, SIGTERM);
+}
+
+uint32_t allowed_host_cpus() {
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof set, &set) != 0) return 1;
+  return uint32_t(std::max(1, CPU_COUNT(&set)));
+}
+
+void add_matrix_options(CLI::App& m, StudyCommands& st) {
+  for (const auto& f : vmm::run_flag_infos()) {
+    CLI::Option* o;
+    if (f.boolean)
+      o = m.add_flag("--" + f.name, st.run_bools[f.name], f.help);
+    else if (f.name == "vm")
+      o = m.add_option("--vm", st.vm_opts, f.help + " (fixed, may repeat)");
+    else
+      o = m.add_option("--" + f.name, st.run_values[f.name],
+                       f.help + (f.name == "guest-arg" ? " (fixed)" : " [axis: a,b,...]"));
+    st.run_opts.emplace_back(f.name, o);
+  }
+  m.add_option("--repeat", st.repeat, "runs per cell")->check(CLI::Range(1, 1000))->capture_default_str();
+  m.add_option("--seed", st.seed, "seed of the shuffled run order (default: random, recorded)");
+  m.add_option("--out", st.out, "matrix directory (default results/matrix-<time>)");
+  m.add_flag("--resume", st.resume, "finish the matrix in --out, skipping finished runs");
+  m.add_flag("--no-plots", st.no_plots, "write the CSV only");
+  m.add_flag("--dry-run", st.dry_run, "list the runs in execution order and exit");
+}
+
+std::vector<std::pair<std::string, std::string>> given_flags(const StudyCommands& st) {
+  std::vector<std::pair<std::string, std::string>> flags;
+  for (const auto& [name, opt] : st.run_opts) {
+    if (opt->count() == 0) continue;
+    if (name == "vm") continue;  // below, one entry per occurrence
+    auto b = st.run_bools.find(name);
+    flags.emplace_back(name, b != st.run_bools.end() ? "" : st.run_values.at(name));
+  }
+  return flags;
+}
+
+MatrixSpec stored_spec(const std::string& dir) {
+  std::ifstream in(fs::path(dir) / "matrix.json");
+  if (!in) throw vmm::ConfigError("--resume: no matrix in " + dir);
+  json j = json::parse(in, nullptr, false);
+  if (j.is_discarded() || !j.contains("spec"))
+    throw vmm::ConfigError("--resume: " + dir + "/matrix.json is not a matrix spec");
+  return MatrixSpec::from_json(j["spec"]);
+}
+
+void print_dry_run(const MatrixSpec& spec, std::ostream& os) {
+  std::vector<Cell> cells = expand(spec);
+  os << cells.size() << " runs (" << spec.axes.size() << " axes, repeat " << spec.repeat
+     << ", seed " << spec.seed << "), in execution order:\n";
+  for (size_t i : run_order(cells.size(), spec.seed)) {
+    os << "  " << cells[i].id << ":";
+    for (const auto& a : cell_args(spec, cells[i])) os << " " << a;
+    os << "\n";
+  }
+}
+
+int execute_matrix(const MatrixSpec& spec, const StudyCommands& st, const std::string& dir) {
+  if (st.dry_run) {
+    for (const Cell& c : expand(spec)) {
+      try {
+        vmm::parse_run_args(cell_args(spec, c));
+      } catch (const vmm::ConfigError& e) {
+        throw vmm::ConfigError("run " + c.id + ": " + e.what());
+      }
+    }
+    print_dry_run(spec, std::cout);
+    return vmm::kExitOk;
+  }
+  vmm::install_kick_signal();
+  vmm::block_stop_signals();
+  MatrixOptions opt{dir, st.resume, !st.no_plots};
+  std::cerr << "matrix: " << expand(spec).size() << " runs into " << dir << " (seed "
+            << spec.seed << ")\n";
+  MatrixOutcome o =
+      run_matrix(spec, opt, vmm::parse_run_args, vmm::run_testbed, stop_requested, std::cerr);
+  for (const auto& w : o.warnings) std::cerr << "warning: " << w << "\n";
+  std::cerr << "matrix: " << o.ran << " ran, " << o.skipped << " already done, " << o.failed
+            << " failed" << (o.failed ? " (see " + dir + "/failed/)" : "") << ", of " << o.total
+            << "\n"
+            << "summary: " << dir << "/summary.csv" << (st.no_plots ? "" : ", plots: " + dir + "/plots/")
+            << "\n";
+  if (o.interrupted) {
+    std::cerr << "interrupted: finished runs are kept; continue with --resume --out " << dir
+              << "\n";
+    return vmm::kExitInterrupted;
+  }
+  return o.failed ? vmm::kExitFailure : vmm::kExitOk;
+}
+
+int do_matrix(StudyCommands& st) {
+  auto flags = given_flags(st);
+  if (st.resume && st.out.empty()) throw vmm::ConfigError("--resume needs --out DIR");
+  const std::string dir = st.out.empty() ? "results/matrix-" + stamp() : st.out;
+  MatrixSpec spec;
+  if (st.resume && flags.empty() && st.vm_opts.empty()) {
+    spec = stored_spec(dir);  // `matrix --resume --out DIR` alone continues what is there
+  } else {
+    spec = make_spec(flags, st.repeat, st.seed ? st.seed : random_seed());
+    for (const auto& v : st.vm_opts) spec.fixed.emplace_back("vm", v);
+  }
+  return execute_matrix(spec, st, dir);
+}
+
+int do_compare(const StudyCommands& st) {
+  RunSet a = load_run_set(st.path_a), b = load_run_set(st.path_b);
+  auto rows = compare_sets(a, b, st.metrics);
+  if (rows.empty()) throw vmm::ConfigError("no metric is present in both sets");
+  if (st.json)
+    std::cout << comparison_json(a, b, rows).dump(2) << "\n";
+  else
+    std::cout << comparison_text(a, b, rows);
+  return vmm::kExitOk;
+}
+
+int do_scenario(StudyCommands& st) {
+  ScenarioOptions so;
+  so.host_cpus = allowed_host_cpus();
+  so.repeat = st.scenario_repeat;
+  so.duration = st.duration;
+  so.seed = st.seed ? st.seed : random_seed();
+  if (st.resume && st.out.empty()) throw vmm::ConfigError("--resume needs --out DIR");
+  const std::string dir =
+      st.out.empty() ? "results/scenario-" + st.scenario_name + "-" + stamp() : st.out;
+  ScenarioPlan plan = plan_scenario(st.scenario_name, so);
+  if (st.resume) plan.spec.seed = stored_spec(dir).seed;
+  std::cerr << "scenario " << plan.name << ": " << plan.description << "\n";
+  int rc = execute_matrix(plan.spec, st, dir);
+  if (st.dry_run || rc == vmm::kExitInterrupted) return rc;
+  ScenarioVerdict v = scenario_verdict(plan, load_rows(plan.spec, dir));
+  vmm::write_file_atomically((fs::path(dir) / "verdict.txt").string(), v.text);
+  vmm::write_file_atomically((fs::path(dir) / "verdict.json").string(), v.json.dump(2) + "\n");
+  std::cout << v.text << "verdict: " << dir << "/verdict.txt\n";
+  return rc;
+}
+
+}  // namespace
+
+void add_study_commands(CLI::App& app, StudyCommands& st) {
+  st.matrix = app.add_subcommand(
+      "matrix",
+      "run the cartesian product of run flags given as comma lists (e.g. --vms 1,2,4,8 --lock "
+      "ticket,mcs), repeated in shuffled order; CSV summary and gnuplot plots");
+  add_matrix_options(*st.matrix, st);
+  st.matrix->footer(
+      "Axes: any run flag with a comma list. A --lock with CLASS=NAME parts or a --vcpu-pin pCPU "
+      "list stays one value; use ';' to separate such values (--lock 'call=mcs;call=ticket').\n"
+      "Example: kvmscale matrix --vms 1,2,4 --vcpu-pin none,1:1 --balance xen,affinity --sched "
+      "credit --guest spin --duration 3s --repeat 3 --out results/m1");
+
+  st.compare = app.add_subcommand(
+      "compare", "compare two run records or matrix directories: medians, B/A, 95% CI, p");
+  st.compare->add_option("A", st.path_a, "baseline: a record or a directory of records")
+      ->required();
+  st.compare->add_option("B", st.path_b, "variant: a record or a directory of records")
+      ->required();
+  st.compare->add_option("--metrics", st.metrics, "only these metrics (comma list)")
+      ->delimiter(',');
+  st.compare->add_flag("--json", st.json, "print JSON");
+
+  st.scenario = app.add_subcommand(
+      "scenario", "run one of the study's experiments, scaled to this host, and print a verdict");
+  st.scenario->add_option("name", st.scenario_name, "call-lock or credit-balance")
+      ->required()
+      ->check(CLI::IsMember(scenario_names()));
+  st.scenario->add_option("--repeat", st.scenario_repeat, "runs per variant")
+      ->check(CLI::Range(1, 1000))
+      ->capture_default_str();
+  st.scenario->add_option("--duration", st.duration, "credit-balance: spin time of each run")
+      ->capture_default_str();
+  st.scenario->add_option("--seed", st.seed, "seed of the shuffled run order");
+  st.scenario->add_option("--out", st.out, "directory (default results/scenario-NAME-<time>)");
+  st.scenario->add_flag("--resume", st.resume, "finish the scenario in --out");
+  st.scenario->add_flag("--no-plots", st.no_plots, "write the CSV only");
+  st.scenario->add_flag("--dry-run", st.dry_run, "list the runs and exit");
+}
+
+int run_study_command(StudyCommands& st) {
+  if (st.matrix && *st.matrix) return do_matrix(st);
+  if (st.compare && *st.compare) return do_compare(st);
+  if (st.scenario && *st.scenario) return do_scenario(st);
+  return -1;
+}
+
+}  // namespace kvmscale::study

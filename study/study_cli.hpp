@@ -1,0 +1,38 @@
+// The study commands of the CLI: matrix, compare and scenario.
+#pragma once
+
+#include <CLI/CLI.hpp>
+#include <map>
+#include <string>
+#include <vector>
+
+namespace kvmscale::study {
+
+struct StudyCommands {
+  CLI::App* matrix = nullptr;
+  CLI::App* compare = nullptr;
+  CLI::App* scenario = nullptr;
+  // matrix: run flags as typed, in run-flag order.
+  std::vector<std::pair<std::string, CLI::Option*>> run_opts;
+  std::map<std::string, std::string> run_values;
+  std::map<std::string, bool> run_bools;
+  std::vector<std::string> vm_opts;
+  uint32_t repeat = 3;
+  uint64_t seed = 0;
+  std::string out;
+  bool resume = false, no_plots = false, dry_run = false;
+  // compare
+  std::string path_a, path_b;
+  std::vector<std::string> metrics;
+  bool json = false;
+  // scenario
+  std::string scenario_name, duration = "3s";
+  uint32_t scenario_repeat = 5;
+};
+
+void add_study_commands(CLI::App& app, StudyCommands& st);
+// Runs the selected study command; returns -1 when none was selected. Throws vmm::ConfigError
+// for bad input.
+int run_study_command(StudyCommands& st);
+
+}  // namespace kvmscale::study
