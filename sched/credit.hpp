@@ -175,7 +175,7 @@ class CreditScheduler {
     std::atomic<uint32_t> nr_runnable{0};  // queued + running
     std::vector<uint32_t> affinity_count;  // [q]: queued vCPUs that may run on q (under lock)
     std::vector<std::atomic<uint64_t>> affinity_bits;  // bit q: affinity_count[q] > 0
-    std::atomic<uint32_t> unrestricted{0};  // hybrid: queued vCPUs that may run anywhere
+    std::atomic<uint32_t> unrestricted{0};             // hybrid: queued vCPUs that may run anywhere
     uint32_t balance_cursor = 0;
     uint64_t last_acct_gen = 0;
     PcpuSchedStats stats;

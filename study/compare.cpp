@@ -80,8 +80,7 @@ std::vector<MetricComparison> compare_sets(const RunSet& a, const RunSet& b,
     c.n_b = vb.size();
     c.median_a = median(va);
     c.median_b = median(vb);
-    c.ratio = c.median_a != 0 ? c.median_b / c.median_a
-                              : (c.median_b == 0 ? 1.0 : std::nan(""));
+    c.ratio = c.median_a != 0 ? c.median_b / c.median_a : (c.median_b == 0 ? 1.0 : std::nan(""));
     Interval ci = bootstrap_ratio_ci(va, vb, 0.95, 10000, seed++);
     c.ci_lo = ci.lo;
     c.ci_hi = ci.hi;
@@ -91,9 +90,9 @@ std::vector<MetricComparison> compare_sets(const RunSet& a, const RunSet& b,
     if (c.significant) {
       Better better = metric_info(name).better;
       bool up = c.median_b > c.median_a;
-      c.verdict = better == Better::Neither               ? "changed"
+      c.verdict = better == Better::Neither          ? "changed"
                   : (better == Better::Higher) == up ? "better"
-                                                          : "worse";
+                                                     : "worse";
     }
     out.push_back(c);
   }
@@ -124,8 +123,7 @@ std::string comparison_text(const RunSet& a, const RunSet& b,
     std::string ci = "[" + fmt(c.ci_lo) + ", " + fmt(c.ci_hi) + "]";
     std::snprintf(line, sizeof line, "%-26s %12s %12s %8s %19s %8s  %s\n", c.metric.c_str(),
                   fmt(c.median_a, 4).c_str(), fmt(c.median_b, 4).c_str(), fmt(c.ratio).c_str(),
-                  ci.c_str(), fmt(c.p, 2).c_str(),
-                  c.significant ? ("* " + c.verdict).c_str() : "");
+                  ci.c_str(), fmt(c.p, 2).c_str(), c.significant ? ("* " + c.verdict).c_str() : "");
     s << line;
   }
   // The smallest two-sided exact Mann-Whitney p is 2 / C(m+n, m).

@@ -22,11 +22,11 @@ struct MetricComparison {
   std::string metric;
   size_t n_a = 0, n_b = 0;
   double median_a = 0, median_b = 0;
-  double ratio = 0;           // median_b / median_a (NaN when median_a is 0 and median_b not)
+  double ratio = 0;             // median_b / median_a (NaN when median_a is 0 and median_b not)
   double ci_lo = 0, ci_hi = 0;  // 95% bootstrap interval of the ratio (NaN when undefined)
-  double p = 1;               // Mann-Whitney two-sided
-  bool significant = false;   // p < 0.05 and the interval excludes 1
-  std::string verdict;        // "better", "worse", "changed" (B vs A) or "" when not significant
+  double p = 1;                 // Mann-Whitney two-sided
+  bool significant = false;     // p < 0.05 and the interval excludes 1
+  std::string verdict;          // "better", "worse", "changed" (B vs A) or "" when not significant
 };
 
 // Metrics present in both sets; `only` restricts and orders them when not empty.

@@ -78,8 +78,8 @@ std::vector<std::string> split_axis(const std::string& flag, const std::string& 
   return parts;
 }
 
-MatrixSpec make_spec(const std::vector<std::pair<std::string, std::string>>& flags,
-                     uint32_t repeat, uint64_t seed) {
+MatrixSpec make_spec(const std::vector<std::pair<std::string, std::string>>& flags, uint32_t repeat,
+                     uint64_t seed) {
   MatrixSpec s;
   s.repeat = repeat;
   s.seed = seed;
@@ -290,8 +290,8 @@ MatrixOutcome run_matrix(const MatrixSpec& spec_in, const MatrixOptions& opt,
     const double elapsed = std::chrono::duration<double>(clock::now() - t0).count();
     const double eta = elapsed / double(k) * double(todo - k);
     log << "[" << (out.skipped + k) << "/" << cells.size() << "] " << describe(spec, c) << ": "
-        << result << " (" << human_time(run_s) << ") | elapsed " << human_time(elapsed)
-        << ", ETA " << human_time(eta) << "\n"
+        << result << " (" << human_time(run_s) << ") | elapsed " << human_time(elapsed) << ", ETA "
+        << human_time(eta) << "\n"
         << std::flush;
   }
   out.warnings = write_outputs(spec, opt.dir, opt.plots);
@@ -356,8 +356,7 @@ std::string summary_csv(const MatrixSpec& spec, const std::vector<RunRow>& rows)
   return s.str();
 }
 
-std::vector<std::string> write_outputs(const MatrixSpec& spec, const std::string& dir,
-                                       bool plots) {
+std::vector<std::string> write_outputs(const MatrixSpec& spec, const std::string& dir, bool plots) {
   std::vector<RunRow> rows = load_rows(spec, dir);
   vmm::write_file_atomically((fs::path(dir) / "summary.csv").string(), summary_csv(spec, rows));
   if (!plots || rows.empty()) return {};

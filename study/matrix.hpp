@@ -27,7 +27,7 @@ struct Axis {
 };
 
 struct MatrixSpec {
-  std::vector<Axis> axes;                                 // flags with 2+ values
+  std::vector<Axis> axes;                                  // flags with 2+ values
   std::vector<std::pair<std::string, std::string>> fixed;  // one value ("" for boolean flags)
   uint32_t repeat = 1;
   uint64_t seed = 0;
@@ -45,8 +45,8 @@ struct MatrixSpec {
 std::vector<std::string> split_axis(const std::string& flag, const std::string& text);
 
 // Builds a spec from flag -> value as typed (boolean flags map to "").
-MatrixSpec make_spec(const std::vector<std::pair<std::string, std::string>>& flags,
-                     uint32_t repeat, uint64_t seed);
+MatrixSpec make_spec(const std::vector<std::pair<std::string, std::string>>& flags, uint32_t repeat,
+                     uint64_t seed);
 
 struct Cell {
   std::map<std::string, std::string> values;  // axis flag -> value
@@ -100,7 +100,6 @@ std::vector<std::string> metric_columns(const std::vector<RunRow>& rows);
 // metrics in definition order, then guest metrics), record file.
 std::string summary_csv(const MatrixSpec& spec, const std::vector<RunRow>& rows);
 // Writes summary.csv and the plots; returns warnings (e.g. gnuplot missing).
-std::vector<std::string> write_outputs(const MatrixSpec& spec, const std::string& dir,
-                                       bool plots);
+std::vector<std::string> write_outputs(const MatrixSpec& spec, const std::string& dir, bool plots);
 
 }  // namespace kvmscale::study

@@ -20,8 +20,8 @@ namespace fs = std::filesystem;
 
 const std::vector<std::string>& plotted_metrics() {
   static const std::vector<std::string> list = {
-      "boot_max_ms",      "boot_p50_ms",      "call_lock_wait_ms",        "flush_avg_us",
-      "fault_stall_ms",   "balance_trylocks", "balance_trylock_failures", "balance_us",
+      "boot_max_ms",       "boot_p50_ms",      "call_lock_wait_ms",        "flush_avg_us",
+      "fault_stall_ms",    "balance_trylocks", "balance_trylock_failures", "balance_us",
       "sched_overhead_pct"};
   return list;
 }
@@ -41,8 +41,7 @@ int pick_x_axis(const MatrixSpec& spec) {
   for (size_t i = 0; i < spec.axes.size(); i++)
     if (spec.axes[i].flag == "vms") return int(i);
   for (size_t i = 0; i < spec.axes.size(); i++)
-    if (std::all_of(spec.axes[i].values.begin(), spec.axes[i].values.end(), numeric))
-      return int(i);
+    if (std::all_of(spec.axes[i].values.begin(), spec.axes[i].values.end(), numeric)) return int(i);
   return spec.axes.empty() ? -1 : 0;
 }
 
@@ -82,9 +81,8 @@ std::vector<std::string> write_plots(const MatrixSpec& spec, const std::vector<R
                                      const std::string& plot_dir) {
   fs::create_directories(plot_dir);
   const int x = pick_x_axis(spec);
-  const bool x_numeric =
-      x >= 0 && std::all_of(spec.axes[size_t(x)].values.begin(),
-                            spec.axes[size_t(x)].values.end(), numeric);
+  const bool x_numeric = x >= 0 && std::all_of(spec.axes[size_t(x)].values.begin(),
+                                               spec.axes[size_t(x)].values.end(), numeric);
   const std::string x_flag = x >= 0 ? spec.axes[size_t(x)].flag : "";
   auto series_of = [&](const RunRow& r) {
     std::string s;
@@ -158,8 +156,8 @@ std::vector<std::string> write_plots(const MatrixSpec& spec, const std::vector<R
     plot << "plot ";
     for (size_t i = 0; i < series.size(); i++) {
       plot << (i ? ", \\\n     " : "") << gp_quote(metric + ".dat") << " index " << i
-           << " using 1:2:3:4" << (x_numeric ? "" : ":xtic(5)") << " title "
-           << gp_quote(series[i]) << " pointtype 7 linewidth 2";
+           << " using 1:2:3:4" << (x_numeric ? "" : ":xtic(5)") << " title " << gp_quote(series[i])
+           << " pointtype 7 linewidth 2";
     }
     plot << "\n";
     gp << "cd " << gp_quote(fs::absolute(plot_dir).string()) << "\n"

@@ -89,14 +89,12 @@ ScenarioPlan credit_balance_plan(const ScenarioOptions& o) {
                      o.repeat, o.seed);
   for (const char* pin : {"1:1", "none"})
     for (const char* variant : {"affinity", "counted", "hybrid"})
-      p.comparisons.push_back(
-          {std::string(pin == std::string("1:1") ? "pinned 1:1" : "unpinned") + ": " + variant +
-               " vs xen",
-           {{"vcpu-pin", pin}, {"balance", "xen"}},
-           {{"vcpu-pin", pin}, {"balance", variant}}});
-  p.key_metrics = {"balance_trylocks", "balance_trylock_failures", "balance_steals",
-                   "balance_us",       "sched_overhead_pct",       "guest_iterations_per_s",
-                   "jain_fairness"};
+      p.comparisons.push_back({std::string(pin == std::string("1:1") ? "pinned 1:1" : "unpinned") +
+                                   ": " + variant + " vs xen",
+                               {{"vcpu-pin", pin}, {"balance", "xen"}},
+                               {{"vcpu-pin", pin}, {"balance", variant}}});
+  p.key_metrics = {"balance_trylocks",   "balance_trylock_failures", "balance_steals", "balance_us",
+                   "sched_overhead_pct", "guest_iterations_per_s",   "jain_fairness"};
   return p;
 }
 
@@ -145,11 +143,10 @@ ScenarioVerdict scenario_verdict(const ScenarioPlan& plan, const std::vector<Run
       if (m.verdict == "worse") worse += " " + m.metric;
     }
     text << "verdict: "
-         << (better.empty() && worse.empty()
-                 ? std::string("no significant difference")
-                 : (better.empty() ? "" : "better on" + better) +
-                       (better.empty() || worse.empty() ? "" : "; ") +
-                       (worse.empty() ? "" : "worse on" + worse))
+         << (better.empty() && worse.empty() ? std::string("no significant difference")
+                                             : (better.empty() ? "" : "better on" + better) +
+                                                   (better.empty() || worse.empty() ? "" : "; ") +
+                                                   (worse.empty() ? "" : "worse on" + worse))
          << "\n";
     json cj = comparison_json(a, b, rows_c);
     cj["label"] = c.label;

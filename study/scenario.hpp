@@ -20,8 +20,8 @@ struct ScenarioOptions {
 };
 
 struct ScenarioComparison {
-  std::string label;                         // e.g. "pinned 1:1: affinity vs xen"
-  std::map<std::string, std::string> a, b;   // axis values selecting the two groups
+  std::string label;                        // e.g. "pinned 1:1: affinity vs xen"
+  std::map<std::string, std::string> a, b;  // axis values selecting the two groups
 };
 
 struct ScenarioPlan {

@@ -41,8 +41,10 @@ Interval bootstrap_ratio_ci(const std::vector<double>& a, const std::vector<doub
     for (auto& x : rb) x = b[pick_b(rng)];
     double ma = median(ra), mb = median(rb);
     if (ma == 0) {
-      if (mb == 0) ratios.push_back(1.0);  // 0/0: no change
-      else return {kNaN, kNaN};            // the ratio is unbounded
+      if (mb == 0)
+        ratios.push_back(1.0);  // 0/0: no change
+      else
+        return {kNaN, kNaN};  // the ratio is unbounded
     } else {
       ratios.push_back(mb / ma);
     }
@@ -105,7 +107,7 @@ MannWhitney mann_whitney(const std::vector<double>& a, const std::vector<double>
   }
   const double N = double(m + n);
   const double var = double(m) * double(n) / 12 * ((N + 1) - tie_term / (N * (N - 1)));
-  if (var <= 0) return {u, 1.0, false};  // every value equal
+  if (var <= 0) return {u, 1.0, false};                     // every value equal
   double z = (std::fabs(u - mean) - 0.5) / std::sqrt(var);  // continuity correction
   if (z < 0) z = 0;
   return {u, std::erfc(z / std::sqrt(2.0)), false};

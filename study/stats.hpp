@@ -19,9 +19,9 @@ Interval bootstrap_ratio_ci(const std::vector<double>& a, const std::vector<doub
                             double confidence = 0.95, int resamples = 10000, uint64_t seed = 1);
 
 struct MannWhitney {
-  double u;        // U statistic of sample a (pairs where a > b, ties count 1/2)
-  double p;        // two-sided p-value
-  bool exact;      // exact permutation distribution (no ties, small samples) or normal approx.
+  double u;    // U statistic of sample a (pairs where a > b, ties count 1/2)
+  double p;    // two-sided p-value
+  bool exact;  // exact permutation distribution (no ties, small samples) or normal approx.
 };
 MannWhitney mann_whitney(const std::vector<double>& a, const std::vector<double>& b);
 

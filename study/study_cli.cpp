@@ -57,7 +57,9 @@ void add_matrix_options(CLI::App& m, StudyCommands& st) {
                        f.help + (f.name == "guest-arg" ? " (fixed)" : " [axis: a,b,...]"));
     st.run_opts.emplace_back(f.name, o);
   }
-  m.add_option("--repeat", st.repeat, "runs per cell")->check(CLI::Range(1, 1000))->capture_default_str();
+  m.add_option("--repeat", st.repeat, "runs per cell")
+      ->check(CLI::Range(1, 1000))
+      ->capture_default_str();
   m.add_option("--seed", st.seed, "seed of the shuffled run order (default: random, recorded)");
   m.add_option("--out", st.out, "matrix directory (default results/matrix-<time>)");
   m.add_flag("--resume", st.resume, "finish the matrix in --out, skipping finished runs");
@@ -111,16 +113,16 @@ int execute_matrix(const MatrixSpec& spec, const StudyCommands& st, const std::s
   vmm::install_kick_signal();
   vmm::block_stop_signals();
   MatrixOptions opt{dir, st.resume, !st.no_plots};
-  std::cerr << "matrix: " << expand(spec).size() << " runs into " << dir << " (seed "
-            << spec.seed << ")\n";
+  std::cerr << "matrix: " << expand(spec).size() << " runs into " << dir << " (seed " << spec.seed
+            << ")\n";
   MatrixOutcome o =
       run_matrix(spec, opt, vmm::parse_run_args, vmm::run_testbed, stop_requested, std::cerr);
   for (const auto& w : o.warnings) std::cerr << "warning: " << w << "\n";
   std::cerr << "matrix: " << o.ran << " ran, " << o.skipped << " already done, " << o.failed
             << " failed" << (o.failed ? " (see " + dir + "/failed/)" : "") << ", of " << o.total
             << "\n"
-            << "summary: " << dir << "/summary.csv" << (st.no_plots ? "" : ", plots: " + dir + "/plots/")
-            << "\n";
+            << "summary: " << dir << "/summary.csv"
+            << (st.no_plots ? "" : ", plots: " + dir + "/plots/") << "\n";
   if (o.interrupted) {
     std::cerr << "interrupted: finished runs are kept; continue with --resume --out " << dir
               << "\n";
@@ -193,8 +195,7 @@ void add_study_commands(CLI::App& app, StudyCommands& st) {
       "compare", "compare two run records or matrix directories: medians, B/A, 95% CI, p");
   st.compare->add_option("A", st.path_a, "baseline: a record or a directory of records")
       ->required();
-  st.compare->add_option("B", st.path_b, "variant: a record or a directory of records")
-      ->required();
+  st.compare->add_option("B", st.path_b, "variant: a record or a directory of records")->required();
   st.compare->add_option("--metrics", st.metrics, "only these metrics (comma list)")
       ->delimiter(',');
   st.compare->add_flag("--json", st.json, "print JSON");

@@ -50,6 +50,13 @@ TEST(Cli, BadUsageExitsTwoWithAClearMessage) {
       {{"run", "--pod-granule", "8K"}, "4K or 2M"},
       {{"run", "--call-lock", "none"}, "--call-lock"},
       {{"run", "--fault-threads", "0"}, "--fault-threads"},
+      {{"matrix", "--vms", "1,0"}, "vms-0_r0"},
+      {{"matrix", "--vms", "1,1"}, "repeated"},
+      {{"matrix", "--resume"}, "--resume needs --out"},
+      {{"matrix", "--repeat", "0"}, "--repeat"},
+      {{"compare", "/nonexistent-a", "/nonexistent-b"}, "no such file"},
+      {{"compare", "only-one"}, "B"},
+      {{"scenario", "nosuch"}, "nosuch"},
   };
   for (const auto& c : cases) {
     auto r = ks(c.args);
@@ -99,6 +106,61 @@ TEST(Cli, SigintEndsTheRunWithAValidPartialRecord) {
   EXPECT_LT(j["run"]["wall_ns"].get<uint64_t>(), 30000000000ull);
   EXPECT_EQ(j["vms"].size(), 2u);
   EXPECT_GT(j["vms"][0]["metrics"]["iterations"].get<uint64_t>(), 0u);
+}
+
+// The acceptance shape: a 2x2x2 matrix gives its CSV and PNG plots.
+TEST(CliMatrix, TwoByTwoByTwoMatrixWritesCsvAndPlots) {
+  SKIP_WITHOUT_KVM();
+  fs::path dir = scratch("m222");
+  fs::remove_all(dir);
+  auto r = ks({"matrix",     "--guest",  "hello",   "--mem",       "8M",      "--vms", "1,2",
+               "--vcpus",    "1,2",      "--sched", "host,credit", "--pcpus", "2",     "--lock",
+               "spin-yield", "--repeat", "1",       "--seed",      "3",       "--out", dir});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.err.find("[8/8]"), std::string::npos) << r.err;
+  std::ifstream csv(dir / "summary.csv");
+  std::string line;
+  int lines = 0;
+  while (std::getline(csv, line)) lines++;
+  EXPECT_EQ(lines, 9);
+  EXPECT_TRUE(fs::exists(dir / "plots" / "boot_max_ms.png")) << r.err;
+  EXPECT_TRUE(fs::exists(dir / "plots" / "boot_max_ms.svg"));
+  // Comparing the matrix with itself: same medians, nothing significant.
+  auto c = ks({"compare", "--json", dir, dir});
+  ASSERT_EQ(c.exit_code, 0) << c.err;
+  auto j = nlohmann::json::parse(c.out);
+  for (const auto& m : j["metrics"]) EXPECT_FALSE(m["significant"].get<bool>()) << m;
+}
+
+TEST(CliMatrix, SigintKeepsFinishedRunsAndResumeCompletesTheRest) {
+  SKIP_WITHOUT_KVM();
+  fs::path dir = scratch("mresume");
+  fs::remove_all(dir);
+  std::vector<std::string> args = {"matrix", "--guest", "spin",       "--mem", "8M",
+                                   "--vms",  "1,2",     "--duration", "1s",    "--repeat",
+                                   "2",      "--out",   dir};
+  auto r = ks(args, 2500);  // two or three of the four one-second runs finish
+  EXPECT_EQ(r.exit_code, 130) << r.err;
+  EXPECT_NE(r.err.find("--resume"), std::string::npos) << r.err;
+  size_t kept = 0;
+  for (const auto& e : fs::directory_iterator(dir / "cells")) kept += e.is_regular_file();
+  EXPECT_GE(kept, 1u);
+  EXPECT_LT(kept, 4u);
+  for (const auto& e : fs::directory_iterator(dir / "cells")) {
+    auto rec = nlohmann::json::parse(std::ifstream(e.path()));
+    EXPECT_FALSE(rec["run"]["interrupted"].get<bool>()) << e.path();
+  }
+  auto again = ks({"matrix", "--resume", "--out", dir});
+  ASSERT_EQ(again.exit_code, 0) << again.err;
+  EXPECT_NE(again.err.find("resuming: " + std::to_string(kept) + " of 4"), std::string::npos)
+      << again.err;
+  size_t all = 0;
+  for (const auto& e : fs::directory_iterator(dir / "cells")) all += e.is_regular_file();
+  EXPECT_EQ(all, 4u);
+  // Different flags on the same directory are refused.
+  auto other = ks({"matrix", "--resume", "--out", dir, "--vms", "1,3"});
+  EXPECT_EQ(other.exit_code, 2);
+  EXPECT_NE(other.err.find("differ"), std::string::npos) << other.err;
 }
 
 TEST(Cli, BenchLocksQuickWritesCsvWithRatios) {

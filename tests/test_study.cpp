@@ -1,0 +1,374 @@
+// The study tools without KVM: axis parsing, matrix expansion, resume, CSV and plots from canned
+// records, and the statistics on data with known answers.
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "study/compare.hpp"
+#include "study/matrix.hpp"
+#include "study/metrics.hpp"
+#include "study/plots.hpp"
+#include "study/scenario.hpp"
+#include "study/stats.hpp"
+#include "vmm/cli.hpp"
+#include "vmm/testbed.hpp"
+
+namespace fs = std::filesystem;
+using namespace kvmscale::study;
+using kvmscale::vmm::ConfigError;
+using nlohmann::json;
+
+namespace {
+
+struct TempDir {
+  fs::path path;
+  TempDir() {
+    char tmpl[] = "/tmp/kvmscale-study-XXXXXX";
+    path = mkdtemp(tmpl);
+  }
+  ~TempDir() { fs::remove_all(path); }
+  std::string sub(const std::string& s) const { return (path / s).string(); }
+};
+
+// A record as the testbed writes it, reduced to what the metrics read.
+json canned_record(double boot_ms, double iterations, bool interrupted = false) {
+  return {{"schema_version", 1},
+          {"run", {{"exec_ns", 2000000000}, {"interrupted", interrupted}}},
+          {"summary",
+           {{"vms", 1},
+            {"vms_booted", 1},
+            {"vms_crashed", 0},
+            {"exits_total", 10},
+            {"boot_ns", {{"p50", boot_ms * 1e6}, {"max", boot_ms * 1e6}}}}},
+          {"locks",
+           {{"classes",
+             {{"call",
+               {{"acquisitions", 4},
+                {"contended", 1},
+                {"wait_ns", 3000000},
+                {"wait_max_ns", 2000}}}}}}},
+          {"vms", json::array({{{"metrics", {{"iterations", iterations}}}}})}};
+}
+
+// Boot time grows with --vms; --lock mcs halves it: a fake testbed with known answers.
+json fake_run(const kvmscale::vmm::RunConfig& cfg) {
+  double boot = 10.0 * cfg.vms * (cfg.lock == "mcs" ? 0.5 : 1.0);
+  return canned_record(boot, 1000.0 * cfg.vms);
+}
+
+MatrixSpec two_by_two(uint32_t repeat = 2) {
+  return make_spec({{"vms", "1,2"}, {"lock", "ticket,mcs"}, {"guest", "spin"}}, repeat, 7);
+}
+
+}  // namespace
+
+TEST(MatrixAxes, CommasSplitExceptWhereAValueHoldsThem) {
+  EXPECT_EQ(split_axis("vms", "1,2,4"), (std::vector<std::string>{"1", "2", "4"}));
+  EXPECT_EQ(split_axis("lock", "call=mcs,runq=ticket"),
+            (std::vector<std::string>{"call=mcs,runq=ticket"}));
+  EXPECT_EQ(split_axis("lock", "call=mcs,runq=ticket;ticket"),
+            (std::vector<std::string>{"call=mcs,runq=ticket", "ticket"}));
+  EXPECT_EQ(split_axis("vcpu-pin", "0,1"), (std::vector<std::string>{"0,1"}));
+  EXPECT_EQ(split_axis("vcpu-pin", "none,1:1"), (std::vector<std::string>{"none", "1:1"}));
+  EXPECT_EQ(split_axis("guest-arg", "0,8"), (std::vector<std::string>{"0,8"}));
+}
+
+TEST(MatrixAxes, BadListsAreRejected) {
+  EXPECT_THROW(make_spec({{"vms", "1,1"}}, 1, 0), ConfigError);
+  EXPECT_THROW(make_spec({{"vms", "1,,2"}}, 1, 0), ConfigError);
+  EXPECT_THROW(make_spec({{"vms", "1"}, {"vms", "2"}}, 1, 0), ConfigError);
+  EXPECT_THROW(make_spec({{"vms", "1"}}, 0, 0), ConfigError);
+}
+
+TEST(MatrixExpansion, CartesianProductTimesRepeatWithUniqueIds) {
+  MatrixSpec s = make_spec({{"vms", "1,2,4"},
+                            {"vcpu-pin", "none,1:1"},
+                            {"sched", "credit"},
+                            {"balance", "xen,affinity,hybrid"}},
+                           3, 1);
+  ASSERT_EQ(s.axes.size(), 3u);
+  ASSERT_EQ(s.fixed.size(), 1u);
+  auto cells = expand(s);
+  ASSERT_EQ(cells.size(), 3u * 2 * 3 * 3);
+  std::set<std::string> ids;
+  for (const auto& c : cells) ids.insert(c.id);
+  EXPECT_EQ(ids.size(), cells.size());
+  EXPECT_EQ(cells[0].id, "vms-1_vcpu-pin-none_balance-xen_r0");
+  EXPECT_EQ(cells[1].rep, 1u);  // repetitions innermost
+  EXPECT_EQ(cells.back().values.at("vms"), "4");
+  EXPECT_EQ(cells.back().values.at("balance"), "hybrid");
+  std::vector<std::string> args = cell_args(s, cells[3]);
+  EXPECT_EQ(args, (std::vector<std::string>{"--sched", "credit", "--vms", "1", "--vcpu-pin", "none",
+                                            "--balance", "affinity"}));
+  // Every cell parses as a `run` command line.
+  for (const auto& c : cells) EXPECT_NO_THROW(kvmscale::vmm::parse_run_args(cell_args(s, c)));
+}
+
+TEST(MatrixExpansion, RunOrderIsASeededPermutation) {
+  auto a = run_order(50, 3), b = run_order(50, 3), c = run_order(50, 4);
+  EXPECT_EQ(a, b);
+  EXPECT_NE(a, c);
+  std::vector<size_t> sorted = a;
+  std::sort(sorted.begin(), sorted.end());
+  for (size_t i = 0; i < sorted.size(); i++) EXPECT_EQ(sorted[i], i);
+  EXPECT_NE(a, sorted);  // actually shuffled
+}
+
+TEST(MatrixRun, WritesEveryRunThenCsvAndResumesAfterAnInterrupt) {
+  TempDir t;
+  MatrixSpec spec = two_by_two();
+  MatrixOptions opt{t.sub("m"), false, false};
+  std::ostringstream log;
+  int calls = 0;
+  auto run = [&](const kvmscale::vmm::RunConfig& c) {
+    calls++;
+    return fake_run(c);
+  };
+  // Stop after three runs: those stay, nothing else is written.
+  auto stop_after_3 = [&] { return calls >= 3; };
+  MatrixOutcome o = run_matrix(spec, opt, kvmscale::vmm::parse_run_args, run, stop_after_3, log);
+  EXPECT_TRUE(o.interrupted);
+  EXPECT_EQ(o.ran, 3u);
+  size_t files = 0;
+  for (const auto& e : fs::directory_iterator(t.sub("m/cells"))) files += e.is_regular_file();
+  EXPECT_EQ(files, 3u);
+  EXPECT_NE(log.str().find("[3/8]"), std::string::npos) << log.str();
+  EXPECT_NE(log.str().find("ETA"), std::string::npos);
+
+  // Without --resume the directory is refused; with a different spec too.
+  EXPECT_THROW(run_matrix(spec, opt, kvmscale::vmm::parse_run_args, run, nullptr, log),
+               ConfigError);
+  MatrixOptions resume = opt;
+  resume.resume = true;
+  EXPECT_THROW(run_matrix(two_by_two(3), resume, kvmscale::vmm::parse_run_args, run, nullptr, log),
+               ConfigError);
+  // Resume runs exactly the five missing ones (the seed may differ: the stored one is used).
+  spec.seed = 99;
+  calls = 0;
+  o = run_matrix(spec, resume, kvmscale::vmm::parse_run_args, run, nullptr, log);
+  EXPECT_FALSE(o.interrupted);
+  EXPECT_EQ(calls, 5);
+  EXPECT_EQ(o.skipped, 3u);
+  EXPECT_EQ(o.total, 8u);
+
+  std::vector<RunRow> rows = load_rows(spec, opt.dir);
+  ASSERT_EQ(rows.size(), 8u);
+  std::ifstream csv(t.sub("m/summary.csv"));
+  std::string header, line;
+  std::getline(csv, header);
+  EXPECT_EQ(header.rfind("id,rep,vms,lock,boot_p50_ms,boot_max_ms,", 0), 0u) << header;
+  EXPECT_NE(header.find("guest_iterations_per_s"), std::string::npos);
+  int n = 0;
+  bool saw_known = false;
+  while (std::getline(csv, line)) {
+    n++;
+    // vms=2, mcs: boot 10 ms; iterations 2000 over 2 s.
+    if (line.rfind("vms-2_lock-mcs_r1,1,2,mcs,10,10,", 0) == 0) {
+      saw_known = true;
+      EXPECT_NE(line.find(",1000,cells/vms-2_lock-mcs_r1.json"), std::string::npos) << line;
+    }
+  }
+  EXPECT_EQ(n, 8);
+  EXPECT_TRUE(saw_known);
+}
+
+TEST(MatrixRun, AnInvalidCellStopsTheMatrixBeforeAnyRun) {
+  TempDir t;
+  MatrixSpec spec = make_spec({{"vms", "1,0"}, {"guest", "spin"}}, 1, 1);
+  int calls = 0;
+  std::ostringstream log;
+  EXPECT_THROW(run_matrix(
+                   spec, {t.sub("m"), false, false}, kvmscale::vmm::parse_run_args,
+                   [&](const kvmscale::vmm::RunConfig& c) {
+                     calls++;
+                     return fake_run(c);
+                   },
+                   nullptr, log),
+               ConfigError);
+  EXPECT_EQ(calls, 0);
+  EXPECT_FALSE(fs::exists(t.sub("m/matrix.json")));
+}
+
+TEST(MatrixRun, AFailedRunIsReportedAndRetriedOnResume) {
+  TempDir t;
+  MatrixSpec spec = make_spec({{"vms", "1,2"}}, 1, 1);
+  std::ostringstream log;
+  auto failing = [](const kvmscale::vmm::RunConfig& c) -> json {
+    if (c.vms == 2) throw kvmscale::vmm::RunError("no room for 2 VMs");
+    return fake_run(c);
+  };
+  MatrixOptions opt{t.sub("m"), false, false};
+  MatrixOutcome o = run_matrix(spec, opt, kvmscale::vmm::parse_run_args, failing, nullptr, log);
+  EXPECT_EQ(o.ran, 1u);
+  EXPECT_EQ(o.failed, 1u);
+  EXPECT_TRUE(fs::exists(t.sub("m/failed/vms-2_r0.txt")));
+  opt.resume = true;
+  o = run_matrix(spec, opt, kvmscale::vmm::parse_run_args, fake_run, nullptr, log);
+  EXPECT_EQ(o.ran, 1u);
+  EXPECT_EQ(o.failed, 0u);
+  EXPECT_FALSE(fs::exists(t.sub("m/failed/vms-2_r0.txt")));
+}
+
+TEST(MatrixRun, AnInterruptedRunIsNotKept) {
+  TempDir t;
+  MatrixSpec spec = make_spec({{"vms", "1,2"}}, 1, 1);
+  std::ostringstream log;
+  MatrixOutcome o = run_matrix(
+      spec, {t.sub("m"), false, false}, kvmscale::vmm::parse_run_args,
+      [](const kvmscale::vmm::RunConfig&) { return canned_record(1, 1, true); }, nullptr, log);
+  EXPECT_TRUE(o.interrupted);
+  EXPECT_EQ(o.ran, 0u);
+  EXPECT_TRUE(load_rows(spec, t.sub("m")).empty());
+}
+
+TEST(MatrixPlots, DataFilesHoldMediansAndGnuplotRendersPngAndSvg) {
+  TempDir t;
+  MatrixSpec spec = two_by_two(3);
+  std::vector<RunRow> rows;
+  for (const Cell& c : expand(spec)) {
+    json r = canned_record(10.0 * std::stoi(c.values.at("vms")) + c.rep, 100);
+    rows.push_back({c.id, c.values, c.rep, run_metrics(r), ""});
+  }
+  auto warnings = write_plots(spec, rows, t.sub("plots"));
+  std::ifstream dat(t.sub("plots/boot_max_ms.dat"));
+  ASSERT_TRUE(dat.good());
+  std::stringstream ss;
+  ss << dat.rdbuf();
+  // Series "lock=ticket", x = vms: medians of {10,11,12} and {20,21,22}, min and max.
+  EXPECT_NE(ss.str().find("# lock=ticket\n1 11 10 12 \"1\" 3\n2 21 20 22 \"2\" 3\n"),
+            std::string::npos)
+      << ss.str();
+  EXPECT_TRUE(fs::exists(t.sub("plots/boot_max_ms.gp")));
+  EXPECT_FALSE(fs::exists(t.sub("plots/balance_trylocks.dat")));  // no such metric: no plot
+  if (!warnings.empty() && warnings[0].find("not found") != std::string::npos)
+    GTEST_SKIP() << "gnuplot is not installed: " << warnings[0];
+  EXPECT_TRUE(warnings.empty()) << warnings[0];
+  for (const char* f : {"boot_max_ms.png", "boot_max_ms.svg", "call_lock_wait_ms.png",
+                        "guest_iterations_per_s.png"}) {
+    EXPECT_TRUE(fs::exists(t.sub("plots/") + f)) << f;
+    EXPECT_GT(fs::file_size(t.sub("plots/") + f), 1000u) << f;
+  }
+  std::ifstream png(t.sub("plots/boot_max_ms.png"), std::ios::binary);
+  char magic[4] = {};
+  png.read(magic, 4);
+  EXPECT_EQ(std::string(magic + 1, 3), "PNG");
+}
+
+TEST(Stats, MedianOfOddAndEvenSamples) {
+  EXPECT_EQ(median({3, 1, 2}), 2);
+  EXPECT_EQ(median({4, 1, 3, 2}), 2.5);
+  EXPECT_TRUE(std::isnan(median({})));
+}
+
+TEST(Stats, MannWhitneyExactMatchesHandComputedValues) {
+  // Complete separation, 5 vs 5: U = 0, p = 2 / C(10, 5) = 2 / 252.
+  MannWhitney a = mann_whitney({1, 2, 3, 4, 5}, {6, 7, 8, 9, 10});
+  EXPECT_TRUE(a.exact);
+  EXPECT_EQ(a.u, 0);
+  EXPECT_NEAR(a.p, 2.0 / 252, 1e-12);
+  // Interleaved 3 vs 3: U = 3; P(U <= 3) = (1+1+2+3)/20, two-sided 0.7.
+  MannWhitney b = mann_whitney({1, 3, 5}, {2, 4, 6});
+  EXPECT_EQ(b.u, 3);
+  EXPECT_NEAR(b.p, 0.7, 1e-12);
+  // Symmetric in direction.
+  EXPECT_NEAR(mann_whitney({6, 7, 8, 9, 10}, {1, 2, 3, 4, 5}).p, 2.0 / 252, 1e-12);
+}
+
+TEST(Stats, MannWhitneyWithTiesUsesTheCorrectedNormalApproximation) {
+  MannWhitney same = mann_whitney({5, 5, 5}, {5, 5, 5});
+  EXPECT_FALSE(same.exact);
+  EXPECT_EQ(same.p, 1.0);
+  // 8 vs 8, separated but with ties inside each group: far below 0.05, still not exact.
+  MannWhitney sep = mann_whitney({1, 1, 2, 2, 3, 3, 4, 4}, {10, 10, 11, 11, 12, 12, 13, 13});
+  EXPECT_FALSE(sep.exact);
+  EXPECT_LT(sep.p, 0.002);
+  EXPECT_GT(sep.p, 0.0001);
+}
+
+TEST(Stats, BootstrapIntervalOfTheRatio) {
+  Interval exact = bootstrap_ratio_ci({10, 10, 10, 10}, {20, 20, 20, 20});
+  EXPECT_DOUBLE_EQ(exact.lo, 2.0);
+  EXPECT_DOUBLE_EQ(exact.hi, 2.0);
+  Interval apart = bootstrap_ratio_ci({10, 11, 12, 13, 14}, {20, 21, 22, 23, 24});
+  EXPECT_GE(apart.lo, 20.0 / 14);
+  EXPECT_LE(apart.hi, 24.0 / 10);
+  EXPECT_GT(apart.lo, 1.0);
+  Interval overlap = bootstrap_ratio_ci({10, 12, 14, 16, 18}, {11, 13, 15, 17, 19});
+  EXPECT_LT(overlap.lo, 1.0);
+  EXPECT_GT(overlap.hi, 1.0);
+  // Deterministic for a seed.
+  Interval again = bootstrap_ratio_ci({10, 12, 14, 16, 18}, {11, 13, 15, 17, 19});
+  EXPECT_EQ(overlap.lo, again.lo);
+  EXPECT_TRUE(std::isnan(bootstrap_ratio_ci({0, 0, 0}, {1, 2, 3}).lo));
+}
+
+TEST(Compare, VerdictFollowsEachMetricsDirection) {
+  RunSet a{"a", {}}, b{"b", {}};
+  for (int i = 0; i < 6; i++) {
+    a.runs.push_back(run_metrics(canned_record(100 + i, 1000 + i)));
+    b.runs.push_back(run_metrics(canned_record(50 + i, 2000 + i)));  // faster and more work
+  }
+  auto rows = compare_sets(a, b);
+  std::map<std::string, MetricComparison> by;
+  for (const auto& r : rows) by[r.metric] = r;
+  ASSERT_TRUE(by.count("boot_max_ms"));
+  EXPECT_TRUE(by["boot_max_ms"].significant);
+  EXPECT_EQ(by["boot_max_ms"].verdict, "better");
+  EXPECT_NEAR(by["boot_max_ms"].ratio, 52.5 / 102.5, 1e-9);
+  EXPECT_EQ(by["guest_iterations_per_s"].verdict, "better");
+  EXPECT_FALSE(by["call_lock_wait_ms"].significant);  // identical
+  EXPECT_EQ(by["call_lock_wait_ms"].ratio, 1.0);
+  std::string text = comparison_text(a, b, rows);
+  EXPECT_NE(text.find("* better"), std::string::npos) << text;
+  json j = comparison_json(a, b, rows);
+  EXPECT_EQ(j["metrics"][0]["metric"], "boot_p50_ms");
+  // Swapped: worse.
+  auto back = compare_sets(b, a, {"boot_max_ms"});
+  ASSERT_EQ(back.size(), 1u);
+  EXPECT_EQ(back[0].verdict, "worse");
+}
+
+TEST(Compare, LoadsRecordsAndMatrixDirectoriesAndRejectsJunk) {
+  TempDir t;
+  fs::create_directories(t.sub("m/cells"));
+  std::ofstream(t.sub("m/cells/a.json")) << canned_record(10, 1).dump();
+  std::ofstream(t.sub("m/cells/b.json")) << canned_record(20, 1).dump();
+  std::ofstream(t.sub("m/cells/partial.json")) << canned_record(30, 1, true).dump();
+  std::ofstream(t.sub("m/matrix.json")) << "{}";
+  EXPECT_EQ(load_run_set(t.sub("m")).runs.size(), 2u);
+  EXPECT_EQ(load_run_set(t.sub("m/cells/a.json")).runs.size(), 1u);
+  std::ofstream(t.sub("junk.json")) << "{not json";
+  EXPECT_THROW(load_run_set(t.sub("junk.json")), ConfigError);
+  EXPECT_THROW(load_run_set(t.sub("missing")), ConfigError);
+  fs::create_directories(t.sub("empty"));
+  EXPECT_THROW(load_run_set(t.sub("empty")), ConfigError);
+}
+
+TEST(Scenario, PlansScaleWithTheHostAndEveryRunIsValid) {
+  for (uint32_t cpus : {2u, 16u, 192u}) {
+    for (const auto& name : scenario_names()) {
+      ScenarioPlan p = plan_scenario(name, {cpus, 5, "3s", 1});
+      SCOPED_TRACE(name + " on " + std::to_string(cpus) + " CPUs");
+      auto cells = expand(p.spec);
+      EXPECT_EQ(cells.size() % 5, 0u);
+      for (const auto& c : cells)
+        EXPECT_NO_THROW(kvmscale::vmm::parse_run_args(cell_args(p.spec, c)));
+      // Every comparison selects cells that exist.
+      for (const auto& cmp : p.comparisons)
+        for (const auto* sel : {&cmp.a, &cmp.b}) {
+          bool found = false;
+          for (const auto& c : cells) {
+            bool all = true;
+            for (const auto& [k, v] : *sel) all = all && c.values.count(k) && c.values.at(k) == v;
+            found = found || all;
+          }
+          EXPECT_TRUE(found) << cmp.label;
+        }
+    }
+  }
+  EXPECT_THROW(plan_scenario("nope", {}), ConfigError);
+}
