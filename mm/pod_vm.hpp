@@ -4,6 +4,7 @@
 // is whatever the caller supplies (a cross-call to the VM's pCPUs).
 #pragma once
 
+#include <atomic>
 #include <functional>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -27,6 +28,13 @@ class PodVm final : public PodBackend {
   ~PodVm() override;
 
   bool contains(uint64_t addr) const { return addr >= base_ && addr - base_ < len_; }
+  // The p2m epoch of the granule holding byte `offset` of the range: bumped each time the
+  // granule's entry leaves "populated" (fenced for reclaim). A translation cached before the
+  // bump is valid only until the flush that follows it.
+  uint32_t epoch_at(uint64_t offset) const {
+    uint64_t g = offset / granule_;
+    return g < granules_ ? epochs_[g].load(std::memory_order_acquire) : 0;
+  }
   Outcome handle(const FaultEvent& ev);
   nlohmann::json report() const;
 
@@ -46,6 +54,8 @@ class PodVm final : public PodBackend {
   std::function<void()> flush_;
   Pod pod_;
   uint64_t wp_faults_ = 0, uffd_errors_ = 0;
+  uint64_t granules_;
+  std::unique_ptr<std::atomic<uint32_t>[]> epochs_;
 };
 
 }  // namespace kvmscale::mm

@@ -1,39 +1,47 @@
 // A pCPU's software TLB: a small direct-mapped cache of guest-physical page -> host address used
-// by exit handlers, standing in for the hardware's EPT TLB. PoD reclaim changes p2m entries; the
-// cross-call flush must invalidate every pCPU's entries for that VM. A missed flush leaves a stale
-// entry: lookup() can validate each hit against the p2m (a check the caller supplies) and counts
-// stale hits, so tests catch a missing invalidation instead of silently using a freed page.
+// by exit handlers (through mm::GuestView), standing in for the hardware's EPT TLB. PoD reclaim
+// changes p2m entries; the cross-call flush must invalidate every pCPU's entries for that VM.
+// Each entry keeps the p2m epoch of its page at fill time: a hit whose page has been given back
+// to the host since (a newer epoch) is a missed invalidation, counted as a stale hit, so tests
+// and runs catch it instead of silently using a freed page.
+//
+// Single-threaded: only its pCPU (context) thread uses it, flushes included (they run there).
 #pragma once
 
 #include <array>
 #include <cstdint>
-#include <functional>
 
 namespace kvmscale::mm {
 
 class SoftTlb {
  public:
   static constexpr size_t kEntries = 64;
-  // (vm, gfn) -> still mapped in the p2m? Called on every hit when set (debug validation).
-  using Validator = std::function<bool(uint32_t vm, uint64_t gfn)>;
+  struct Entry {
+    bool valid = false;
+    uint32_t vm = 0;
+    uint64_t gfn = 0;
+    uint8_t* hva = nullptr;
+    uint32_t epoch = 0;  // the page's p2m epoch when the entry was filled
+  };
 
-  explicit SoftTlb(Validator validate = {}) : validate_(std::move(validate)) {}
-
-  uint8_t* lookup(uint32_t vm, uint64_t gfn) {
-    Slot& s = slot(vm, gfn);
-    if (!s.valid || s.vm != vm || s.gfn != gfn) {
+  // The entry for (vm, gfn), or nullptr on a miss.
+  const Entry* lookup(uint32_t vm, uint64_t gfn) {
+    Entry& e = slot(vm, gfn);
+    if (!e.valid || e.vm != vm || e.gfn != gfn) {
       misses_++;
       return nullptr;
     }
     hits_++;
-    if (validate_ && !validate_(vm, gfn)) stale_hits_++;
-    return s.hva;
+    return &e;
   }
-  void insert(uint32_t vm, uint64_t gfn, uint8_t* hva) { slot(vm, gfn) = {true, vm, gfn, hva}; }
+  void insert(uint32_t vm, uint64_t gfn, uint8_t* hva, uint32_t epoch = 0) {
+    slot(vm, gfn) = {true, vm, gfn, hva, epoch};
+  }
+  void record_stale_hit() { stale_hits_++; }
   // The flush: drop every entry of `vm`.
   void invalidate_vm(uint32_t vm) {
-    for (Slot& s : slots_)
-      if (s.valid && s.vm == vm) s.valid = false;
+    for (Entry& e : slots_)
+      if (e.valid && e.vm == vm) e.valid = false;
     flushes_++;
   }
   uint64_t hits() const { return hits_; }
@@ -42,17 +50,10 @@ class SoftTlb {
   uint64_t flushes() const { return flushes_; }
 
  private:
-  struct Slot {
-    bool valid = false;
-    uint32_t vm = 0;
-    uint64_t gfn = 0;
-    uint8_t* hva = nullptr;
-  };
-  Slot& slot(uint32_t vm, uint64_t gfn) {
+  Entry& slot(uint32_t vm, uint64_t gfn) {
     return slots_[(gfn ^ (uint64_t(vm) * 0x9e3779b9u)) % kEntries];
   }
-  std::array<Slot, kEntries> slots_{};
-  Validator validate_;
+  std::array<Entry, kEntries> slots_{};
   uint64_t hits_ = 0, misses_ = 0, stale_hits_ = 0, flushes_ = 0;
 };
 

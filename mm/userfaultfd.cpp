@@ -12,7 +12,9 @@
 namespace kvmscale::mm {
 
 Userfaultfd::Userfaultfd() {
-  fd_ = int(syscall(SYS_userfaultfd, O_CLOEXEC));
+  // Non-blocking: io_uring then waits for it with internal poll instead of parking a blocking
+  // read in an io-wq worker, which cannot be cancelled cleanly when the service stops.
+  fd_ = int(syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK));
   if (fd_ < 0) throw std::system_error(errno, std::generic_category(), "userfaultfd");
   uffdio_api api{};
   api.api = UFFD_API;

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "locks/registry.hpp"
+#include "mm/soft_tlb.hpp"
 #include "sched/cpuset.hpp"
 #include "sched/credit.hpp"
 #include "sched/cross_call.hpp"
@@ -42,6 +43,9 @@ class Executor {
   virtual void set_cross_call(CrossCall* cc) = 0;
   // Stops every vCPU of `vm` (it was crashed from outside, e.g. out of PoD memory).
   virtual void stop_vm(vmm::Vm& vm) = 0;
+  // Context c's software TLB. Only c's thread may use it: flushes run there (cross-calls), and
+  // reports read it after stop().
+  virtual mm::SoftTlb& tlb(uint32_t c) = 0;
 };
 
 struct PcpuOptions {

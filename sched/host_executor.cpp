@@ -25,6 +25,7 @@ class HostExecutor final : public Executor {
       }
     }
     threads_of_ = std::make_unique<ContextThreads>(total_);
+    tlbs_.resize(total_);
   }
   ~HostExecutor() override { stop(); }
 
@@ -50,6 +51,7 @@ class HostExecutor final : public Executor {
   }
   int context_of_thread(uint32_t tid) const override { return threads_of_->find(tid); }
   void set_cross_call(CrossCall* cc) override { cc_ = cc; }
+  mm::SoftTlb& tlb(uint32_t c) override { return tlbs_[c]; }
   void stop_vm(vmm::Vm& vm) override {
     for (size_t m = 0; m < vms_.size(); m++)
       if (vms_[m] == &vm) stop_vm(m);
@@ -94,8 +96,12 @@ class HostExecutor final : public Executor {
     threads_of_->register_current(ctx);
     vmm::Kicker& kicker = slot.kicker;
     kicker.bind_current_thread();
+    const std::function<void()> safe_point = [this, ctx] {
+      if (cc_) cc_->serve(ctx);
+    };
+    const vmm::PcpuAccess access{&tlbs_[ctx], &safe_point};
     while (!stopping_.load(std::memory_order_relaxed) && !vm.stopped()) {
-      vmm::Action a = vm.run_once(v, kicker);
+      vmm::Action a = vm.run_once(v, kicker, access);
       if (cc_) cc_->serve(ctx);  // a safe point: answer flushes before going on
       using K = vmm::Action::Kind;
       if (a.kind == K::Yield) {
@@ -126,6 +132,7 @@ class HostExecutor final : public Executor {
   std::vector<std::thread> threads_;
   std::vector<uint32_t> first_context_;  // per VM: context index of its vCPU 0
   std::unique_ptr<ContextThreads> threads_of_;
+  std::vector<mm::SoftTlb> tlbs_;  // per vCPU thread
   CrossCall* cc_ = nullptr;
   size_t total_ = 0;
   std::atomic<size_t> live_{0};

@@ -116,6 +116,7 @@ class PcpuExecutor final : public Executor, public PcpuSignals {
     }
     for (uint32_t p = 0; p < opt.npcpus; p++) pcpus_.push_back(std::make_unique<Pcpu>());
     threads_of_ = std::make_unique<ContextThreads>(opt.npcpus);
+    tlbs_.resize(opt.npcpus);
     sched_ = std::make_unique<CreditScheduler>(opt.npcpus, opt.params, locks, *this, nodes);
     uint32_t global = 0;
     for (size_t m = 0; m < vms.size(); m++) {
@@ -169,6 +170,7 @@ class PcpuExecutor final : public Executor, public PcpuSignals {
   }
   int context_of_thread(uint32_t tid) const override { return threads_of_->find(tid); }
   void set_cross_call(CrossCall* cc) override { cc_ = cc; }
+  mm::SoftTlb& tlb(uint32_t c) override { return tlbs_[c]; }
   void stop_vm(vmm::Vm& vm) override { crash_vm(&vm, now_ns()); }
 
   // PcpuSignals: wake the pCPU if it sleeps, kick it out of guest mode if it runs a vCPU.
@@ -283,6 +285,10 @@ class PcpuExecutor final : public Executor, public PcpuSignals {
     uint64_t next_tick = start_ns_ + tick * (p + 1) / pcpus_.size();
     uint64_t armed = 0, deadline = 0;
     SchedVcpu* cur = nullptr;
+    const std::function<void()> safe_point = [this, p] {
+      if (cc_) cc_->serve(p);
+    };
+    const vmm::PcpuAccess access{&tlbs_[p], &safe_point};
     while (!stopping_.load(std::memory_order_relaxed)) {
       if (cc_) cc_->serve(p);  // a safe point: answer flushes before anything else
       uint64_t now = now_ns();
@@ -326,7 +332,7 @@ class PcpuExecutor final : public Executor, public PcpuSignals {
       }
       ev.dirty->set(p);
       uint64_t t0 = now_ns();
-      vmm::Action a = ev.vm->run_once(*ev.vcpu, pc.kicker);
+      vmm::Action a = ev.vm->run_once(*ev.vcpu, pc.kicker, access);
       if (cc_) cc_->serve(p);
       uint64_t t1 = now_ns();
       pc.busy_ns += t1 - t0;
@@ -368,7 +374,8 @@ class PcpuExecutor final : public Executor, public PcpuSignals {
   std::map<uint32_t, std::vector<ExecVcpu*>> by_vm_;
   std::map<uint32_t, DirtyMask> dirty_;  // by VM index; built before the threads start
   std::unique_ptr<ContextThreads> threads_of_;
-  CrossCall* cc_ = nullptr;  // by VM index: reports come out in order
+  std::vector<mm::SoftTlb> tlbs_;  // per pCPU
+  CrossCall* cc_ = nullptr;        // by VM index: reports come out in order
   std::unique_ptr<TimeoutService> timeouts_;
   std::vector<std::thread> threads_;
   std::atomic<size_t> live_{0};

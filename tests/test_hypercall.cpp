@@ -1,6 +1,8 @@
 #include <gtest/gtest.h>
 
 #include <cstring>
+#include <functional>
+#include <map>
 
 #include "vmm/hypercall.hpp"
 
@@ -8,8 +10,20 @@ using namespace kvmscale::vmm;
 using kvmscale::mm::GuestMemory;
 
 namespace {
+struct FakeEpochs : kvmscale::mm::P2mEpochs {
+  std::map<uint64_t, uint32_t> by_page;
+  uint32_t epoch(uint64_t gpa) const override {
+    auto it = by_page.find(gpa / 4096);
+    return it == by_page.end() ? 0 : it->second;
+  }
+};
+
 struct HcallFixture : testing::Test {
   GuestMemory mem{8 << 20};
+  kvmscale::mm::SoftTlb tlb;
+  int safe_points = 0;
+  std::function<void()> safe_point = [this] { safe_points++; };
+  FakeEpochs epochs;
   ks_hcall_page& page = *mem.object_at<ks_hcall_page>(KS_HCALL_GPA);
   VcpuStats stats;
   ConsoleLog console;
@@ -18,13 +32,38 @@ struct HcallFixture : testing::Test {
     page.args[0] = a0;
     page.args[1] = a1;
     page.ret = 12345;
-    return dispatch_hypercall(mem, page, 0, nr_vcpus, stats, console);
+    return dispatch_hypercall(kvmscale::mm::GuestView(mem, 3, &tlb, &safe_point, &epochs), page, 0,
+                              nr_vcpus, stats, console);
   }
   void put(uint64_t gpa, const char* s) {
     std::strcpy(reinterpret_cast<char*>(mem.translate(gpa, std::strlen(s) + 1)), s);
   }
 };
 }  // namespace
+
+// Exit handlers reach guest RAM only through the pCPU's TLB, after a safe point; a page given
+// back to the host without a flush shows up as a stale hit, a flush prevents it.
+TEST_F(HcallFixture, GuestAccessGoesThroughTheTlbAndCatchesAMissedFlush) {
+  put(0x400ffe, "hey");  // spans two pages
+  call(KS_HC_CONSOLE, 0x400ffe, 3);
+  EXPECT_EQ(safe_points, 1);
+  EXPECT_EQ(tlb.misses(), 2u);
+  call(KS_HC_CONSOLE, 0x400ffe, 3);
+  EXPECT_EQ(tlb.hits(), 2u);
+  EXPECT_EQ(tlb.stale_hits(), 0u);
+  epochs.by_page[0x401] = 1;  // reclaimed, nobody flushed this pCPU
+  call(KS_HC_CONSOLE, 0x400ffe, 3);
+  EXPECT_EQ(tlb.stale_hits(), 1u);
+  epochs.by_page[0x401] = 2;  // reclaimed again, this time with the flush
+  tlb.invalidate_vm(3);
+  call(KS_HC_CONSOLE, 0x400ffe, 3);
+  EXPECT_EQ(tlb.stale_hits(), 1u);
+  // Out-of-range accesses never reach the TLB.
+  const uint64_t misses = tlb.misses();
+  EXPECT_EQ(call(KS_HC_CONSOLE, (8 << 20) - 1, 2).kind, Action::Kind::Resume);
+  EXPECT_EQ(page.ret, KS_EFAULT);
+  EXPECT_EQ(tlb.misses(), misses);
+}
 
 TEST_F(HcallFixture, ConsoleWritesValidatedRanges) {
   put(0x100000, "hello");

@@ -36,6 +36,8 @@ void expect_pod_run_ok(const json& r, const std::string& what) {
     EXPECT_EQ(pod["uffd_errors"], 0);
   }
   EXPECT_GT(r["cross_calls"]["calls"].get<uint64_t>(), 0u);
+  EXPECT_EQ(r["tlb"]["stale_hits"], 0) << "an exit handler used a translation a flush missed";
+  for (const auto& vm : r["vms"]) EXPECT_GT(vm["pod"]["fault_stall_ns"].get<uint64_t>(), 0u);
 }
 
 }  // namespace

@@ -68,7 +68,7 @@ const char* hcall_name(uint64_t op) {
   }
 }
 
-Action dispatch_hypercall(const mm::GuestMemory& mem, ks_hcall_page& page, uint32_t vcpu,
+Action dispatch_hypercall(const mm::GuestView& mem, ks_hcall_page& page, uint32_t vcpu,
                           uint32_t nr_vcpus, VcpuStats& stats, ConsoleLog& console) {
   (void)vcpu;
   // Read each argument once: the guest (another vCPU of it) may rewrite the page meanwhile.

@@ -9,7 +9,7 @@
 #include <string_view>
 
 #include "guests/include/kvmscale_abi.h"
-#include "mm/guest_memory.hpp"
+#include "mm/guest_view.hpp"
 
 namespace kvmscale::vmm {
 
@@ -59,7 +59,7 @@ const char* hcall_name(uint64_t op);
 
 // Performs the hypercall found in `page` for vCPU `vcpu` of a VM with `nr_vcpus` vCPUs and writes
 // its return value into page.ret (except Block, whose result the executor stores when it ends).
-Action dispatch_hypercall(const mm::GuestMemory& mem, ks_hcall_page& page, uint32_t vcpu,
+Action dispatch_hypercall(const mm::GuestView& mem, ks_hcall_page& page, uint32_t vcpu,
                           uint32_t nr_vcpus, VcpuStats& stats, ConsoleLog& console);
 
 }  // namespace kvmscale::vmm

@@ -93,6 +93,24 @@ std::vector<std::unique_ptr<Vm>> create_vms(const RunConfig& cfg, const KvmSyste
 
 // Populate-on-demand for every VM of a run: one userfaultfd, the FaultService threads, each VM's
 // PodVm, and the cross-calls its flushes go through. Built after the executor, before it starts.
+// The software TLBs of every context (pCPU, or vCPU thread with --sched host), after stop().
+nlohmann::json tlb_stats(sched::Executor& ex) {
+  uint64_t hits = 0, misses = 0, stale = 0;
+  std::vector<uint64_t> flushes;
+  for (uint32_t c = 0; c < ex.contexts(); c++) {
+    const mm::SoftTlb& t = ex.tlb(c);
+    hits += t.hits();
+    misses += t.misses();
+    stale += t.stale_hits();
+    flushes.push_back(t.flushes());
+  }
+  return {{"entries_per_context", mm::SoftTlb::kEntries},
+          {"hits", hits},
+          {"misses", misses},
+          {"stale_hits", stale},
+          {"flushes_received", flushes}};
+}
+
 class PodRuntime {
  public:
   PodRuntime(const RunConfig& cfg, const std::vector<Vm*>& vms, sched::Executor& ex,
@@ -100,8 +118,7 @@ class PodRuntime {
       : ex_(ex),
         cc_(ex.contexts(),
             cfg.call_lock == "percpu" ? sched::CallLockMode::PerCpu : sched::CallLockMode::Global,
-            locks, [&ex](uint32_t c) { ex.kick_context(c); }),
-        flushes_received_(ex.contexts()) {
+            locks, [&ex](uint32_t c) { ex.kick_context(c); }) {
     ex.set_cross_call(&cc_);
     mm::PodParams pp;
     pp.target = cfg.pod_target_granules();
@@ -110,15 +127,18 @@ class PodRuntime {
     for (Vm* vm : vms) {
       uint8_t* ram = vm->memory().host_base() + KS_RAM_GPA;
       auto flush = [this, vm] {
-        // The EPT-like flush: every pCPU that ran the VM drops its translations (counted here:
-        // exit handlers do not cache guest RAM translations yet).
+        // The EPT-like flush: every pCPU that ran the VM drops its TLB entries for it (the
+        // function runs on each target's own thread).
+        const uint32_t id = vm->index();
         cc_.on_selected_cpus(
-            ex_.dirty_mask(*vm), [this](uint32_t c) { flushes_received_[c].fetch_add(1); }, -1);
+            ex_.dirty_mask(*vm), [this, id](uint32_t c) { ex_.tlb(c).invalidate_vm(id); }, -1);
       };
       pods_.push_back(
           {vm, std::make_unique<mm::PodVm>(
                    ram, vm->memory().size() - KS_RAM_GPA, cfg.pod_granule, pp, uffd_,
                    locks.make("pod", "pod[vm" + std::to_string(vm->index()) + "]"), flush)});
+      pods_.back().epochs = std::make_unique<PodEpochs>(*pods_.back().pod);
+      vm->set_p2m_epochs(pods_.back().epochs.get());
     }
     faults_ = std::make_unique<mm::FaultService>(
         uffd_, int(cfg.fault_threads), [this](const mm::FaultEvent& ev) { on_fault(ev); });
@@ -132,23 +152,39 @@ class PodRuntime {
 
   nlohmann::json vm_report(const Vm& vm) const {
     for (const auto& p : pods_)
-      if (p.vm == &vm) return p.pod->report();
+      if (p.vm == &vm) {
+        nlohmann::json r = p.pod->report();
+        r["fault_stall_ns"] = p.stall_ns->load();
+        r["fault_stall_max_ns"] = p.stall_max_ns->load();
+        return r;
+      }
     return nullptr;
   }
   nlohmann::json report() const {
     nlohmann::json r = cc_.report();
     r["fault_events"] = fault_events_;
     r["out_of_memory_vms"] = oom_.load();
-    std::vector<uint64_t> received;
-    for (const auto& f : flushes_received_) received.push_back(f.load());
-    r["flushes_received"] = received;  // per context (pCPU, or vCPU thread with --sched host)
     return r;
   }
 
  private:
+  // The VM's p2m epochs by guest-physical address (PoD covers RAM above KS_RAM_GPA).
+  struct PodEpochs final : mm::P2mEpochs {
+    explicit PodEpochs(const mm::PodVm& p) : pod(p) {}
+    uint32_t epoch(uint64_t gpa) const override {
+      return gpa < KS_RAM_GPA ? 0 : pod.epoch_at(gpa - KS_RAM_GPA);
+    }
+    const mm::PodVm& pod;
+  };
   struct VmPod {
     Vm* vm;
     std::unique_ptr<mm::PodVm> pod;
+    std::unique_ptr<PodEpochs> epochs = nullptr;
+    // Time its vCPUs waited on faults while a service thread resolved them (from reading the
+    // fault to waking the vCPU; the kernel's delivery before that is not visible here).
+    std::unique_ptr<std::atomic<uint64_t>> stall_ns = std::make_unique<std::atomic<uint64_t>>(0);
+    std::unique_ptr<std::atomic<uint64_t>> stall_max_ns =
+        std::make_unique<std::atomic<uint64_t>>(0);
   };
   void on_fault(const mm::FaultEvent& ev) {
     for (auto& p : pods_) {
@@ -156,8 +192,14 @@ class PodRuntime {
       // The faulting context cannot answer cross-calls until its fault is resolved.
       int ctx = ex_.context_of_thread(ev.tid);
       if (ctx >= 0) cc_.set_stalled(uint32_t(ctx), true);
+      const uint64_t t0 = now_ns();
       mm::PodVm::Outcome o = p.pod->handle(ev);
+      const uint64_t stalled = now_ns() - t0;
       if (ctx >= 0) cc_.set_stalled(uint32_t(ctx), false);
+      p.stall_ns->fetch_add(stalled, std::memory_order_relaxed);
+      uint64_t prev = p.stall_max_ns->load(std::memory_order_relaxed);
+      while (stalled > prev && !p.stall_max_ns->compare_exchange_weak(prev, stalled)) {
+      }
       if (o == mm::PodVm::Outcome::OutOfMemory && p.vm->crash("out of PoD memory")) {
         oom_.fetch_add(1);
         ex_.stop_vm(*p.vm);  // its faulting vCPU is kicked out of the fault wait (EINTR)
@@ -169,7 +211,6 @@ class PodRuntime {
   sched::Executor& ex_;
   mm::Userfaultfd uffd_;
   sched::CrossCall cc_;
-  std::vector<std::atomic<uint64_t>> flushes_received_;
   std::vector<VmPod> pods_;
   std::unique_ptr<mm::FaultService> faults_;
   std::atomic<uint64_t> oom_{0};
@@ -263,7 +304,7 @@ nlohmann::json run_testbed(const RunConfig& cfg) {
   }
 
   EndReason end = EndReason::AllExited;
-  nlohmann::json sched_report = nlohmann::json::object();
+  nlohmann::json sched_report = nlohmann::json::object(), tlb_report = nlohmann::json::object();
   std::unique_ptr<PodRuntime> pod;
   nlohmann::json pod_report;
   std::map<uint32_t, nlohmann::json> pod_vm_reports;
@@ -315,6 +356,7 @@ nlohmann::json run_testbed(const RunConfig& cfg) {
     }
     executor->stop();
     sched_report = executor->report();
+    tlb_report = tlb_stats(*executor);
     if (pod) {
       // Stop the fault service while the executor it calls into still exists, then collect.
       pod->stop();
@@ -329,6 +371,7 @@ nlohmann::json run_testbed(const RunConfig& cfg) {
   nlohmann::json record = make_run_record(cfg, host, cvms, t, end, limits.warnings);
   record["locks"] = lock_registry.report();
   record["sched"] = sched_report;
+  record["tlb"] = tlb_report;
   if (!pod_vm_reports.empty()) {
     record["cross_calls"] = pod_report;
     for (auto& vmr : record["vms"]) vmr["pod"] = pod_vm_reports[vmr["index"].get<uint32_t>()];

@@ -43,7 +43,7 @@ Vm::Vm(const KvmSystem& kvm, Backend backend, const VmSpec& spec)
   create_ns_ = now_ns() - t0;
 }
 
-Action Vm::run_once(Vcpu& v, Kicker& kicker) {
+Action Vm::run_once(Vcpu& v, Kicker& kicker, PcpuAccess access) {
   kvm_run* run = v.fd().run_state();
   kicker.enter(run);
   uint64_t t0 = now_ns();
@@ -56,17 +56,19 @@ Action Vm::run_once(Vcpu& v, Kicker& kicker) {
     if (kicked) v.stats.kicks++;
     return {Action::Kind::Kicked};
   }
-  return handle_exit(v);
+  return handle_exit(v, access);
 }
 
-Action Vm::handle_exit(Vcpu& v) {
+Action Vm::handle_exit(Vcpu& v, PcpuAccess access) {
   kvm_run* run = v.fd().run_state();
   uint32_t reason = run->exit_reason;
   v.stats.exits[reason < kExitReasonSlots ? reason : 0]++;
   switch (reason) {
     case KVM_EXIT_IO:
       if (run->io.port == KS_DOORBELL_PORT && run->io.direction == KVM_EXIT_IO_OUT)
-        return dispatch_hypercall(*mem_, v.page(), v.index(), nr_vcpus(), v.stats, console_);
+        return dispatch_hypercall(
+            mm::GuestView(*mem_, index(), access.tlb, access.safe_point, epochs_), v.page(),
+            v.index(), nr_vcpus(), v.stats, console_);
       return Action::crash(std::string("I/O ") + (run->io.direction ? "write" : "read") +
                            " to unknown port " + hex(run->io.port) + " (size " +
                            std::to_string(run->io.size) + ")");

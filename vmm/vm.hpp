@@ -4,6 +4,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <span>
@@ -53,6 +54,13 @@ class Vcpu {
 
 enum class VmState { Running, Exited, Crashed };
 
+// Where exit handlers on a pCPU translate guest addresses: its software TLB and the safe point
+// that answers pending flushes (both may be null).
+struct PcpuAccess {
+  mm::SoftTlb* tlb = nullptr;
+  const std::function<void()>* safe_point = nullptr;
+};
+
 class Vm {
  public:
   // Creates the KVM VM, its memslots and vCPUs, and writes the boot state. Throws KvmError or
@@ -69,7 +77,9 @@ class Vm {
   int fd_count() const { return 1 + static_cast<int>(vcpus_.size()); }
 
   // One KVM_RUN of `v` on the calling thread, and what to do about the exit.
-  Action run_once(Vcpu& v, Kicker& kicker);
+  Action run_once(Vcpu& v, Kicker& kicker, PcpuAccess access = {});
+  // PoD: the epochs of this VM's p2m, for the TLB's stale-hit check. Set before the run starts.
+  void set_p2m_epochs(const mm::P2mEpochs* e) { epochs_ = e; }
 
   // First reason wins. Returns true if this call crashed the VM.
   bool crash(const std::string& reason);
@@ -81,13 +91,14 @@ class Vm {
   int64_t exit_code() const;
 
  private:
-  Action handle_exit(Vcpu& v);
+  Action handle_exit(Vcpu& v, PcpuAccess access);
 
   VmSpec spec_;
   std::unique_ptr<mm::GuestMemory> mem_;
   VmFd fd_;
   std::vector<std::unique_ptr<Vcpu>> vcpus_;
   ConsoleLog console_;
+  const mm::P2mEpochs* epochs_ = nullptr;
   uint64_t create_ns_ = 0;
   std::atomic<VmState> state_{VmState::Running};
   std::atomic<uint32_t> running_vcpus_;
