@@ -133,7 +133,7 @@ std::vector<std::string> write_plots(const MatrixSpec& spec, const std::vector<R
        << "set title " << gp_quote(info.description.empty() ? metric : info.description) << "\n"
        << "set xlabel " << gp_quote(x_flag.empty() ? "run" : "--" + x_flag) << "\n"
        << "set ylabel " << gp_quote(metric + (info.unit.empty() ? "" : " (" + info.unit + ")"))
-       << "\nset key outside right top\nset grid\nset yrange [0:*]\nset offsets 0.3, 0.3, 0, 0\n";
+       << "\nset key below\nset grid\nset yrange [0:*]\nset offsets 0.3, 0.3, 0, 0\n";
     if (x_numeric) {
       // Tics at the measured x values; a log2 axis for doubling series such as 1,2,4,..,64.
       gp << "set xtics (";

@@ -63,8 +63,9 @@ ScenarioPlan call_lock_plan(const ScenarioOptions& o) {
 }
 
 // The study's second finding: the credit scheduler's load balancer try-locks busy peers' run
-// queues for nothing when vCPUs are pinned. Two spinning 1-vCPU VMs per pCPU, pinned 1:1 or not,
-// under each balance strategy.
+// queues for nothing when vCPUs are pinned. One spinning 1-vCPU VM per pCPU (the study's N
+// vCPUs on N pCPUs: every vCPU burns its share, goes OVER and its pCPU balances), pinned 1:1 or
+// not, under each balance strategy.
 ScenarioPlan credit_balance_plan(const ScenarioOptions& o) {
   const uint32_t c = std::max(1u, o.host_cpus);
   ScenarioPlan p;
@@ -72,14 +73,14 @@ ScenarioPlan credit_balance_plan(const ScenarioOptions& o) {
   // FIFO spinlocks collapse when pCPU threads are preempted (pCPUs = all host CPUs, plus the
   // timer thread): on small hosts the run-queue locks spin then yield.
   const std::string lock = c >= 8 ? "ticket" : "spin-yield";
-  p.description = std::to_string(2 * c) + " spinning 1-vCPU VMs on " + std::to_string(c) +
+  p.description = std::to_string(c) + " spinning 1-vCPU VMs on " + std::to_string(c) +
                   " bound pCPUs (credit, " + o.duration + " each, run-queue lock " + lock +
                   "); vCPUs pinned 1:1 or unpinned x balance xen/affinity/counted/hybrid";
   p.spec = make_spec({{"sched", "credit"},
                       {"pcpus", std::to_string(c)},
                       {"pcpu-bind", ""},
                       {"guest", "spin"},
-                      {"vms", std::to_string(2 * c)},
+                      {"vms", std::to_string(c)},
                       {"vcpus", "1"},
                       {"mem", "8M"},
                       {"duration", o.duration},

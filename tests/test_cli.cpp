@@ -113,9 +113,10 @@ TEST(CliMatrix, TwoByTwoByTwoMatrixWritesCsvAndPlots) {
   SKIP_WITHOUT_KVM();
   fs::path dir = scratch("m222");
   fs::remove_all(dir);
-  auto r = ks({"matrix",     "--guest",  "hello",   "--mem",       "8M",      "--vms", "1,2",
-               "--vcpus",    "1,2",      "--sched", "host,credit", "--pcpus", "2",     "--lock",
-               "spin-yield", "--repeat", "1",       "--seed",      "3",       "--out", dir});
+  auto r = ks({"matrix", "--guest",     "hello",  "--mem",      "8M",          "--vms",
+               "1,2",    "--vcpus",     "1,2",    "--sched",    "host,credit", "--pcpus",
+               "2",      "--pcpu-bind", "--lock", "spin-yield", "--repeat",    "1",
+               "--seed", "3",           "--out",  dir});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_NE(r.err.find("[8/8]"), std::string::npos) << r.err;
   std::ifstream csv(dir / "summary.csv");
@@ -125,6 +126,10 @@ TEST(CliMatrix, TwoByTwoByTwoMatrixWritesCsvAndPlots) {
   EXPECT_EQ(lines, 9);
   EXPECT_TRUE(fs::exists(dir / "plots" / "boot_max_ms.png")) << r.err;
   EXPECT_TRUE(fs::exists(dir / "plots" / "boot_max_ms.svg"));
+  // A boolean run flag passes through as a flag, not as a value-taking option.
+  auto spec = nlohmann::json::parse(std::ifstream(dir / "matrix.json"))["spec"];
+  EXPECT_NE(spec["fixed"].dump().find("{\"flag\":\"pcpu-bind\",\"value\":\"\"}"), std::string::npos)
+      << spec;
   // Comparing the matrix with itself: same medians, nothing significant.
   auto c = ks({"compare", "--json", dir, dir});
   ASSERT_EQ(c.exit_code, 0) << c.err;

@@ -238,7 +238,7 @@ std::vector<RunFlagInfo> run_flag_infos() {
     if (o->get_lnames().empty()) continue;
     const std::string name = o->get_lnames().front();
     if (name == "help" || name == "out" || name == "json" || name == "console") continue;
-    out.push_back({name, o->get_type_size() == 0, o->get_description()});
+    out.push_back({name, o->get_expected_max() == 0, o->get_description()});  // flags expect 0
   }
   return out;
 }
