@@ -8,8 +8,14 @@
 namespace kvmscale::mm {
 
 // OR-reduce fixed 512-byte blocks (a constant trip count the compiler unrolls and vectorises),
-// stopping at the first non-zero block; an AVX2 clone is picked at load time where available.
-__attribute__((target_clones("avx2", "default"))) bool is_zero(const uint8_t* p, uint64_t len) {
+// stopping at the first non-zero block; an AVX2 clone is picked at load time where available
+// (not under sanitizers: TSan crashes in ifunc resolvers that run before it is initialised).
+#if defined(__SANITIZE_THREAD__) || defined(__SANITIZE_ADDRESS__)
+#define KVMSCALE_CLONES
+#else
+#define KVMSCALE_CLONES __attribute__((target_clones("avx2", "default")))
+#endif
+KVMSCALE_CLONES bool is_zero(const uint8_t* p, uint64_t len) {
   const uint64_t* w = reinterpret_cast<const uint64_t*>(p);
   const uint64_t words = len / 8, full = words / 64 * 64;
   for (uint64_t i = 0; i < full; i += 64) {

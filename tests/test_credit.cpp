@@ -203,8 +203,8 @@ void run_balance_case(const BalanceCase& c) {
   auto& d = f.s.add_domain(256, 0);
   int pin = c.pinned_to_0 ? 0 : -1;
   auto& a = f.vcpu(d, 0);
-  auto& b = f.vcpu(d, pin);
-  auto& x = f.vcpu(d, pin);
+  f.vcpu(d, pin);  // two more, queued behind a
+  f.vcpu(d, pin);
   f.s.start(0, [](const SchedVcpu&) { return 0u; });  // everything queued on pCPU 0
   ASSERT_EQ(f.s.schedule(0, 0).next, &a);
   SchedVcpu* got = f.s.schedule(1, 0).next;
@@ -296,6 +296,8 @@ TEST(CreditBalance, PinnedVcpusNeverRunElsewhere) {
   for (SchedVcpu* v : vs) {
     EXPECT_EQ(v->stats.pcpus_used.count(), v->stats.schedules ? 1u : 0u) << "vCPU " << v->id;
     EXPECT_EQ(v->stats.migrations, 0u);
-    if (v->stats.schedules) EXPECT_TRUE(v->affinity == v->stats.pcpus_used);
+    if (v->stats.schedules) {
+      EXPECT_TRUE(v->affinity == v->stats.pcpus_used);
+    }
   }
 }
