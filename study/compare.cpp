@@ -7,6 +7,7 @@
 #include <set>
 #include <sstream>
 
+#include "study/matrix.hpp"
 #include "study/metrics.hpp"
 #include "study/stats.hpp"
 #include "vmm/config.hpp"
@@ -38,11 +39,15 @@ RunSet load_run_set(const std::string& path) {
     set.runs.push_back(run_metrics(r));
     return set;
   }
-  if (!fs::is_directory(path, ec)) throw vmm::ConfigError(path + ": no such file or directory");
+  if (!fs::exists(path, ec)) throw vmm::ConfigError(path + ": no such file or directory");
+  if (!fs::is_directory(path, ec))
+    throw vmm::ConfigError(path + " is not a run record or a directory of records");
   fs::path root = fs::exists(fs::path(path) / "cells") ? fs::path(path) / "cells" : fs::path(path);
   std::vector<fs::path> files;
-  for (const auto& e : fs::recursive_directory_iterator(root, ec))
-    if (e.is_regular_file() && e.path().extension() == ".json") files.push_back(e.path());
+  fs::recursive_directory_iterator it(root, fs::directory_options::skip_permission_denied, ec), end;
+  for (; !ec && it != end; it.increment(ec))
+    if (it->is_regular_file(ec) && it->path().extension() == ".json") files.push_back(it->path());
+  if (ec) throw vmm::ConfigError(path + ": " + ec.message());
   std::sort(files.begin(), files.end());
   for (const auto& f : files) {
     json r;
@@ -50,6 +55,29 @@ RunSet load_run_set(const std::string& path) {
   }
   if (set.runs.empty()) throw vmm::ConfigError(path + " holds no finished run records");
   return set;
+}
+
+std::map<std::string, RunSet> load_grouped(const std::string& dir,
+                                           const std::vector<std::string>& axes) {
+  std::ifstream in(fs::path(dir) / "matrix.json");
+  json j = in ? json::parse(in, nullptr, false) : json();
+  if (j.is_discarded() || !j.is_object() || !j.contains("spec"))
+    throw vmm::ConfigError("--by needs matrix directories: " + dir + " has no matrix.json");
+  MatrixSpec spec = MatrixSpec::from_json(j["spec"]);
+  for (const auto& a : axes) {
+    bool known = false;
+    for (const auto& ax : spec.axes) known = known || ax.flag == a;
+    if (!known) throw vmm::ConfigError("--by " + a + ": not an axis of the matrix in " + dir);
+  }
+  std::map<std::string, RunSet> groups;
+  for (const RunRow& r : load_rows(spec, dir)) {
+    std::string key;
+    for (const auto& a : axes) key += (key.empty() ? "" : " ") + a + "=" + r.values.at(a);
+    RunSet& g = groups[key];
+    g.label = dir + " [" + key + "]";
+    g.runs.push_back(r.metrics);
+  }
+  return groups;
 }
 
 std::vector<MetricComparison> compare_sets(const RunSet& a, const RunSet& b,

@@ -18,6 +18,11 @@ struct RunSet {
 // records (searched recursively). Throws vmm::ConfigError when nothing usable is found.
 RunSet load_run_set(const std::string& path);
 
+// The finished runs of a matrix directory grouped by their values of `axes` (e.g. {"vms"}):
+// "vms=4" -> its runs. Throws vmm::ConfigError when `dir` is no matrix or an axis is not one of it.
+std::map<std::string, RunSet> load_grouped(const std::string& dir,
+                                           const std::vector<std::string>& axes);
+
 struct MetricComparison {
   std::string metric;
   size_t n_a = 0, n_b = 0;

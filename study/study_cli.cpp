@@ -145,14 +145,51 @@ int do_matrix(StudyCommands& st) {
   return execute_matrix(spec, st, dir);
 }
 
-int do_compare(const StudyCommands& st) {
-  RunSet a = load_run_set(st.path_a), b = load_run_set(st.path_b);
-  auto rows = compare_sets(a, b, st.metrics);
-  if (rows.empty()) throw vmm::ConfigError("no metric is present in both sets");
+// Every metric asked for by --metrics must exist on both sides somewhere.
+void check_metrics(const std::vector<std::string>& wanted,
+                   const std::vector<std::vector<MetricComparison>>& results) {
+  for (const auto& m : wanted) {
+    bool found = false;
+    for (const auto& rows : results)
+      for (const auto& r : rows) found = found || r.metric == m;
+    if (!found) throw vmm::ConfigError("--metrics: '" + m + "' is not in both sets");
+  }
+}
+
+int do_compare(StudyCommands& st) {
+  st.by = st.by_text.empty() ? std::vector<std::string>{} : vmm::split_list(st.by_text);
+  if (st.by.empty()) {
+    RunSet a = load_run_set(st.path_a), b = load_run_set(st.path_b);
+    auto rows = compare_sets(a, b, st.metrics);
+    check_metrics(st.metrics, {rows});
+    if (rows.empty()) throw vmm::ConfigError("no metric is present in both sets");
+    if (st.json)
+      std::cout << comparison_json(a, b, rows).dump(2) << "\n";
+    else
+      std::cout << comparison_text(a, b, rows);
+    return vmm::kExitOk;
+  }
+  // Cell by cell: the runs of each group of A against the same group of B.
+  auto ga = load_grouped(st.path_a, st.by), gb = load_grouped(st.path_b, st.by);
+  json groups = json::array();
+  std::string text;
+  std::vector<std::vector<MetricComparison>> all;
+  for (const auto& [key, a] : ga) {
+    auto it = gb.find(key);
+    if (it == gb.end()) continue;
+    auto rows = compare_sets(a, it->second, st.metrics);
+    all.push_back(rows);
+    text += "== " + key + "\n" + comparison_text(a, it->second, rows) + "\n";
+    json j = comparison_json(a, it->second, rows);
+    j["group"] = key;
+    groups.push_back(j);
+  }
+  if (groups.empty()) throw vmm::ConfigError("--by: no group is present in both matrices");
+  check_metrics(st.metrics, all);
   if (st.json)
-    std::cout << comparison_json(a, b, rows).dump(2) << "\n";
+    std::cout << json{{"groups", groups}}.dump(2) << "\n";
   else
-    std::cout << comparison_text(a, b, rows);
+    std::cout << text;
   return vmm::kExitOk;
 }
 
@@ -197,7 +234,10 @@ void add_study_commands(CLI::App& app, StudyCommands& st) {
       ->required();
   st.compare->add_option("B", st.path_b, "variant: a record or a directory of records")->required();
   st.compare->add_option("--metrics", st.metrics, "only these metrics (comma list)")
-      ->delimiter(',');
+      ->delimiter(',')
+      ->allow_extra_args(false);  // one comma list: later words stay positional (A, B)
+  st.compare->add_option("--by", st.by_text,
+                         "compare two matrices group by group over these axes (e.g. vms,lock)");
   st.compare->add_flag("--json", st.json, "print JSON");
 
   st.scenario = app.add_subcommand(

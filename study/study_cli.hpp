@@ -23,7 +23,8 @@ struct StudyCommands {
   bool resume = false, no_plots = false, dry_run = false;
   // compare
   std::string path_a, path_b;
-  std::vector<std::string> metrics;
+  std::vector<std::string> metrics, by;
+  std::string by_text;
   bool json = false;
   // scenario
   std::string scenario_name, duration = "3s";

@@ -56,6 +56,7 @@ TEST(Cli, BadUsageExitsTwoWithAClearMessage) {
       {{"matrix", "--repeat", "0"}, "--repeat"},
       {{"compare", "/nonexistent-a", "/nonexistent-b"}, "no such file"},
       {{"compare", "only-one"}, "B"},
+      {{"compare", "--metrics", "nosuch", "/dev/null", "/dev/null"}, "not a run record"},
       {{"scenario", "nosuch"}, "nosuch"},
   };
   for (const auto& c : cases) {
@@ -135,6 +136,13 @@ TEST(CliMatrix, TwoByTwoByTwoMatrixWritesCsvAndPlots) {
   ASSERT_EQ(c.exit_code, 0) << c.err;
   auto j = nlohmann::json::parse(c.out);
   for (const auto& m : j["metrics"]) EXPECT_FALSE(m["significant"].get<bool>()) << m;
+  // Group by group, options on both sides of the paths.
+  auto g = ks({"compare", "--by", "vms,sched", dir, dir, "--json", "--metrics", "boot_max_ms"});
+  ASSERT_EQ(g.exit_code, 0) << g.err;
+  auto gj = nlohmann::json::parse(g.out);
+  ASSERT_EQ(gj["groups"].size(), 4u) << g.out;
+  EXPECT_EQ(gj["groups"][0]["group"], "vms=1 sched=credit");
+  EXPECT_EQ(gj["groups"][0]["metrics"].size(), 1u);
 }
 
 TEST(CliMatrix, SigintKeepsFinishedRunsAndResumeCompletesTheRest) {

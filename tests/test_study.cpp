@@ -348,6 +348,31 @@ TEST(Compare, LoadsRecordsAndMatrixDirectoriesAndRejectsJunk) {
   EXPECT_THROW(load_run_set(t.sub("empty")), ConfigError);
 }
 
+TEST(Compare, GroupsTwoMatricesCellByCell) {
+  TempDir t;
+  std::ostringstream log;
+  // Same axes, B's testbed twice as slow to boot: every vms group compares to 2x.
+  MatrixSpec spec = make_spec({{"vms", "1,2"}, {"guest", "spin"}}, 4, 1);
+  run_matrix(spec, {t.sub("a"), false, false}, kvmscale::vmm::parse_run_args, fake_run, nullptr,
+             log);
+  run_matrix(
+      spec, {t.sub("b"), false, false}, kvmscale::vmm::parse_run_args,
+      [](const kvmscale::vmm::RunConfig& c) { return canned_record(20.0 * c.vms, 1); }, nullptr,
+      log);
+  auto ga = load_grouped(t.sub("a"), {"vms"}), gb = load_grouped(t.sub("b"), {"vms"});
+  ASSERT_EQ(ga.size(), 2u);
+  ASSERT_EQ(ga.count("vms=2"), 1u);
+  EXPECT_EQ(ga["vms=2"].runs.size(), 4u);
+  for (const auto& key : {"vms=1", "vms=2"}) {
+    auto rows = compare_sets(ga[key], gb[key], {"boot_max_ms"});
+    ASSERT_EQ(rows.size(), 1u);
+    EXPECT_DOUBLE_EQ(rows[0].ratio, 2.0) << key;
+    EXPECT_EQ(rows[0].verdict, "worse");
+  }
+  EXPECT_THROW(load_grouped(t.sub("a"), {"lock"}), ConfigError);      // not an axis
+  EXPECT_THROW(load_grouped(t.path.string(), {"vms"}), ConfigError);  // not a matrix
+}
+
 TEST(Scenario, PlansScaleWithTheHostAndEveryRunIsValid) {
   for (uint32_t cpus : {2u, 16u, 192u}) {
     for (const auto& name : scenario_names()) {
