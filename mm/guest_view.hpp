@@ -33,22 +33,27 @@ class GuestView {
   // Host pointer for [gpa, gpa+len), nullptr unless it is all guest memory.
   uint8_t* translate(uint64_t gpa, uint64_t len) const {
     uint8_t* p = mem_.translate(gpa, len);
-    if (p && len) walk(gpa, len);
+    if (p && len) {
+      safe_point();
+      walk(gpa, len);
+    }
     return p;
   }
   // A NUL-terminated guest string of at most out.size() - 1 bytes (see GuestMemory).
   std::optional<size_t> read_cstring(uint64_t gpa, std::span<char> out) const {
     if (!mem_.translate(gpa, 1)) return std::nullopt;
-    walk(gpa, 1);
+    safe_point();
     auto n = mem_.read_cstring(gpa, out);
-    if (n && *n) walk(gpa, *n + 1 <= mem_.size() - gpa ? *n + 1 : *n);
+    walk(gpa, n ? *n + 1 : 1);  // the string and its NUL, which are guest memory
     return n;
   }
 
  private:
+  void safe_point() const {
+    if (safe_point_ && *safe_point_) (*safe_point_)();
+  }
   // Looks every page of the range up in the TLB, filling misses; counts stale hits.
   void walk(uint64_t gpa, uint64_t len) const {
-    if (safe_point_ && *safe_point_) (*safe_point_)();
     if (!tlb_) return;
     for (uint64_t gfn = gpa / kPage; gfn <= (gpa + len - 1) / kPage; gfn++) {
       const uint32_t now = epochs_ ? epochs_->epoch(gfn * kPage) : 0;

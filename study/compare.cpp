@@ -17,32 +17,21 @@ namespace kvmscale::study {
 namespace fs = std::filesystem;
 using nlohmann::json;
 
-namespace {
-
-bool read_record(const fs::path& p, json& out) {
-  std::ifstream in(p);
-  if (!in) return false;
-  out = json::parse(in, nullptr, false);
-  return !out.is_discarded() && out.is_object() && out.contains("schema_version") &&
-         out.contains("run") && !out["run"].value("interrupted", false);
-}
-
-}  // namespace
-
 RunSet load_run_set(const std::string& path) {
   RunSet set;
   set.label = path;
   std::error_code ec;
   if (fs::is_regular_file(path, ec)) {
     json r;
-    if (!read_record(path, r)) throw vmm::ConfigError(path + " is not a finished run record");
+    if (!read_finished_record(path, r))
+      throw vmm::ConfigError(path + " is not a finished run record");
     set.runs.push_back(run_metrics(r));
     return set;
   }
   if (!fs::exists(path, ec)) throw vmm::ConfigError(path + ": no such file or directory");
   if (!fs::is_directory(path, ec))
     throw vmm::ConfigError(path + " is not a run record or a directory of records");
-  fs::path root = fs::exists(fs::path(path) / "cells") ? fs::path(path) / "cells" : fs::path(path);
+  fs::path root = holds_matrix(path) ? fs::path(path) / "cells" : fs::path(path);
   std::vector<fs::path> files;
   fs::recursive_directory_iterator it(root, fs::directory_options::skip_permission_denied, ec), end;
   for (; !ec && it != end; it.increment(ec))
@@ -51,7 +40,7 @@ RunSet load_run_set(const std::string& path) {
   std::sort(files.begin(), files.end());
   for (const auto& f : files) {
     json r;
-    if (read_record(f, r)) set.runs.push_back(run_metrics(r));
+    if (read_finished_record(f, r)) set.runs.push_back(run_metrics(r));
   }
   if (set.runs.empty()) throw vmm::ConfigError(path + " holds no finished run records");
   return set;
@@ -59,11 +48,9 @@ RunSet load_run_set(const std::string& path) {
 
 std::map<std::string, RunSet> load_grouped(const std::string& dir,
                                            const std::vector<std::string>& axes) {
-  std::ifstream in(fs::path(dir) / "matrix.json");
-  json j = in ? json::parse(in, nullptr, false) : json();
-  if (j.is_discarded() || !j.is_object() || !j.contains("spec"))
+  if (!holds_matrix(dir))
     throw vmm::ConfigError("--by needs matrix directories: " + dir + " has no matrix.json");
-  MatrixSpec spec = MatrixSpec::from_json(j["spec"]);
+  MatrixSpec spec = load_spec(dir);
   for (const auto& a : axes) {
     bool known = false;
     for (const auto& ax : spec.axes) known = known || ax.flag == a;

@@ -53,20 +53,7 @@ MatrixSpec MatrixSpec::from_json(const json& j) {
 
 std::vector<std::string> split_axis(const std::string& flag, const std::string& text) {
   if (flag == "guest-arg" || flag == "vm") return {text};
-  char sep = text.find(';') != std::string::npos ? ';' : ',';
-  if (sep == ';') {
-    std::vector<std::string> parts;
-    std::string cur;
-    for (char c : text + ";") {
-      if (c == ';') {
-        parts.push_back(cur);
-        cur.clear();
-      } else {
-        cur += c;
-      }
-    }
-    return parts;
-  }
+  if (text.find(';') != std::string::npos) return vmm::split_list(text, ';');
   std::vector<std::string> parts = vmm::split_list(text);
   auto any_of_parts = [&](auto pred) { return std::any_of(parts.begin(), parts.end(), pred); };
   if (flag == "lock" && any_of_parts([](const std::string& p) { return p.find('=') != p.npos; }))
@@ -116,6 +103,26 @@ std::string slug(const std::string& v) {
 }
 
 }  // namespace
+
+bool read_finished_record(const std::string& path, json& out) {
+  std::ifstream in(path);
+  if (!in) return false;
+  out = json::parse(in, nullptr, false);
+  return !out.is_discarded() && out.is_object() && out.contains("schema_version") &&
+         out.contains("run") && !out["run"].value("interrupted", false);
+}
+
+bool holds_matrix(const std::string& dir) { return fs::exists(fs::path(dir) / "matrix.json"); }
+
+MatrixSpec load_spec(const std::string& dir) {
+  const fs::path file = fs::path(dir) / "matrix.json";
+  std::ifstream in(file);
+  if (!in) throw ConfigError(dir + " holds no matrix (no matrix.json)");
+  json j = json::parse(in, nullptr, false);
+  if (j.is_discarded() || !j.is_object() || !j.contains("spec"))
+    throw ConfigError(file.string() + " is not a matrix spec");
+  return MatrixSpec::from_json(j["spec"]);
+}
 
 std::vector<Cell> expand(const MatrixSpec& spec) {
   std::vector<Cell> cells;
@@ -174,17 +181,6 @@ std::string cell_file(const std::string& dir, const Cell& c) {
   return (fs::path(dir) / "cells" / (c.id + ".json")).string();
 }
 
-// A finished run: a record that parses and was not interrupted.
-bool finished(const std::string& path, json* out = nullptr) {
-  std::ifstream in(path);
-  if (!in) return false;
-  json j = json::parse(in, nullptr, false);
-  if (j.is_discarded() || !j.contains("run")) return false;
-  if (j["run"].value("interrupted", false)) return false;
-  if (out) *out = std::move(j);
-  return true;
-}
-
 // 12.3s, 4m05s, 1h02m: for progress lines that may span hours.
 std::string human_time(double s) {
   char b[32];
@@ -210,15 +206,11 @@ MatrixOutcome run_matrix(const MatrixSpec& spec_in, const MatrixOptions& opt,
                          std::ostream& log) {
   MatrixSpec spec = spec_in;
   const fs::path dir(opt.dir), spec_file = dir / "matrix.json";
-  if (fs::exists(spec_file)) {
+  if (holds_matrix(opt.dir)) {
     if (!opt.resume)
       throw ConfigError(opt.dir +
                         " already holds a matrix: use --resume to finish it, or another --out");
-    std::ifstream in(spec_file);
-    json stored = json::parse(in, nullptr, false);
-    if (stored.is_discarded() || !stored.contains("spec"))
-      throw ConfigError(spec_file.string() + " is not a matrix spec");
-    MatrixSpec old = MatrixSpec::from_json(stored["spec"]);
+    MatrixSpec old = load_spec(opt.dir);
     if (!old.same_experiment(spec))
       throw ConfigError("--resume: the flags differ from " + spec_file.string() +
                         " (resume with the same flags, or none)");
@@ -240,18 +232,21 @@ MatrixOutcome run_matrix(const MatrixSpec& spec_in, const MatrixOptions& opt,
 
   MatrixOutcome out;
   out.total = cells.size();
-  size_t todo = 0;
-  for (const Cell& c : cells)
-    if (!finished(cell_file(opt.dir, c))) todo++;
-  out.skipped = cells.size() - todo;
+  // Which runs are finished: read once (records can be large and matrices long).
+  std::vector<bool> done(cells.size());
+  json record;
+  for (size_t i = 0; i < cells.size(); i++)
+    done[i] = read_finished_record(cell_file(opt.dir, cells[i]), record);
+  out.skipped = size_t(std::count(done.begin(), done.end(), true));
+  const size_t todo = cells.size() - out.skipped;
   if (out.skipped) log << "resuming: " << out.skipped << " of " << cells.size() << " runs done\n";
   using clock = std::chrono::steady_clock;
   const auto t0 = clock::now();
   size_t k = 0;
   for (size_t i : run_order(cells.size(), spec.seed)) {
     const Cell& c = cells[i];
+    if (done[i]) continue;
     const std::string path = cell_file(opt.dir, c);
-    if (finished(path)) continue;
     if (stop && stop()) {
       out.interrupted = true;
       break;
@@ -302,7 +297,7 @@ std::vector<RunRow> load_rows(const MatrixSpec& spec, const std::string& dir) {
   std::vector<RunRow> rows;
   for (const Cell& c : expand(spec)) {
     json record;
-    if (!finished(cell_file(dir, c), &record)) continue;
+    if (!read_finished_record(cell_file(dir, c), record)) continue;
     rows.push_back({c.id, c.values, c.rep, run_metrics(record), "cells/" + c.id + ".json"});
   }
   return rows;

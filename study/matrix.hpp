@@ -54,6 +54,12 @@ struct Cell {
   std::string id;                             // file name stem, e.g. "vms-4_lock-mcs_r0"
 };
 
+// A run record that parses and was not interrupted (the only kind a matrix keeps or compares).
+bool read_finished_record(const std::string& path, nlohmann::json& out);
+// DIR/matrix.json exists / its spec (throws vmm::ConfigError when missing or malformed).
+bool holds_matrix(const std::string& dir);
+MatrixSpec load_spec(const std::string& dir);
+
 // Every run of the matrix in canonical order (axes vary last-fastest, repetitions innermost).
 std::vector<Cell> expand(const MatrixSpec& spec);
 // The order runs are executed in: a seeded shuffle, so drift spreads over all cells.

@@ -91,10 +91,12 @@ std::vector<std::string> write_plots(const MatrixSpec& spec, const std::vector<R
     return s.empty() ? std::string("all runs") : s;
   };
   // Series in first-seen order of the canonical cell order, x values in axis order.
-  std::vector<std::string> series;
-  for (const auto& r : rows)
-    if (std::find(series.begin(), series.end(), series_of(r)) == series.end())
-      series.push_back(series_of(r));
+  std::vector<std::string> series, series_of_row;  // labels, and each row's label (built once)
+  for (const auto& r : rows) {
+    series_of_row.push_back(series_of(r));
+    if (std::find(series.begin(), series.end(), series_of_row.back()) == series.end())
+      series.push_back(series_of_row.back());
+  }
   const std::vector<std::string> xs =
       x >= 0 ? spec.axes[size_t(x)].values : std::vector<std::string>{"run"};
 
@@ -111,8 +113,9 @@ std::vector<std::string> write_plots(const MatrixSpec& spec, const std::vector<R
       dat << "# " << s << "\n";
       for (size_t xi = 0; xi < xs.size(); xi++) {
         std::vector<double> v;
-        for (const auto& r : rows) {
-          if (series_of(r) != s || (x >= 0 && r.values.at(x_flag) != xs[xi])) continue;
+        for (size_t ri = 0; ri < rows.size(); ri++) {
+          const RunRow& r = rows[ri];
+          if (series_of_row[ri] != s || (x >= 0 && r.values.at(x_flag) != xs[xi])) continue;
           auto it = r.metrics.find(metric);
           if (it != r.metrics.end()) v.push_back(it->second);
         }

@@ -78,15 +78,6 @@ std::vector<std::pair<std::string, std::string>> given_flags(const StudyCommands
   return flags;
 }
 
-MatrixSpec stored_spec(const std::string& dir) {
-  std::ifstream in(fs::path(dir) / "matrix.json");
-  if (!in) throw vmm::ConfigError("--resume: no matrix in " + dir);
-  json j = json::parse(in, nullptr, false);
-  if (j.is_discarded() || !j.contains("spec"))
-    throw vmm::ConfigError("--resume: " + dir + "/matrix.json is not a matrix spec");
-  return MatrixSpec::from_json(j["spec"]);
-}
-
 void print_dry_run(const MatrixSpec& spec, std::ostream& os) {
   std::vector<Cell> cells = expand(spec);
   os << cells.size() << " runs (" << spec.axes.size() << " axes, repeat " << spec.repeat
@@ -137,7 +128,7 @@ int do_matrix(StudyCommands& st) {
   const std::string dir = st.out.empty() ? "results/matrix-" + stamp() : st.out;
   MatrixSpec spec;
   if (st.resume && flags.empty() && st.vm_opts.empty()) {
-    spec = stored_spec(dir);  // `matrix --resume --out DIR` alone continues what is there
+    spec = load_spec(dir);  // `matrix --resume --out DIR` alone continues what is there
   } else {
     spec = make_spec(flags, st.repeat, st.seed ? st.seed : random_seed());
     for (const auto& v : st.vm_opts) spec.fixed.emplace_back("vm", v);
@@ -203,7 +194,7 @@ int do_scenario(StudyCommands& st) {
   const std::string dir =
       st.out.empty() ? "results/scenario-" + st.scenario_name + "-" + stamp() : st.out;
   ScenarioPlan plan = plan_scenario(st.scenario_name, so);
-  if (st.resume) plan.spec.seed = stored_spec(dir).seed;
+  if (st.resume) plan.spec.seed = load_spec(dir).seed;
   std::cerr << "scenario " << plan.name << ": " << plan.description << "\n";
   int rc = execute_matrix(plan.spec, st, dir);
   if (st.dry_run || rc == vmm::kExitInterrupted) return rc;

@@ -95,11 +95,11 @@ std::string format_duration(uint64_t ns) {
   return buf;
 }
 
-std::vector<std::string> split_list(const std::string& text) {
+std::vector<std::string> split_list(const std::string& text, char sep) {
   std::vector<std::string> out;
   size_t start = 0;
   for (;;) {
-    size_t comma = text.find(',', start);
+    size_t comma = text.find(sep, start);
     out.push_back(text.substr(start, comma - start));
     if (comma == std::string::npos) return out;
     start = comma + 1;

@@ -70,6 +70,6 @@ const std::vector<std::string>& builtin_guest_names();
 // locks, per-VM p2m and PoD locks.
 const std::vector<std::string>& lock_classes();
 // "a,b,,c" -> {"a", "b", "", "c"}
-std::vector<std::string> split_list(const std::string& text);
+std::vector<std::string> split_list(const std::string& text, char sep = ',');
 
 }  // namespace kvmscale::vmm

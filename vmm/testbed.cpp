@@ -133,12 +133,11 @@ class PodRuntime {
         cc_.on_selected_cpus(
             ex_.dirty_mask(*vm), [this, id](uint32_t c) { ex_.tlb(c).invalidate_vm(id); }, -1);
       };
-      pods_.push_back(
-          {vm, std::make_unique<mm::PodVm>(
-                   ram, vm->memory().size() - KS_RAM_GPA, cfg.pod_granule, pp, uffd_,
-                   locks.make("pod", "pod[vm" + std::to_string(vm->index()) + "]"), flush)});
-      pods_.back().epochs = std::make_unique<PodEpochs>(*pods_.back().pod);
-      vm->set_p2m_epochs(pods_.back().epochs.get());
+      pods_.push_back(std::make_unique<VmPod>(
+          vm, std::make_unique<mm::PodVm>(
+                  ram, vm->memory().size() - KS_RAM_GPA, cfg.pod_granule, pp, uffd_,
+                  locks.make("pod", "pod[vm" + std::to_string(vm->index()) + "]"), flush)));
+      vm->set_p2m_epochs(pods_.back().get());
     }
     faults_ = std::make_unique<mm::FaultService>(
         uffd_, int(cfg.fault_threads), [this](const mm::FaultEvent& ev) { on_fault(ev); });
@@ -152,10 +151,10 @@ class PodRuntime {
 
   nlohmann::json vm_report(const Vm& vm) const {
     for (const auto& p : pods_)
-      if (p.vm == &vm) {
-        nlohmann::json r = p.pod->report();
-        r["fault_stall_ns"] = p.stall_ns->load();
-        r["fault_stall_max_ns"] = p.stall_max_ns->load();
+      if (p->vm == &vm) {
+        nlohmann::json r = p->pod->report();
+        r["fault_stall_ns"] = p->stall_ns.load();
+        r["fault_stall_max_ns"] = p->stall_max_ns.load();
         return r;
       }
     return nullptr;
@@ -168,26 +167,22 @@ class PodRuntime {
   }
 
  private:
-  // The VM's p2m epochs by guest-physical address (PoD covers RAM above KS_RAM_GPA).
-  struct PodEpochs final : mm::P2mEpochs {
-    explicit PodEpochs(const mm::PodVm& p) : pod(p) {}
+  // One VM's PoD, and its p2m epochs by guest-physical address for the TLB's stale-hit check
+  // (PoD covers RAM above KS_RAM_GPA).
+  struct VmPod final : mm::P2mEpochs {
+    VmPod(Vm* v, std::unique_ptr<mm::PodVm> p) : vm(v), pod(std::move(p)) {}
     uint32_t epoch(uint64_t gpa) const override {
-      return gpa < KS_RAM_GPA ? 0 : pod.epoch_at(gpa - KS_RAM_GPA);
+      return gpa < KS_RAM_GPA ? 0 : pod->epoch_at(gpa - KS_RAM_GPA);
     }
-    const mm::PodVm& pod;
-  };
-  struct VmPod {
     Vm* vm;
     std::unique_ptr<mm::PodVm> pod;
-    std::unique_ptr<PodEpochs> epochs = nullptr;
     // Time its vCPUs waited on faults while a service thread resolved them (from reading the
     // fault to waking the vCPU; the kernel's delivery before that is not visible here).
-    std::unique_ptr<std::atomic<uint64_t>> stall_ns = std::make_unique<std::atomic<uint64_t>>(0);
-    std::unique_ptr<std::atomic<uint64_t>> stall_max_ns =
-        std::make_unique<std::atomic<uint64_t>>(0);
+    std::atomic<uint64_t> stall_ns{0}, stall_max_ns{0};
   };
   void on_fault(const mm::FaultEvent& ev) {
-    for (auto& p : pods_) {
+    for (auto& owned : pods_) {
+      VmPod& p = *owned;
       if (!p.pod->contains(ev.address)) continue;
       // The faulting context cannot answer cross-calls until its fault is resolved.
       int ctx = ex_.context_of_thread(ev.tid);
@@ -196,9 +191,9 @@ class PodRuntime {
       mm::PodVm::Outcome o = p.pod->handle(ev);
       const uint64_t stalled = now_ns() - t0;
       if (ctx >= 0) cc_.set_stalled(uint32_t(ctx), false);
-      p.stall_ns->fetch_add(stalled, std::memory_order_relaxed);
-      uint64_t prev = p.stall_max_ns->load(std::memory_order_relaxed);
-      while (stalled > prev && !p.stall_max_ns->compare_exchange_weak(prev, stalled)) {
+      p.stall_ns.fetch_add(stalled, std::memory_order_relaxed);
+      uint64_t prev = p.stall_max_ns.load(std::memory_order_relaxed);
+      while (stalled > prev && !p.stall_max_ns.compare_exchange_weak(prev, stalled)) {
       }
       if (o == mm::PodVm::Outcome::OutOfMemory && p.vm->crash("out of PoD memory")) {
         oom_.fetch_add(1);
@@ -211,7 +206,7 @@ class PodRuntime {
   sched::Executor& ex_;
   mm::Userfaultfd uffd_;
   sched::CrossCall cc_;
-  std::vector<VmPod> pods_;
+  std::vector<std::unique_ptr<VmPod>> pods_;
   std::unique_ptr<mm::FaultService> faults_;
   std::atomic<uint64_t> oom_{0};
   uint64_t fault_events_ = 0;
