@@ -28,7 +28,26 @@ class CpuSet {
     for (uint64_t w : words_) n += __builtin_popcountll(w);
     return n;
   }
-  bool empty() const { return count() == 0; }
+  bool empty() const {
+    for (uint64_t w : words_)
+      if (w) return false;
+    return true;
+  }
+  // Both sets must have the same size.
+  bool subset_of(const CpuSet& o) const {
+    for (size_t i = 0; i < words_.size(); i++)
+      if (words_[i] & ~o.words_[i]) return false;
+    return true;
+  }
+  bool intersects(const CpuSet& o) const {
+    for (size_t i = 0; i < words_.size(); i++)
+      if (words_[i] & o.words_[i]) return true;
+    return false;
+  }
+  CpuSet& operator&=(const CpuSet& o) {
+    for (size_t i = 0; i < words_.size(); i++) words_[i] &= o.words_[i];
+    return *this;
+  }
   bool operator==(const CpuSet&) const = default;
   std::vector<uint32_t> members() const {
     std::vector<uint32_t> m;

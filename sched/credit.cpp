@@ -1,6 +1,8 @@
 #include "sched/credit.hpp"
 
 #include <algorithm>
+#include <cassert>
+#include <thread>
 
 namespace kvmscale::sched {
 
@@ -13,8 +15,9 @@ const char* balance_name(Balance b) {
     case Balance::Affinity: return "affinity";
     case Balance::Counted: return "counted";
     case Balance::Hybrid: return "hybrid";
-    default: return "none";
+    case Balance::None: return "none";
   }
+  return "?";
 }
 
 bool parse_balance(const std::string& s, Balance& out) {
@@ -27,22 +30,116 @@ bool parse_balance(const std::string& s, Balance& out) {
   return false;
 }
 
+// Xen's balance steps (CSCHED_BALANCE_SOFT_AFFINITY, CSCHED_BALANCE_HARD_AFFINITY).
+enum Step { kSoft = 0, kHard = 1 };
+
+struct CreditScheduler::Pcpu {
+  uint32_t index = 0;
+  int node = 0;
+  uint32_t node_idx = 0;  // into nodes_
+  std::unique_ptr<AnyLock> lock;
+#ifndef NDEBUG
+  std::atomic<std::thread::id> holder{};  // who holds `lock`: checked by held()
+#endif
+  // Under `lock`.
+  std::list<SchedVcpu*> runq;
+  SchedVcpu* curr = nullptr;
+  std::vector<uint32_t> affinity_count;  // [q]: queued vCPUs that may run on q
+  uint32_t last_tickle = 0;              // Xen's last_tickle_cpu (per pCPU)
+  uint64_t last_acct_gen = 0;            // Xen's runq_sort_last
+  PcpuSchedStats stats;                  // balance stats: own thread only
+  // Read without the lock.
+  std::atomic<bool> need_resched{false};
+  std::atomic<uint32_t> nr_runnable{0};              // queued + running (4.9's nr_runnable)
+  std::vector<std::atomic<uint64_t>> affinity_bits;  // bit q: affinity_count[q] > 0
+  std::atomic<uint32_t> unrestricted{0};             // hybrid: queued vCPUs that may run anywhere
+
+  void held() const {
+#ifndef NDEBUG
+    assert(holder.load(std::memory_order_relaxed) == std::this_thread::get_id() &&
+           "caller must hold this pCPU's schedule lock");
+#endif
+  }
+};
+
+// Holds a pCPU's schedule lock (blocking or try) and records the holder for held().
+class CreditScheduler::RunqGuard {
+ public:
+  explicit RunqGuard(Pcpu& pc) : pc_(&pc), owns_(true) {
+    pc.lock->lock(node_);
+    mark();
+  }
+  RunqGuard(Pcpu& pc, std::try_to_lock_t) : pc_(&pc), owns_(pc.lock->try_lock(node_)) {
+    if (owns_) mark();
+  }
+  // Locks v's processor, re-checking that v did not move meanwhile (vcpu_schedule_lock).
+  RunqGuard(const std::vector<std::unique_ptr<Pcpu>>& pcpus, const SchedVcpu& v) : owns_(true) {
+    for (;;) {
+      uint32_t p = v.processor.load(std::memory_order_acquire);
+      pc_ = pcpus[p].get();
+      pc_->lock->lock(node_);
+      if (v.processor.load(std::memory_order_relaxed) == p) break;
+      pc_->lock->unlock(node_);
+    }
+    mark();
+  }
+  ~RunqGuard() {
+    if (!owns_) return;
+#ifndef NDEBUG
+    pc_->holder.store(std::thread::id{}, std::memory_order_relaxed);
+#endif
+    pc_->lock->unlock(node_);
+  }
+  RunqGuard(const RunqGuard&) = delete;
+  RunqGuard& operator=(const RunqGuard&) = delete;
+  explicit operator bool() const { return owns_; }
+  Pcpu& pcpu() const { return *pc_; }
+
+ private:
+  void mark() {
+#ifndef NDEBUG
+    pc_->holder.store(std::this_thread::get_id(), std::memory_order_relaxed);
+#endif
+  }
+  Pcpu* pc_;
+  AnyLock::Node node_;
+  bool owns_;
+};
+
 CreditScheduler::CreditScheduler(uint32_t npcpus, CreditParams params, locks::LockRegistry& locks,
                                  PcpuSignals& signals, std::vector<int> pcpu_node)
     : params_(params), signals_(signals), idle_mask_((npcpus + 63) / 64) {
+  pcpu_node.resize(npcpus, 0);
+  nodes_ = pcpu_node;
+  std::sort(nodes_.begin(), nodes_.end());
+  nodes_.erase(std::unique(nodes_.begin(), nodes_.end()), nodes_.end());
+  balance_bias_ = std::vector<std::atomic<uint32_t>>(nodes_.size());
   for (uint32_t p = 0; p < npcpus; p++) {
     auto pc = std::make_unique<Pcpu>();
     pc->index = p;
-    pc->node = p < pcpu_node.size() ? pcpu_node[p] : 0;
+    pc->node = pcpu_node[p];
+    pc->node_idx =
+        uint32_t(std::lower_bound(nodes_.begin(), nodes_.end(), pc->node) - nodes_.begin());
     pc->lock = locks.make("runq", "runq[" + std::to_string(p) + "]");
     pc->affinity_count.assign(npcpus, 0);
     pc->affinity_bits = std::vector<std::atomic<uint64_t>>((npcpus + 63) / 64);
+    pc->last_tickle = p;
     pcpus_.push_back(std::move(pc));
   }
   acct_lock_ = locks.make("sched", "acct");
 }
 
 CreditScheduler::~CreditScheduler() = default;
+
+bool CreditScheduler::need_resched(uint32_t p) const {
+  return pcpus_[p]->need_resched.load(std::memory_order_acquire);
+}
+
+const PcpuSchedStats& CreditScheduler::pcpu_stats(uint32_t p) const { return pcpus_[p]->stats; }
+
+int CreditScheduler::credits_per_tslice() const {
+  return int(uint64_t(kCreditsPerMs) * params_.tslice_ns / 1'000'000);
+}
 
 SchedDomain& CreditScheduler::add_domain(uint32_t weight, uint32_t cap) {
   auto d = std::make_unique<SchedDomain>();
@@ -58,6 +155,7 @@ SchedVcpu& CreditScheduler::add_vcpu(SchedDomain& d, CpuSet affinity, void* owne
   v->id = uint32_t(vcpus_.size());
   v->dom = &d;
   v->affinity = std::move(affinity);
+  v->soft_affinity = CpuSet(npcpus(), true);
   v->owner = owner;
   v->stats.pcpus_used = CpuSet(npcpus());
   d.vcpus.push_back(v.get());
@@ -77,10 +175,8 @@ void CreditScheduler::start(uint64_t now, std::function<uint32_t(const SchedVcpu
     }
     v->processor.store(p);
     Pcpu& pc = *pcpus_[p];
-    AnyLock::Node n;
-    pc.lock->lock(n);
+    RunqGuard g(pc);
     runq_insert(pc, *v, now);
-    pc.lock->unlock(n);
   }
   for (uint32_t p = 0; p < npcpus(); p++) set_idle(p, pcpus_[p]->runq.empty());
   next_acct_ns_ = now + params_.tslice_ns;
@@ -88,23 +184,37 @@ void CreditScheduler::start(uint64_t now, std::function<uint32_t(const SchedVcpu
 
 // --- run-queue helpers: caller holds pc's lock --------------------------------------------------
 
+// __runq_insert: before the first vCPU of lower priority; a yielding vCPU goes one further, behind
+// one lower-priority vCPU if there is one.
 void CreditScheduler::runq_insert(Pcpu& pc, SchedVcpu& v, uint64_t now) {
+  pc.held();
+  assert(!v.queued && "BUG_ON(__vcpu_on_runq)");
+  assert(pc.curr != &v && "a current vCPU is never queued");
+  assert(!v.parked.load(std::memory_order_relaxed) && "a parked vCPU is not runnable");
   v.state = VState::Runnable;
   v.since_ns = now;
   int pri = v.pri.load(std::memory_order_relaxed);
   auto it = pc.runq.begin();
   while (it != pc.runq.end() && (*it)->pri.load(std::memory_order_relaxed) >= pri) ++it;
+  if (v.yield_flag && it != pc.runq.end()) ++it;
   v.pos = pc.runq.insert(it, &v);
   v.queued = true;
   track_affinity(pc, v, true);
-  pc.nr_runnable.store(uint32_t(pc.runq.size()) + (pc.curr ? 1 : 0), std::memory_order_relaxed);
+  update_runnable(pc);
 }
 
 void CreditScheduler::runq_remove(Pcpu& pc, SchedVcpu& v) {
+  pc.held();
+  assert(v.queued && "BUG_ON(!__vcpu_on_runq)");
   pc.runq.erase(v.pos);
   v.queued = false;
   track_affinity(pc, v, false);
-  pc.nr_runnable.store(uint32_t(pc.runq.size()) + (pc.curr ? 1 : 0), std::memory_order_relaxed);
+  update_runnable(pc);
+}
+
+void CreditScheduler::update_runnable(Pcpu& pc) {
+  bool running = pc.curr && pc.curr->state == VState::Running;
+  pc.nr_runnable.store(uint32_t(pc.runq.size()) + (running ? 1 : 0), std::memory_order_relaxed);
 }
 
 // The bitmap costs O(|affinity|) per queue operation; only the strategies that read it pay.
@@ -126,31 +236,24 @@ void CreditScheduler::track_affinity(Pcpu& pc, const SchedVcpu& v, bool queued) 
   }
 }
 
+// csched_runq_sort: after an accounting pass, move every BOOST/UNDER vCPU ahead of the OVER ones,
+// keeping the order within each group (not a full sort: BOOST and UNDER stay interleaved).
 void CreditScheduler::runq_sort(Pcpu& pc) {
-  // Stable: FIFO within a priority survives re-sorting after accounting changed priorities.
-  pc.runq.sort([](SchedVcpu* a, SchedVcpu* b) {
-    return a->pri.load(std::memory_order_relaxed) > b->pri.load(std::memory_order_relaxed);
-  });
-  for (auto it = pc.runq.begin(); it != pc.runq.end(); ++it) (*it)->pos = it;
-}
-
-SchedVcpu* CreditScheduler::pick_local(Pcpu& pc, int* best_pri) {
-  for (SchedVcpu* v : pc.runq)
-    if (!v->parked.load(std::memory_order_relaxed)) {
-      *best_pri = v->pri.load(std::memory_order_relaxed);
-      return v;
-    }
-  *best_pri = int(Prio::Idle);
-  return nullptr;
+  pc.held();
+  std::list<SchedVcpu*> over;
+  for (auto it = pc.runq.begin(); it != pc.runq.end();) {
+    auto next = std::next(it);
+    if ((*it)->pri.load(std::memory_order_relaxed) < int(Prio::Under))
+      over.splice(over.end(), pc.runq, it);
+    it = next;
+  }
+  pc.runq.splice(pc.runq.end(), over);  // list iterators (v->pos) stay valid across splices
 }
 
 std::vector<SchedVcpu*> CreditScheduler::queued(uint32_t p) const {
   Pcpu& pc = *pcpus_[p];
-  AnyLock::Node n;
-  pc.lock->lock(n);
-  std::vector<SchedVcpu*> v(pc.runq.begin(), pc.runq.end());
-  pc.lock->unlock(n);
-  return v;
+  RunqGuard g(pc);
+  return {pc.runq.begin(), pc.runq.end()};
 }
 
 void CreditScheduler::set_idle(uint32_t p, bool idle) {
@@ -160,11 +263,14 @@ void CreditScheduler::set_idle(uint32_t p, bool idle) {
     idle_mask_[p / 64].fetch_and(~(1ull << (p % 64)), std::memory_order_relaxed);
 }
 
-bool CreditScheduler::is_idle(uint32_t p) const {
-  return (idle_mask_[p / 64].load(std::memory_order_relaxed) >> (p % 64)) & 1;
+CpuSet CreditScheduler::idlers() const {
+  CpuSet s(npcpus());
+  for (uint32_t p = 0; p < npcpus(); p++)
+    if ((idle_mask_[p / 64].load(std::memory_order_relaxed) >> (p % 64)) & 1) s.set(p);
+  return s;
 }
 
-// Credit burn: 10 credits per ms of running; the sub-credit remainder carries to the next burn.
+// burn_credits: 10 credits per ms of running; the sub-credit remainder carries to the next burn.
 void CreditScheduler::burn(SchedVcpu& v, uint64_t now) {
   if (now <= v.since_ns) return;
   uint64_t delta = now - v.since_ns;
@@ -177,48 +283,38 @@ void CreditScheduler::burn(SchedVcpu& v, uint64_t now) {
   v.credit_residual_ns %= kNsPerCredit;
 }
 
-void CreditScheduler::lock_vcpu(SchedVcpu& v, AnyLock::Node& n, Pcpu*& pc) {
-  for (;;) {
-    uint32_t p = v.processor.load(std::memory_order_acquire);
-    pc = pcpus_[p].get();
-    pc->lock->lock(n);
-    if (v.processor.load(std::memory_order_relaxed) == p) return;
-    pc->lock->unlock(n);
-  }
-}
-
-// --- scheduling ---------------------------------------------------------------------------------
+// --- scheduling (csched_schedule) ---------------------------------------------------------------
 
 CreditScheduler::Decision CreditScheduler::schedule(uint32_t p, uint64_t now) {
   Pcpu& pc = *pcpus_[p];
-  AnyLock::Node n;
-  pc.lock->lock(n);
+  RunqGuard g(pc);
   pc.stats.schedules++;
   pc.need_resched.store(false, std::memory_order_relaxed);
   SchedVcpu* cur = pc.curr;
-  if (cur && cur->state == VState::Running) {
-    burn(*cur, now);
-    // Ratelimit: a vCPU that started its slice less than ratelimit ago keeps the pCPU.
-    if (!cur->yielding && !cur->parked.load(std::memory_order_relaxed) && params_.ratelimit_ns &&
-        now < cur->slice_start_ns + params_.ratelimit_ns) {
-      pc.lock->unlock(n);
-      return {cur, cur->slice_start_ns + params_.ratelimit_ns};
-    }
+  if (cur) {
+    const bool running = cur->state == VState::Running;
+    if (running) burn(*cur, now);
+    const bool runnable = running && !cur->parked.load(std::memory_order_relaxed);
+    // Ratelimit: a runnable vCPU that has run less than ratelimit keeps the pCPU (yield or not,
+    // as 4.7), for another ratelimit.
+    if (runnable && params_.ratelimit_ns && now - cur->slice_start_ns < params_.ratelimit_ns)
+      return {cur, now + params_.ratelimit_ns};
     pc.curr = nullptr;
-    runq_insert(pc, *cur, now);  // competes again, behind its equals (round-robin at slice end)
-    cur->yielding = false;
-  } else {
-    pc.curr = nullptr;  // it blocked or is done
+    if (runnable)
+      runq_insert(pc, *cur, now);  // competes again, behind its equals (round-robin)
+    else if (running)
+      cur->state = VState::Runnable;  // parked: off every queue until accounting unparks it
+    cur->yield_flag = false;
   }
-  int best = 0;
-  SchedVcpu* next = pick_local(pc, &best);
-  SchedVcpu* stolen = nullptr;
-  if (params_.balance != Balance::None && (next == nullptr || best <= int(Prio::Over)))
-    stolen = load_balance(pc, best, now);
-  if (stolen)
-    next = stolen;  // already taken off the peer's queue
-  else if (next)
+  SchedVcpu* next = pc.runq.empty() ? nullptr : pc.runq.front();
+  int best = next ? next->pri.load(std::memory_order_relaxed) : int(Prio::Idle);
+  if (best > int(Prio::Over) || params_.balance == Balance::None) {
+    if (next) runq_remove(pc, *next);
+  } else if (SchedVcpu* stolen = load_balance(pc, best)) {
+    next = stolen;  // already off the peer's queue, and now ours
+  } else if (next) {
     runq_remove(pc, *next);
+  }
   if (next) {
     if (now > next->since_ns) next->stats.wait_ns += now - next->since_ns;
     next->state = VState::Running;
@@ -231,47 +327,59 @@ CreditScheduler::Decision CreditScheduler::schedule(uint32_t p, uint64_t now) {
     pc.stats.idle_picks++;
   }
   pc.curr = next;
-  pc.nr_runnable.store(uint32_t(pc.runq.size()) + (next ? 1 : 0), std::memory_order_relaxed);
+  update_runnable(pc);
   set_idle(p, next == nullptr);
-  pc.lock->unlock(n);
   return {next, now + params_.tslice_ns};
 }
 
-// --- load balancing (csched_load_balance) -------------------------------------------------------
+// --- load balancing (csched_load_balance, csched_runq_steal) ------------------------------------
+
+// __vcpu_has_soft_affinity: soft affinity matters only if it excludes some pCPU the hard affinity
+// allows. With the default (all pCPUs) no vCPU has one, and the soft step steals nothing.
+bool CreditScheduler::has_soft_affinity(const SchedVcpu& v) const {
+  return v.soft_affinity.count() != npcpus() && !v.affinity.subset_of(v.soft_affinity) &&
+         v.soft_affinity.intersects(v.affinity);
+}
 
 bool CreditScheduler::peer_worth_trying(Pcpu& thief, const Pcpu& peer) {
+  const uint32_t q = thief.index;
+  const bool in_bitmap =
+      (peer.affinity_bits[q / 64].load(std::memory_order_relaxed) >> (q % 64)) & 1;
   switch (params_.balance) {
-    case Balance::Affinity: {
-      uint32_t q = thief.index;
-      if ((peer.affinity_bits[q / 64].load(std::memory_order_relaxed) >> (q % 64)) & 1) return true;
+    case Balance::Affinity:
+      if (in_bitmap) return true;
       thief.stats.balance.skipped_bitmap++;
       return false;
-    }
     case Balance::Counted:
       if (peer.nr_runnable.load(std::memory_order_relaxed) > 1) return true;
       thief.stats.balance.skipped_count++;
       return false;
-    case Balance::Hybrid: {
+    case Balance::Hybrid:
       if (peer.nr_runnable.load(std::memory_order_relaxed) <= 1) {
         thief.stats.balance.skipped_count++;
         return false;
       }
-      uint32_t q = thief.index;
-      if (peer.unrestricted.load(std::memory_order_relaxed) > 0 ||
-          ((peer.affinity_bits[q / 64].load(std::memory_order_relaxed) >> (q % 64)) & 1))
-        return true;
+      if (peer.unrestricted.load(std::memory_order_relaxed) > 0 || in_bitmap) return true;
       thief.stats.balance.skipped_bitmap++;
       return false;
-    }
-    default: return true;
+    case Balance::Xen:
+    case Balance::None: return true;
   }
+  return true;
 }
 
-SchedVcpu* CreditScheduler::steal_from(Pcpu& thief, Pcpu& peer, int min_pri) {
+// csched_runq_steal: caller holds the peer's lock. Walk its queue from the head, stop at the first
+// vCPU not better than ours, take the first one that may run here in this balance step and is not
+// running (__csched_vcpu_is_migrateable; vcpu_migration_delay is 0 by default, so nothing is
+// cache-hot).
+SchedVcpu* CreditScheduler::runq_steal(Pcpu& thief, Pcpu& peer, int min_pri, int step) {
+  peer.held();
+  if (peer.curr == nullptr) return nullptr;  // an idle peer is about to run its queue itself
   for (SchedVcpu* v : peer.runq) {
-    // Queues are ordered by priority: nothing further on is better than what we have.
     if (v->pri.load(std::memory_order_relaxed) <= min_pri) break;
-    if (v->parked.load(std::memory_order_relaxed) || !v->affinity.test(thief.index)) continue;
+    if (step == kSoft && !has_soft_affinity(*v)) continue;
+    const CpuSet& mask = step == kSoft ? v->soft_affinity : v->affinity;
+    if (v == peer.curr || !mask.test(thief.index) || !v->affinity.test(thief.index)) continue;
     runq_remove(peer, *v);
     v->processor.store(thief.index, std::memory_order_release);
     v->stats.migrations++;
@@ -280,8 +388,7 @@ SchedVcpu* CreditScheduler::steal_from(Pcpu& thief, Pcpu& peer, int min_pri) {
   return nullptr;
 }
 
-SchedVcpu* CreditScheduler::load_balance(Pcpu& pc, int local_pri, uint64_t now) {
-  (void)now;
+SchedVcpu* CreditScheduler::load_balance(Pcpu& pc, int local_pri) {
   uint64_t t0 = locks::lock_clock_ns();
   BalanceStats& st = pc.stats.balance;
   if (local_pri == int(Prio::Idle))
@@ -289,143 +396,195 @@ SchedVcpu* CreditScheduler::load_balance(Pcpu& pc, int local_pri, uint64_t now) 
   else
     st.attempts_over++;
   const uint32_t np = npcpus();
+  const bool rotate = params_.balance == Balance::Counted;  // 4.9's balance_bias
   SchedVcpu* found = nullptr;
-  // Own NUMA node first, then the others; peers visited round-robin from a moving start.
-  for (int pass = 0; pass < 2 && !found; pass++) {
-    for (uint32_t i = 0; i < np && !found; i++) {
-      uint32_t q = (pc.balance_cursor + i) % np;
-      Pcpu& peer = *pcpus_[q];
-      if (q == pc.index || (peer.node == pc.node) != (pass == 0) || is_idle(q)) continue;
-      st.peers_visited++;
-      if (!peer_worth_trying(pc, peer)) continue;
-      st.trylocks++;
-      locks::TryGuard<AnyLock> g(*peer.lock);  // never spin on a peer's lock: could deadlock
-      if (!g) {
-        st.trylock_failures++;
-        continue;
+  // Soft-affinity step, then hard; in each, own node first, then the others in turn.
+  for (int step = kSoft; step <= kHard && !found; step++) {
+    for (size_t k = 0; k < nodes_.size() && !found; k++) {
+      const uint32_t ni = uint32_t((pc.node_idx + k) % nodes_.size());
+      // Busy peers of this node ("workers"), visited from the first (4.7) or after the bias.
+      CpuSet idle = idlers();
+      std::vector<uint32_t> workers;
+      for (uint32_t q = 0; q < np; q++)
+        if (q != pc.index && pcpus_[q]->node_idx == ni && !idle.test(q)) workers.push_back(q);
+      if (workers.empty()) continue;
+      size_t first = 0;
+      if (rotate) {
+        uint32_t bias = balance_bias_[ni].load(std::memory_order_relaxed);
+        first = size_t(std::upper_bound(workers.begin(), workers.end(), bias) - workers.begin()) %
+                workers.size();
       }
-      found = steal_from(pc, peer, local_pri);
-      if (found) {
-        st.steals++;
-        pc.balance_cursor = (q + 1) % np;
+      for (size_t i = 0; i < workers.size() && !found; i++) {
+        Pcpu& peer = *pcpus_[workers[(first + i) % workers.size()]];
+        st.peers_visited++;
+        if (!peer_worth_trying(pc, peer)) continue;
+        st.trylocks++;
+        RunqGuard g(peer, std::try_to_lock);  // never spin on a peer's lock: could deadlock
+        if (!g) {
+          st.trylock_failures++;
+          continue;
+        }
+        found = runq_steal(pc, peer, local_pri, step);
+        if (found) {
+          st.steals++;
+          if (rotate) balance_bias_[ni].store(peer.index, std::memory_order_relaxed);
+        }
       }
     }
   }
-  if (!found) pc.balance_cursor = (pc.balance_cursor + 1) % np;
   st.balance_ns += locks::lock_clock_ns() - t0;
   return found;
 }
 
-// --- ticks, accounting --------------------------------------------------------------------------
+// --- ticks, accounting (csched_tick, csched_vcpu_acct, csched_acct) -----------------------------
 
-void CreditScheduler::activate(SchedVcpu& v) {
+// __csched_vcpu_acct_start: on the front of its domain's active list, the domain on the front of
+// the active domains.
+void CreditScheduler::acct_start(SchedVcpu& v) {
   Guard<AnyLock> g(*acct_lock_);
-  if (v.active || v.state == VState::Done) return;
-  v.active = true;
-  active_.push_back(&v);
-  v.dom->active_vcpus++;
+  if (v.active.load(std::memory_order_relaxed) || v.state == VState::Done) return;
+  SchedDomain& d = *v.dom;
+  v.active.store(true, std::memory_order_relaxed);
+  d.active.push_front(&v);
+  v.active_pos = d.active.begin();
+  active_weight_ += d.weight;
+  if (!d.in_active_doms) {
+    active_doms_.push_front(&d);
+    d.active_pos = active_doms_.begin();
+    d.in_active_doms = true;
+  }
 }
 
-bool CreditScheduler::tick(uint32_t p, uint64_t now) {
+// __csched_vcpu_acct_stop_locked.
+void CreditScheduler::acct_stop_locked(SchedVcpu& v) {
+  SchedDomain& d = *v.dom;
+  d.active.erase(v.active_pos);
+  v.active.store(false, std::memory_order_relaxed);
+  active_weight_ -= d.weight;
+  if (d.active.empty()) {
+    active_doms_.erase(d.active_pos);
+    d.in_active_doms = false;
+  }
+}
+
+void CreditScheduler::tick(uint32_t p, uint64_t now) {
   Pcpu& pc = *pcpus_[p];
-  bool preempt = false, need_activate = false;
-  SchedVcpu* cur = nullptr;
+  SchedVcpu* to_activate = nullptr;
   {
-    Guard<AnyLock> g(*pc.lock);
+    RunqGuard g(pc);
     pc.stats.ticks++;
-    cur = pc.curr;
+    SchedVcpu* cur = pc.curr;
     if (cur && cur->state == VState::Running && !params_.round_robin) {
-      burn(*cur, now);
+      // csched_vcpu_acct: a BOOSTed vCPU found running by a tick is back to UNDER.
       int boost = int(Prio::Boost);
       cur->pri.compare_exchange_strong(boost, int(Prio::Under), std::memory_order_relaxed);
-      need_activate = !cur->active.load(std::memory_order_relaxed);
-      if (cur->parked.load(std::memory_order_relaxed)) preempt = true;
+      burn(*cur, now);
+      if (!cur->active.load(std::memory_order_relaxed)) to_activate = cur;
     }
     uint64_t gen = acct_gen_.load(std::memory_order_acquire);
     if (gen != pc.last_acct_gen) {
       runq_sort(pc);
       pc.last_acct_gen = gen;
     }
-    int best = 0;
-    if (cur && pick_local(pc, &best) && best > cur->pri.load(std::memory_order_relaxed))
-      preempt = true;
   }
-  if (need_activate) activate(*cur);
+  if (to_activate) acct_start(*to_activate);
   if (p == 0 && !params_.round_robin && now >= next_acct_ns_) {
     account(now);
     while (next_acct_ns_ <= now) next_acct_ns_ += params_.tslice_ns;
   }
-  if (preempt) pc.need_resched.store(true, std::memory_order_release);
-  return preempt || pc.need_resched.load(std::memory_order_acquire);
 }
 
 void CreditScheduler::account(uint64_t now) {
-  (void)now;
-  std::vector<uint32_t> to_tickle;
-  {
-    Guard<AnyLock> g(*acct_lock_);
-    accounting_passes_++;
-    const int64_t credit_total = int64_t(kCreditsPerTslice) * npcpus();
-    int64_t weight_total = 0;
-    for (auto& d : domains_) weight_total += int64_t(d->weight) * d->active_vcpus;
-    if (weight_total > 0) {
-      std::vector<SchedVcpu*> still_active;
-      // Share per active vCPU of each domain.
-      std::vector<int64_t> share(domains_.size(), 0), capv(domains_.size(), 0);
-      std::vector<uint32_t> count(domains_.size(), 0);
-      for (SchedVcpu* v : active_) count[v->dom->index]++;
-      for (auto& d : domains_) {
-        uint32_t c = count[d->index];
-        if (!c) continue;
-        int64_t fair = (credit_total * d->weight * c + weight_total - 1) / weight_total;
-        if (d->cap) {
-          int64_t cap = (int64_t(d->cap) * kCreditsPerTslice + 99) / 100;
-          fair = std::min(fair, cap);
-          capv[d->index] = (cap + c - 1) / c;
-        }
-        share[d->index] = (fair + c - 1) / c;
-      }
-      for (SchedVcpu* v : active_) {
-        uint32_t di = v->dom->index;
-        int credit =
-            v->credit.fetch_add(int(share[di]), std::memory_order_relaxed) + int(share[di]);
-        if (credit < 0) {
-          v->pri.store(int(Prio::Over), std::memory_order_relaxed);
-          if (capv[di] && credit < -capv[di] && !v->parked.exchange(true)) {
-            v->stats.parks++;
-            to_tickle.push_back(v->processor.load(std::memory_order_relaxed));
-          }
-          if (credit < -kCreditsPerTslice)
-            v->credit.store(-kCreditsPerTslice, std::memory_order_relaxed);
-        } else {
-          int boost = int(Prio::Boost);
-          if (v->pri.load(std::memory_order_relaxed) != boost)
-            v->pri.store(int(Prio::Under), std::memory_order_relaxed);
-          if (v->parked.exchange(false))
-            to_tickle.push_back(v->processor.load(std::memory_order_relaxed));
-          if (credit > kCreditsPerTslice) {
-            // Earned more than it can use: stop accounting it; half the credit carries over.
-            v->active = false;
-            v->credit.store(credit / 2, std::memory_order_relaxed);
-            continue;
-          }
-        }
-        still_active.push_back(v);
-      }
-      active_.swap(still_active);
-      for (auto& d : domains_) d->active_vcpus = 0;
-      for (SchedVcpu* v : active_) v->dom->active_vcpus++;
-    }
-    acct_gen_.fetch_add(1, std::memory_order_release);
+  const int64_t per_slice = credits_per_tslice();
+  Guard<AnyLock> g(*acct_lock_);
+  accounting_passes_++;
+  const int64_t weight_total = active_weight_;
+  int64_t credit_total = per_slice * npcpus();
+  if (credit_balance_ < 0) credit_total -= credit_balance_;  // converge the balance towards 0
+  if (weight_total == 0) {
+    credit_balance_ = 0;
+    return;
   }
-  for (uint32_t p : to_tickle) signals_.tickle(p);
+  int64_t weight_left = weight_total, balance = 0, credit_cap = 0;
+  bool credit_xtra = false;
+  for (auto it = active_doms_.begin(); it != active_doms_.end();) {
+    SchedDomain& d = **it;
+    ++it;  // d may move to the front below
+    const int64_t n = int64_t(d.active.size());
+    weight_left -= int64_t(d.weight) * n;
+    // A domain earns at most one slice per active vCPU, more only while the balance is negative.
+    int64_t credit_peak = n * per_slice;
+    if (credit_balance_ < 0)
+      credit_peak += (-credit_balance_ * d.weight * n + (weight_total - 1)) / weight_total;
+    if (d.cap) {
+      credit_cap = (int64_t(d.cap) * per_slice + 99) / 100;
+      credit_peak = std::min(credit_peak, credit_cap);
+      credit_cap = (credit_cap + (n - 1)) / n;
+    }
+    int64_t credit_fair = (credit_total * d.weight * n + (weight_total - 1)) / weight_total;
+    if (credit_fair < credit_peak) {
+      credit_xtra = true;
+    } else {
+      if (weight_left != 0)  // give other domains a chance at the unused credits
+        credit_total +=
+            ((credit_fair - credit_peak) * weight_total + (weight_left - 1)) / weight_left;
+      if (credit_xtra) active_doms_.splice(active_doms_.begin(), active_doms_, d.active_pos);
+      credit_fair = credit_peak;
+    }
+    credit_fair = (credit_fair + (n - 1)) / n;  // per vCPU
+    for (auto vit = d.active.begin(); vit != d.active.end();) {
+      SchedVcpu& v = **vit;
+      ++vit;  // v may leave the active list below
+      int credit =
+          v.credit.fetch_add(int(credit_fair), std::memory_order_relaxed) + int(credit_fair);
+      if (credit < 0) {
+        v.pri.store(int(Prio::Over), std::memory_order_relaxed);
+        if (d.cap && credit < -credit_cap && !v.parked.exchange(true)) park(v);
+        if (credit < -per_slice) {
+          credit = int(-per_slice);
+          v.credit.store(credit, std::memory_order_relaxed);
+        }
+      } else {
+        v.pri.store(int(Prio::Under), std::memory_order_relaxed);
+        if (v.parked.exchange(false)) unpark(v, now);
+        if (credit > per_slice) {  // stops earning; half the credit carries over
+          acct_stop_locked(v);
+          credit /= 2;
+          v.credit.store(credit, std::memory_order_relaxed);
+        }
+      }
+      balance += credit;
+    }
+  }
+  credit_balance_ = balance;
+  acct_gen_.fetch_add(1, std::memory_order_release);  // every pCPU re-sorts at its next tick
+}
+
+// vcpu_pause_nosync from csched_acct: a parked vCPU is not runnable. Under the accounting lock.
+void CreditScheduler::park(SchedVcpu& v) {
+  RunqGuard g(pcpus_, v);
+  Pcpu& pc = g.pcpu();
+  v.stats.parks++;
+  if (v.queued) runq_remove(pc, v);
+  if (pc.curr == &v) tickle(pc, pc.index, true);  // csched_vcpu_sleep: deschedule it
+}
+
+// vcpu_unpause: a runnable vCPU goes back on its queue, not boosted (the flag is cleared after).
+void CreditScheduler::unpark(SchedVcpu& v, uint64_t now) {
+  RunqGuard g(pcpus_, v);
+  Pcpu& pc = g.pcpu();
+  if (v.state == VState::Runnable && !v.queued && pc.curr != &v) {
+    runq_insert(pc, v, now);
+    runq_tickle(pc, v);
+  }
 }
 
 // --- block / wake / yield / finish -------------------------------------------------------------
 
 bool CreditScheduler::block(uint32_t p, SchedVcpu& v, uint64_t now) {
   Pcpu& pc = *pcpus_[p];
-  Guard<AnyLock> g(*pc.lock);
+  RunqGuard g(pc);
+  assert(pc.curr == &v && v.state == VState::Running);
   if (v.wake_pending) {
     v.wake_pending = false;
     v.block_result = 0;
@@ -434,75 +593,106 @@ bool CreditScheduler::block(uint32_t p, SchedVcpu& v, uint64_t now) {
   burn(v, now);
   v.state = VState::Blocked;
   v.block_gen++;
+  update_runnable(pc);
   pc.need_resched.store(true, std::memory_order_release);
   return true;
 }
 
 void CreditScheduler::yield(uint32_t p, SchedVcpu& v) {
   Pcpu& pc = *pcpus_[p];
-  Guard<AnyLock> g(*pc.lock);
-  v.yielding = true;
+  RunqGuard g(pc);
+  v.yield_flag = true;
   pc.need_resched.store(true, std::memory_order_release);
 }
 
-void CreditScheduler::tickle_for(SchedVcpu& v, uint32_t p) {
-  // Caller holds p's lock. Preempt p if v beats what it runs; otherwise wake an idle pCPU that
-  // may run v so it can steal it.
-  Pcpu& pc = *pcpus_[p];
-  if (is_idle(p) || (pc.curr && v.pri.load(std::memory_order_relaxed) >
-                                    pc.curr->pri.load(std::memory_order_relaxed))) {
-    pc.need_resched.store(true, std::memory_order_release);
-    signals_.tickle(p);
+void CreditScheduler::tickle(Pcpu& from, uint32_t q, bool preempt) {
+  from.stats.tickles++;
+  if (preempt) from.stats.tickle_preempts++;
+  pcpus_[q]->need_resched.store(true, std::memory_order_release);
+  signals_.tickle(q);
+}
+
+// __runq_tickle: caller holds pc's lock, v is queued there. Run v here if this pCPU is idle, or
+// if no pCPU idles and v beats the running vCPU. Otherwise, if some idler may run v, wake one
+// idler and leave the running vCPU alone; preempt only when no idler may run v.
+void CreditScheduler::runq_tickle(Pcpu& pc, SchedVcpu& v) {
+  pc.held();
+  const int new_pri = v.pri.load(std::memory_order_relaxed);
+  const int cur_pri = pc.curr ? pc.curr->pri.load(std::memory_order_relaxed) : int(Prio::Idle);
+  const CpuSet idle = idlers();
+  const bool idlers_empty = idle.empty();
+  if (cur_pri == int(Prio::Idle) || (idlers_empty && new_pri > cur_pri)) {
+    tickle(pc, pc.index, cur_pri != int(Prio::Idle));
     return;
   }
-  for (uint32_t q : v.affinity.members())
-    if (q != p && is_idle(q)) {
-      signals_.tickle(q);
+  if (idlers_empty) return;
+  for (int step = kSoft; step <= kHard; step++) {
+    if (step == kSoft && !has_soft_affinity(v)) continue;
+    CpuSet mask = step == kSoft ? v.soft_affinity : v.affinity;
+    if (step == kSoft) mask &= v.affinity;
+    mask &= idle;
+    if (mask.empty() && step == kSoft) continue;
+    if (mask.empty()) {
+      if (new_pri > cur_pri) tickle(pc, pc.index, true);  // (4.7 also asks cur to migrate)
       return;
     }
+    // One idler, cycling from the last one tickled. As 4.7, the cycle runs over every idler
+    // (prv->idlers), not only those that may run v.
+    uint32_t q = pc.last_tickle;
+    for (uint32_t i = 0; i < npcpus(); i++) {
+      q = (q + 1) % npcpus();
+      if (idle.test(q)) break;
+    }
+    pc.last_tickle = q;
+    tickle(pc, q, false);
+    return;
+  }
 }
 
 void CreditScheduler::wake(SchedVcpu& v, uint64_t now, bool timed_out, uint64_t gen) {
-  AnyLock::Node n;
-  Pcpu* pc = nullptr;
-  lock_vcpu(v, n, pc);
+  RunqGuard g(pcpus_, v);
+  Pcpu& pc = g.pcpu();
   if (v.state == VState::Blocked && (!timed_out || gen == v.block_gen)) {
     v.block_result = timed_out ? 1 : 0;
     v.block_result_due = true;
     v.stats.wakes++;
-    int under = int(Prio::Under);
-    if (!params_.round_robin &&
-        v.pri.compare_exchange_strong(under, int(Prio::Boost), std::memory_order_relaxed))
-      v.stats.boosts++;
-    runq_insert(*pc, v, now);
-    tickle_for(v, pc->index);
+    if (pc.curr == &v) {
+      // Still current: its pCPU has not rescheduled since it blocked. It is simply running again
+      // (csched_vcpu_wake's "vcpu_wake_running"); queueing it would let a peer steal it.
+      v.state = VState::Running;
+      update_runnable(pc);
+    } else {
+      v.state = VState::Runnable;
+      const bool parked = v.parked.load(std::memory_order_relaxed);
+      int under = int(Prio::Under);
+      if (!params_.round_robin && !parked &&
+          v.pri.compare_exchange_strong(under, int(Prio::Boost), std::memory_order_relaxed))
+        v.stats.boosts++;
+      if (!parked) {  // a parked vCPU waits for accounting to unpark it
+        runq_insert(pc, v, now);
+        runq_tickle(pc, v);
+      }
+    }
   } else if (!timed_out && (v.state == VState::Running || v.state == VState::Runnable)) {
     v.wake_pending = true;
   }
-  pc->lock->unlock(n);
 }
 
 void CreditScheduler::finish(SchedVcpu& v, uint64_t now) {
-  AnyLock::Node n;
-  Pcpu* pc = nullptr;
-  lock_vcpu(v, n, pc);
-  if (v.state == VState::Runnable && v.queued) {
-    if (now > v.since_ns) v.stats.wait_ns += now - v.since_ns;
-    runq_remove(*pc, v);
+  {
+    RunqGuard g(pcpus_, v);
+    Pcpu& pc = g.pcpu();
+    if (v.queued) {
+      if (now > v.since_ns) v.stats.wait_ns += now - v.since_ns;
+      runq_remove(pc, v);
+    }
+    if (v.state == VState::Running) burn(v, now);
+    if (pc.curr == &v) tickle(pc, pc.index, true);  // its pCPU must drop it
+    v.state = VState::Done;
+    update_runnable(pc);
   }
-  if (v.state == VState::Running) {
-    burn(v, now);
-    pc->need_resched.store(true, std::memory_order_release);
-    signals_.tickle(pc->index);  // its pCPU must drop it
-  }
-  v.state = VState::Done;
-  pc->lock->unlock(n);
   Guard<AnyLock> g(*acct_lock_);
-  if (v.active) {
-    v.active = false;
-    std::erase(active_, &v);
-    v.dom->active_vcpus--;
-  }
+  if (v.active.load(std::memory_order_relaxed)) acct_stop_locked(v);
 }
 
 // --- report -------------------------------------------------------------------------------------
@@ -517,6 +707,8 @@ nlohmann::json CreditScheduler::report() const {
                      {"ticks", pc->stats.ticks},
                      {"context_switches", pc->stats.context_switches},
                      {"idle_picks", pc->stats.idle_picks},
+                     {"tickles", pc->stats.tickles},
+                     {"tickle_preempts", pc->stats.tickle_preempts},
                      {"balance",
                       {{"attempts_idle", b.attempts_idle},
                        {"attempts_over", b.attempts_over},
@@ -549,6 +741,7 @@ nlohmann::json CreditScheduler::report() const {
           {"tick_ns", params_.tick_ns},
           {"tslice_ns", params_.tslice_ns},
           {"ratelimit_ns", params_.ratelimit_ns},
+          {"credits_per_tslice", credits_per_tslice()},
           {"accounting_passes", accounting_passes_},
           {"pcpus", pcpus},
           {"vcpus", vcpus}};

@@ -1,14 +1,18 @@
-// The credit1 vCPU scheduler (Xen's credit.c, as in 4.7) and its load-balancing strategies.
+// The credit1 vCPU scheduler, after Xen 4.7's xen/common/sched_credit.c, and its load-balancing
+// strategies. docs/scheduler.md maps each Xen function to the code here and to its test.
 //
 // Pure policy: no threads, no KVM, time passed in by the caller, so unit tests drive it with a
 // virtual clock and fake vCPUs. PcpuExecutor (sched/pcpu_executor.cpp) runs real vCPUs with it.
 //
-// Locking follows Xen: one schedule lock per pCPU (class "runq") protects its run queue and the
-// scheduling state of the vCPUs whose `processor` it is; a global accounting lock (class "runq",
-// name "acct") protects the active lists. Credits and priorities are atomics updated by the
-// accounting pass without the run-queue locks and re-sorted lazily on the next tick, as in Xen.
-// The balance hints (runnable counts, affinity bitmaps, the idle mask) are read without locks:
-// they are racy by design and only decide whether a peer is worth a try-lock.
+// Locking, as Xen's: one schedule lock per pCPU (class "runq") protects its run queue, its `curr`
+// and the scheduling state of the vCPUs whose `processor` it is; the accounting lock (class
+// "sched", Xen's prv->lock) protects the active lists and the accounting totals. Order: the
+// accounting lock comes first ("private lock always comes first"); a run-queue lock is taken
+// inside it only to park or unpark a vCPU. Two run-queue locks are never held together except
+// by try-lock in the balancer. Credits and priorities are atomics written by accounting without
+// the run-queue locks and re-sorted lazily by each pCPU's next tick, as in Xen. Balance hints
+// (runnable counts, affinity bitmaps, the idle mask) are read without locks: racy by design,
+// they only decide whether a peer is worth a try-lock.
 #pragma once
 
 #include <atomic>
@@ -16,7 +20,6 @@
 #include <functional>
 #include <list>
 #include <memory>
-#include <mutex>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
@@ -27,26 +30,36 @@
 namespace kvmscale::sched {
 
 enum class Prio : int { Boost = 0, Under = -1, Over = -2, Idle = -64 };
-// xen: try-lock every busy peer (4.7). affinity: the study's bitmap, skip peers none of whose
-// queued vCPUs may run on the thief. counted: upstream 4.9, skip peers with < 2 runnable.
+// xen: 4.7, try-lock every busy peer, from the first. affinity: the study's bitmap on top of 4.7,
+// skip peers none of whose queued vCPUs may run on the thief. counted: upstream 4.9, skip peers
+// with < 2 runnable and start each node's visit after the last peer stolen from.
 // hybrid (ours): skip peers with < 2 runnable, then peers whose *restricted* queued vCPUs exclude
-// the thief and that queue no unrestricted vCPU; the bitmap only tracks restricted vCPUs, so
-// unpinned queues cost O(1) per queue operation instead of O(pCPUs).
+// the thief and that queue no unrestricted vCPU; the bitmap only tracks restricted vCPUs.
 enum class Balance { Xen, Affinity, Counted, Hybrid, None };
 const char* balance_name(Balance b);
 bool parse_balance(const std::string& s, Balance& out);
 
 struct CreditParams {
-  uint64_t tick_ns = 10'000'000;      // credit burn / boost demotion tick
+  uint64_t tick_ns = 10'000'000;      // credit burn, BOOST end, activation (csched_tick)
   uint64_t tslice_ns = 30'000'000;    // timeslice and accounting period
-  uint64_t ratelimit_ns = 1'000'000;  // a vCPU that ran less than this is not preempted
+  uint64_t ratelimit_ns = 1'000'000;  // a vCPU that ran less than this is not descheduled
   Balance balance = Balance::Xen;
   bool round_robin = false;  // --sched rr: same machinery, no credits or priorities
 };
 
 inline constexpr int kCreditsPerMs = 10;  // 1 credit = 100 us of pCPU time
-inline constexpr int kCreditsPerTslice = 300;
 
+// A vCPU's scheduling state (under the schedule lock of its `processor`):
+//
+//   Runnable --schedule()--> Running --block()--> Blocked --wake()--> Runnable
+//      ^                      |   ^                  |
+//      +--schedule() (slice,--+   +--wake() while it-+   (still current on its pCPU: not queued)
+//         yield, preempt)            is still current
+//   any --finish()--> Done
+//
+// A Runnable vCPU is queued on its processor's run queue unless it is parked (over its cap; not
+// runnable, as Xen's vcpu_pause) or still current there. A queued vCPU is never current anywhere:
+// that is what keeps one vCPU off two pCPUs.
 enum class VState { Runnable, Running, Blocked, Done };
 
 struct SchedVcpu;
@@ -56,8 +69,10 @@ struct SchedDomain {
   uint32_t weight = 256;
   uint32_t cap = 0;  // % of one pCPU, 0 = none
   std::vector<SchedVcpu*> vcpus;
-  // Under the accounting lock.
-  uint32_t active_vcpus = 0;
+  // Under the accounting lock (Xen's sdom->active_vcpu, active_sdom_elem).
+  std::list<SchedVcpu*> active;
+  bool in_active_doms = false;
+  std::list<SchedDomain*>::iterator active_pos;
 };
 
 struct VcpuSchedStats {
@@ -70,29 +85,31 @@ struct SchedVcpu {
   uint32_t id = 0;  // global index over the run
   SchedDomain* dom = nullptr;
   CpuSet affinity;        // hard affinity
-  void* owner = nullptr;  // the executor's handle (vmm::Vcpu); opaque here
+  CpuSet soft_affinity;   // preferred pCPUs (all: none in particular)
+  void* owner = nullptr;  // the executor's handle; opaque here
 
-  // Protected by the schedule lock of `processor`.
+  // Protected by the schedule lock of `processor` (changed only with that lock held).
   std::atomic<uint32_t> processor{0};
   VState state = VState::Runnable;
+  bool queued = false;
+  std::list<SchedVcpu*>::iterator pos;  // in its run queue while queued
+  bool yield_flag = false;              // CSCHED_FLAG_VCPU_YIELD
   bool wake_pending = false;  // a wake that came while not blocked: the next block returns at once
-  bool yielding = false;
-  uint64_t block_gen = 0;         // bumps at every block; a timeout for an older block is stale
-  int64_t block_result = 0;       // 0 woken, 1 timed out
+  uint64_t block_gen = 0;     // bumps at every block; a timeout for an older block is stale
+  int64_t block_result = 0;   // 0 woken, 1 timed out
   bool block_result_due = false;  // the executor must hand block_result to the guest
   uint64_t since_ns = 0;          // running: credit burned up to here; runnable: queued since
   uint64_t slice_start_ns = 0;
   uint64_t credit_residual_ns = 0;
-  std::list<SchedVcpu*>::iterator pos;  // in its run queue while Runnable
-  bool queued = false;
   VcpuSchedStats stats;
 
-  // Accounting state: atomics, updated by the accounting pass without run-queue locks.
+  // Accounting state: atomics, written by accounting without run-queue locks.
   std::atomic<int> credit{0};
   std::atomic<int> pri{int(Prio::Under)};
-  std::atomic<bool> parked{false};
-  // Written under the accounting lock; tick() peeks without it (activate() re-checks).
+  std::atomic<bool> parked{false};  // CSCHED_FLAG_VCPU_PARKED
+  // Written under the accounting lock; tick() peeks without it (activation re-checks).
   std::atomic<bool> active{false};
+  std::list<SchedVcpu*>::iterator active_pos;  // in dom->active, under the accounting lock
 };
 
 struct BalanceStats {
@@ -104,6 +121,7 @@ struct BalanceStats {
 
 struct PcpuSchedStats {
   uint64_t schedules = 0, ticks = 0, idle_picks = 0, context_switches = 0;
+  uint64_t tickles = 0, tickle_preempts = 0;  // sent from here; of which preempted a vCPU
   BalanceStats balance;
 };
 
@@ -135,77 +153,70 @@ class CreditScheduler {
     SchedVcpu* next = nullptr;  // null: idle
     uint64_t until_ns = 0;      // reschedule no later than this (slice end or ratelimit)
   };
-  // What pCPU p runs next. Its current vCPU, if still Running, competes (credit burned first).
+  // What pCPU p runs next (csched_schedule). Its current vCPU, if still runnable, competes.
   Decision schedule(uint32_t p, uint64_t now);
-  // Tick on pCPU p: burn the current vCPU's credits, demote BOOST, activate; re-sort the queue
-  // after an accounting pass; on the master pCPU run accounting when due. Returns true when the
-  // current vCPU should be preempted (a better one waits, or it got parked).
-  bool tick(uint32_t p, uint64_t now);
+  // Tick on pCPU p (csched_tick): burn the current vCPU's credits, end its BOOST, activate it,
+  // re-sort the queue after an accounting pass; on the master pCPU 0 run accounting when due.
+  // It never preempts (preemption comes from the slice end and from tickles).
+  void tick(uint32_t p, uint64_t now);
   // The current vCPU of p wants to block (hypercall). False: a wake was pending, keep running.
   bool block(uint32_t p, SchedVcpu& v, uint64_t now);
   void yield(uint32_t p, SchedVcpu& v);
-  // v stops for good (exited, or its VM crashed / the run ends). Any pCPU may call it.
+  // v stops for good (exited, or its VM crashed / the run ends). Any thread may call it.
   void finish(SchedVcpu& v, uint64_t now);
-  // Wake v (from any thread). timed_out: a block timeout for block generation `gen`.
+  // Wake v (csched_vcpu_wake), from any thread. timed_out: a block timeout for generation `gen`.
   void wake(SchedVcpu& v, uint64_t now, bool timed_out = false, uint64_t gen = 0);
-  // The vCPU running on p now (null if idle). Only p's own thread may call it.
-  SchedVcpu* current(uint32_t p) const { return pcpus_[p]->curr; }
-  // True when p is running v and nothing was decided since (fast path for the executor).
-  bool need_resched(uint32_t p) const {
-    return pcpus_[p]->need_resched.load(std::memory_order_acquire);
-  }
+  // True when p must call schedule() (a tickle, block, yield, park or finish asked for it).
+  bool need_resched(uint32_t p) const;
 
-  // Accounting pass (also run from tick on the master pCPU).
+  // Accounting pass (csched_acct; also run from tick on the master pCPU).
   void account(uint64_t now);
 
   nlohmann::json report() const;  // after the run
-  const PcpuSchedStats& pcpu_stats(uint32_t p) const { return pcpus_[p]->stats; }
+  const PcpuSchedStats& pcpu_stats(uint32_t p) const;
   const std::vector<std::unique_ptr<SchedVcpu>>& vcpus() const { return vcpus_; }
   std::vector<SchedVcpu*> queued(uint32_t p) const;  // for tests
 
  private:
-  struct Pcpu {
-    uint32_t index = 0;
-    int node = 0;
-    std::unique_ptr<locks::AnyLock> lock;
-    std::list<SchedVcpu*> runq;
-    SchedVcpu* curr = nullptr;
-    std::atomic<bool> need_resched{false};
-    // Balance hints, read without the lock.
-    std::atomic<uint32_t> nr_runnable{0};  // queued + running
-    std::vector<uint32_t> affinity_count;  // [q]: queued vCPUs that may run on q (under lock)
-    std::vector<std::atomic<uint64_t>> affinity_bits;  // bit q: affinity_count[q] > 0
-    std::atomic<uint32_t> unrestricted{0};             // hybrid: queued vCPUs that may run anywhere
-    uint32_t balance_cursor = 0;
-    uint64_t last_acct_gen = 0;
-    PcpuSchedStats stats;
-  };
+  struct Pcpu;
+  class RunqGuard;
 
+  int credits_per_tslice() const;
   void burn(SchedVcpu& v, uint64_t now);
   void runq_insert(Pcpu& pc, SchedVcpu& v, uint64_t now);
   void runq_remove(Pcpu& pc, SchedVcpu& v);
   void runq_sort(Pcpu& pc);
+  void update_runnable(Pcpu& pc);
   void track_affinity(Pcpu& pc, const SchedVcpu& v, bool queued);
-  SchedVcpu* pick_local(Pcpu& pc, int* best_pri);
-  SchedVcpu* load_balance(Pcpu& pc, int local_pri, uint64_t now);
-  SchedVcpu* steal_from(Pcpu& thief, Pcpu& peer, int min_pri);
+  void runq_tickle(Pcpu& pc, SchedVcpu& v);
+  void tickle(Pcpu& from, uint32_t q, bool preempt);
+  SchedVcpu* load_balance(Pcpu& pc, int local_pri);
+  SchedVcpu* runq_steal(Pcpu& thief, Pcpu& peer, int min_pri, int step);
   bool peer_worth_trying(Pcpu& thief, const Pcpu& peer);
-  void activate(SchedVcpu& v);
+  bool has_soft_affinity(const SchedVcpu& v) const;
+  void acct_start(SchedVcpu& v);
+  void acct_stop_locked(SchedVcpu& v);
+  void park(SchedVcpu& v);
+  void unpark(SchedVcpu& v, uint64_t now);
   void set_idle(uint32_t p, bool idle);
-  bool is_idle(uint32_t p) const;
-  void tickle_for(SchedVcpu& v, uint32_t p);
-  void lock_vcpu(SchedVcpu& v, locks::AnyLock::Node& n, Pcpu*& pc);
+  CpuSet idlers() const;
 
   CreditParams params_;
   PcpuSignals& signals_;
   std::vector<std::unique_ptr<Pcpu>> pcpus_;
   std::vector<std::unique_ptr<SchedDomain>> domains_;
   std::vector<std::unique_ptr<SchedVcpu>> vcpus_;
+  std::vector<int> nodes_;                           // distinct NUMA nodes of the pCPUs, sorted
+  std::vector<std::atomic<uint32_t>> balance_bias_;  // per node: 4.9's start (counted only)
+  std::vector<std::atomic<uint64_t>> idle_mask_;     // Xen's prv->idlers
+  std::atomic<uint64_t> acct_gen_{0};                // Xen's prv->runq_sort
+  uint64_t next_acct_ns_ = 0;                        // master pCPU only
+
   std::unique_ptr<locks::AnyLock> acct_lock_;
-  std::vector<SchedVcpu*> active_;  // under acct_lock_
-  std::vector<std::atomic<uint64_t>> idle_mask_;
-  std::atomic<uint64_t> acct_gen_{0};
-  uint64_t next_acct_ns_ = 0;  // master pCPU only
+  // Under acct_lock_ (Xen's prv->active_sdom, weight, credit_balance).
+  std::list<SchedDomain*> active_doms_;
+  int64_t active_weight_ = 0;
+  int64_t credit_balance_ = 0;
   uint64_t accounting_passes_ = 0;
 };
 

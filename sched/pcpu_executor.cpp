@@ -1,9 +1,11 @@
 // `--sched credit|rr`: P host threads act as pCPUs and run vCPUs chosen by CreditScheduler.
 //
 // Preemption: each pCPU has a POSIX timer that sends the kick signal to its own thread at the next
-// tick or slice end; the signal only gets through inside KVM_RUN (see vmm/kick.hpp), so it forces
-// exactly one return to the pCPU loop. Idle pCPUs sleep on a condition variable and are tickled.
-// Blocked vCPUs with a timeout are woken by one timer thread.
+// tick, slice end or block timeout; the signal only gets through inside KVM_RUN (see
+// vmm/kick.hpp), so it forces exactly one return to the pCPU loop. Idle pCPUs sleep on a condition
+// variable until tickled or their earliest timer. Block timeouts live on the pCPU where the vCPU
+// blocked (BlockTimers), as Xen's timers are per CPU: on the hot path only pCPU threads take
+// run-queue locks.
 #include <numa.h>
 #include <pthread.h>
 #include <sched.h>
@@ -19,13 +21,13 @@
 #include <cstring>
 #include <map>
 #include <mutex>
-#include <queue>
 #include <stdexcept>
 #include <thread>
 
 #include "sched/context_threads.hpp"
 #include "sched/credit.hpp"
 #include "sched/executor.hpp"
+#include "sched/wake_slot.hpp"
 #include "vmm/clock.hpp"
 
 namespace kvmscale::sched {
@@ -48,60 +50,50 @@ struct ExecVcpu {
   SchedVcpu* sv = nullptr;
   DirtyMask* dirty = nullptr;
   std::atomic<bool> finished{false};
+  std::atomic<uint64_t> timer_gen{0};  // block generation of its newest timeout (BlockTimers)
 };
 
-// Wakes vCPUs whose block timed out.
-class TimeoutService {
+// Block timeouts of the vCPUs that blocked on one pCPU, kept by that pCPU as Xen keeps timers
+// per CPU: only its own thread touches them, so firing one takes no lock but the run queue's (in
+// wake()). An entry goes stale when its vCPU blocks again (a newer generation); stale entries are
+// dropped when they come due or when they outnumber the live ones.
+class BlockTimers {
  public:
-  explicit TimeoutService(CreditScheduler& s) : sched_(s), thread_([this] { loop(); }) {}
-  ~TimeoutService() {
-    {
-      std::lock_guard g(mu_);
-      stop_ = true;
-    }
-    cv_.notify_all();
-    thread_.join();
+  void add(uint64_t deadline, SchedVcpu* v, uint64_t gen, std::atomic<uint64_t>& latest) {
+    latest.store(gen, std::memory_order_relaxed);
+    heap_.push_back({deadline, v, gen, &latest});
+    std::push_heap(heap_.begin(), heap_.end(), Later{});
+    if (heap_.size() > 2 * live_limit_) compact();
   }
-  void add(uint64_t deadline, SchedVcpu* v, uint64_t gen) {
-    {
-      std::lock_guard g(mu_);
-      q_.push({deadline, v, gen});
+  uint64_t earliest() const { return heap_.empty() ? 0 : heap_.front().deadline; }
+  // Wakes (timed out) every vCPU whose deadline has passed.
+  void fire(CreditScheduler& s, uint64_t now) {
+    while (!heap_.empty() && heap_.front().deadline <= now) {
+      std::pop_heap(heap_.begin(), heap_.end(), Later{});
+      Entry e = heap_.back();
+      heap_.pop_back();
+      if (e.latest->load(std::memory_order_relaxed) == e.gen) s.wake(*e.v, now, true, e.gen);
     }
-    cv_.notify_all();
   }
+  void set_live_limit(size_t n) { live_limit_ = std::max<size_t>(n, 32); }
 
  private:
   struct Entry {
     uint64_t deadline;
     SchedVcpu* v;
     uint64_t gen;
-    bool operator>(const Entry& o) const { return deadline > o.deadline; }
+    std::atomic<uint64_t>* latest;  // the vCPU's newest timed block
   };
-  void loop() {
-    std::unique_lock lock(mu_);
-    while (!stop_) {
-      if (q_.empty()) {
-        cv_.wait(lock);
-        continue;
-      }
-      uint64_t now = now_ns();
-      Entry e = q_.top();
-      if (e.deadline > now) {
-        cv_.wait_for(lock, std::chrono::nanoseconds(e.deadline - now));
-        continue;
-      }
-      q_.pop();
-      lock.unlock();
-      sched_.wake(*e.v, now, true, e.gen);
-      lock.lock();
-    }
+  struct Later {
+    bool operator()(const Entry& a, const Entry& b) const { return a.deadline > b.deadline; }
+  };
+  void compact() {
+    std::erase_if(
+        heap_, [](const Entry& e) { return e.latest->load(std::memory_order_relaxed) != e.gen; });
+    std::make_heap(heap_.begin(), heap_.end(), Later{});
   }
-  CreditScheduler& sched_;
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::priority_queue<Entry, std::vector<Entry>, std::greater<Entry>> q_;
-  bool stop_ = false;
-  std::thread thread_;  // last: starts after the members it uses
+  std::vector<Entry> heap_;
+  size_t live_limit_ = 32;
 };
 
 class PcpuExecutor final : public Executor, public PcpuSignals {
@@ -141,7 +133,7 @@ class PcpuExecutor final : public Executor, public PcpuSignals {
   const char* name() const override { return opt_.params.round_robin ? "rr" : "credit"; }
 
   void start() override {
-    timeouts_ = std::make_unique<TimeoutService>(*sched_);
+    for (auto& pc : pcpus_) pc->timers.set_live_limit(vcpus_.size());
     start_ns_ = now_ns();
     sched_->start(start_ns_);
     for (uint32_t p = 0; p < pcpus_.size(); p++) threads_.emplace_back([this, p] { pcpu_loop(p); });
@@ -155,7 +147,6 @@ class PcpuExecutor final : public Executor, public PcpuSignals {
     for (uint32_t p = 0; p < pcpus_.size(); p++) tickle(p);
     for (auto& t : threads_) t.join();
     threads_.clear();
-    timeouts_.reset();
     end_ns_ = now_ns();
   }
 
@@ -233,7 +224,8 @@ class PcpuExecutor final : public Executor, public PcpuSignals {
     std::condition_variable idle_cv;
     bool tickled = false;
     uint64_t busy_ns = 0;   // inside KVM_RUN; own thread only
-    uint64_t sched_ns = 0;  // in tick() (with accounting) and schedule() (with balancing)
+    uint64_t sched_ns = 0;  // in tick() (with accounting), schedule() (with balancing), timers
+    BlockTimers timers;     // own thread only
   };
 
   void finish(ExecVcpu& ev, uint64_t now) {
@@ -243,6 +235,12 @@ class PcpuExecutor final : public Executor, public PcpuSignals {
 
   void crash_vm(const vmm::Vm* vm, uint64_t now) {
     for (ExecVcpu* ev : by_vm_.at(vm->index())) finish(*ev, now);
+  }
+
+  // The earlier of two deadlines, 0 meaning none.
+  static uint64_t earliest_of(uint64_t a, uint64_t b) {
+    if (a == 0) return b;
+    return b == 0 ? a : std::min(a, b);
   }
 
   // Sleeps until tickled or `until` (0: until tickled).
@@ -292,9 +290,12 @@ class PcpuExecutor final : public Executor, public PcpuSignals {
     while (!stopping_.load(std::memory_order_relaxed)) {
       if (cc_) cc_->serve(p);  // a safe point: answer flushes before anything else
       uint64_t now = now_ns();
-      if (now >= next_tick) {
-        sched_->tick(p, now);
-        while (next_tick <= now) next_tick += tick;
+      if (now >= next_tick || (pc.timers.earliest() && now >= pc.timers.earliest())) {
+        if (now >= next_tick) {
+          sched_->tick(p, now);
+          while (next_tick <= now) next_tick += tick;
+        }
+        pc.timers.fire(*sched_, now);
         uint64_t after = now_ns();
         pc.sched_ns += after - now;
         now = after;
@@ -309,7 +310,7 @@ class PcpuExecutor final : public Executor, public PcpuSignals {
         // Only the master keeps ticking while idle: it runs the accounting. An idle pCPU uses no
         // translation: flushes need not wait for it (it serves them when it wakes).
         if (cc_) cc_->set_stalled(p, true, CrossCall::kIdle);
-        idle_wait(pc, p == 0 ? next_tick : 0);
+        idle_wait(pc, earliest_of(p == 0 ? next_tick : 0, pc.timers.earliest()));
         if (cc_) cc_->set_stalled(p, false, CrossCall::kIdle);
         continue;
       }
@@ -322,7 +323,7 @@ class PcpuExecutor final : public Executor, public PcpuSignals {
         ev.vcpu->set_hcall_result(cur->block_result);
         cur->block_result_due = false;
       }
-      uint64_t wake_at = std::min(deadline, next_tick);
+      uint64_t wake_at = earliest_of(std::min(deadline, next_tick), pc.timers.earliest());
       if (wake_at != armed) {
         itimerspec its{};
         its.it_value.tv_sec = time_t(wake_at / 1000000000ull);
@@ -343,7 +344,8 @@ class PcpuExecutor final : public Executor, public PcpuSignals {
         case K::Yield: sched_->yield(p, *cur); break;
         case K::Block:
           if (sched_->block(p, *cur, t1)) {
-            if (a.value) timeouts_->add(t1 + a.value, cur, cur->block_gen);
+            if (block_has_timeout(a.value))
+              pc.timers.add(t1 + a.value, cur, cur->block_gen, ev.timer_gen);
           } else {
             ev.vcpu->set_hcall_result(0);  // a wake was already pending
           }
@@ -376,7 +378,6 @@ class PcpuExecutor final : public Executor, public PcpuSignals {
   std::unique_ptr<ContextThreads> threads_of_;
   std::vector<mm::SoftTlb> tlbs_;  // per pCPU
   CrossCall* cc_ = nullptr;        // by VM index: reports come out in order
-  std::unique_ptr<TimeoutService> timeouts_;
   std::vector<std::thread> threads_;
   std::atomic<size_t> live_{0};
   std::atomic<bool> stopping_{false}, stopped_{false};

@@ -8,14 +8,23 @@
 
 namespace kvmscale::sched {
 
+// BLOCK timeouts (docs/hypercalls.md): 0 means none, and so does anything from 2^62 ns (146
+// years) up, so that a deadline (now + timeout) can never overflow: "no timeout" and "far
+// future" behave the same on every executor.
+inline constexpr uint64_t kMaxBlockTimeoutNs = 1ull << 62;
+inline bool block_has_timeout(uint64_t timeout_ns) {
+  return timeout_ns != 0 && timeout_ns < kMaxBlockTimeoutNs;
+}
+
 class WakeSlot {
  public:
-  // Blocks until woken, interrupted, or timeout_ns passes (0 = no timeout). True if woken.
+  // Blocks until woken, interrupted, or timeout_ns passes (see block_has_timeout). True if woken.
   bool wait(uint64_t timeout_ns) {
     std::unique_lock lock(mu_);
     auto ready = [&] { return pending_ || interrupted_; };
-    bool ok = timeout_ns == 0 ? (cv_.wait(lock, ready), true)
-                              : cv_.wait_for(lock, std::chrono::nanoseconds(timeout_ns), ready);
+    bool ok = !block_has_timeout(timeout_ns)
+                  ? (cv_.wait(lock, ready), true)
+                  : cv_.wait_for(lock, std::chrono::nanoseconds(int64_t(timeout_ns)), ready);
     bool woken = ok && pending_;
     pending_ = false;
     return woken;

@@ -71,20 +71,6 @@ TEST(Credit, AccountingSharesCreditsByWeight) {
   EXPECT_EQ(b.credit.load() - cb, 100);
 }
 
-TEST(Credit, OverVcpusYieldToUnder) {
-  Fixture f(1, no_ratelimit(Balance::None));
-  auto& d = f.s.add_domain(256, 0);
-  auto& a = f.vcpu(d);
-  auto& b = f.vcpu(d);
-  f.s.start(0);
-  a.credit = -100;
-  a.pri = int(Prio::Over);
-  // b (UNDER) is queued behind a; a re-sort on the next accounting generation puts b first.
-  f.s.account(0);
-  f.s.tick(0, 0);
-  EXPECT_EQ(f.s.schedule(0, 0).next, &b);
-}
-
 TEST(Credit, SamePriorityRunsRoundRobinAtSliceEnd) {
   Fixture f(1, no_ratelimit(Balance::None));
   auto& d = f.s.add_domain(256, 0);
@@ -104,7 +90,7 @@ TEST(Credit, RatelimitKeepsAVcpuThatJustStarted) {
   ASSERT_EQ(f.s.schedule(0, 0).next, &a);
   auto dec = f.s.schedule(0, ms / 2);
   EXPECT_EQ(dec.next, &a);
-  EXPECT_EQ(dec.until_ns, ms);
+  EXPECT_EQ(dec.until_ns, ms / 2 + ms) << "csched_schedule: another ratelimit from now";
   EXPECT_NE(f.s.schedule(0, 2 * ms).next, &a);
 }
 
@@ -155,7 +141,7 @@ TEST(Credit, StaleTimeoutsAreIgnored) {
   f.s.wake(a, 3 * ms, true, first);      // the first block's timeout fires late
   EXPECT_EQ(a.state, VState::Blocked);
   f.s.wake(a, 4 * ms, true, a.block_gen);
-  EXPECT_EQ(a.state, VState::Runnable);
+  EXPECT_EQ(a.state, VState::Running) << "still current on pCPU 0: it just goes on";
   EXPECT_EQ(a.block_result, 1) << "timed out";
 }
 
@@ -190,12 +176,14 @@ TEST(Credit, FinishedVcpusNeverRunAgain) {
   EXPECT_EQ(f.s.schedule(1, ms).next, nullptr);
 }
 
-// Balancing: pCPU 0 runs one vCPU and has two queued; pCPU 1 is idle and looks for work.
+// Balancing: pCPU 0 runs one vCPU and has two queued; pCPU 1 is idle and looks for work. Every
+// strategy makes 4.7's two balance steps (soft, then hard affinity), so the one busy peer is
+// considered twice unless the first step already stole (no vCPU has a soft affinity here).
 namespace {
 struct BalanceCase {
   Balance balance;
   bool pinned_to_0;
-  uint64_t trylocks, skipped_bitmap, skipped_count, steals;
+  uint64_t trylocks = 0, skipped_bitmap = 0, skipped_count = 0, steals = 0;
 };
 
 void run_balance_case(const BalanceCase& c) {
@@ -210,9 +198,9 @@ void run_balance_case(const BalanceCase& c) {
   SchedVcpu* got = f.s.schedule(1, 0).next;
   const BalanceStats& st = f.s.pcpu_stats(1).balance;
   SCOPED_TRACE(balance_name(c.balance) + std::string(c.pinned_to_0 ? " pinned" : " unpinned"));
-  const uint64_t looked = c.balance == Balance::None ? 0 : 1;
-  EXPECT_EQ(st.attempts_idle, looked);
-  EXPECT_EQ(st.peers_visited, looked);
+  const bool looks = c.balance != Balance::None;
+  EXPECT_EQ(st.attempts_idle, looks ? 1u : 0u);
+  EXPECT_EQ(st.peers_visited, looks ? 2u : 0u);
   EXPECT_EQ(st.trylocks, c.trylocks);
   EXPECT_EQ(st.skipped_bitmap, c.skipped_bitmap);
   EXPECT_EQ(st.skipped_count, c.skipped_count);
@@ -228,26 +216,27 @@ void run_balance_case(const BalanceCase& c) {
 }  // namespace
 
 TEST(CreditBalance, XenTryLocksEvenWhenNothingCanMove) {
-  run_balance_case({Balance::Xen, true, 1, 0, 0, 0});
-  run_balance_case({Balance::Xen, false, 1, 0, 0, 1});
+  run_balance_case({.balance = Balance::Xen, .pinned_to_0 = true, .trylocks = 2});
+  run_balance_case({.balance = Balance::Xen, .pinned_to_0 = false, .trylocks = 2, .steals = 1});
 }
 
 TEST(CreditBalance, AffinitySkipsPeersWhoseVcpusCannotRunHere) {
-  run_balance_case({Balance::Affinity, true, 0, 1, 0, 0});
-  run_balance_case({Balance::Affinity, false, 1, 0, 0, 1});
+  run_balance_case({.balance = Balance::Affinity, .pinned_to_0 = true, .skipped_bitmap = 2});
+  run_balance_case(
+      {.balance = Balance::Affinity, .pinned_to_0 = false, .trylocks = 2, .steals = 1});
 }
 
 TEST(CreditBalance, CountedSkipsOnlyPeersWithOneRunnable) {
   // Three runnable on pCPU 0: counted still try-locks, pinned or not (its blind spot).
-  run_balance_case({Balance::Counted, true, 1, 0, 0, 0});
-  run_balance_case({Balance::Counted, false, 1, 0, 0, 1});
+  run_balance_case({.balance = Balance::Counted, .pinned_to_0 = true, .trylocks = 2});
+  run_balance_case({.balance = Balance::Counted, .pinned_to_0 = false, .trylocks = 2, .steals = 1});
 }
 
 TEST(CreditBalance, HybridSkipsPinnedPeersButStealsUnpinnedWork) {
   // Pinned: the restricted-vCPU bitmap excludes pCPU 1 (no try-lock); unpinned: the queued
   // unrestricted vCPUs make the peer worth a try-lock and the steal happens.
-  run_balance_case({Balance::Hybrid, true, 0, 1, 0, 0});
-  run_balance_case({Balance::Hybrid, false, 1, 0, 0, 1});
+  run_balance_case({.balance = Balance::Hybrid, .pinned_to_0 = true, .skipped_bitmap = 2});
+  run_balance_case({.balance = Balance::Hybrid, .pinned_to_0 = false, .trylocks = 2, .steals = 1});
 }
 
 TEST(CreditBalance, HybridSkipsALoneVcpuByCount) {
@@ -257,11 +246,13 @@ TEST(CreditBalance, HybridSkipsALoneVcpuByCount) {
   f.s.start(0, [](const SchedVcpu&) { return 0u; });
   ASSERT_EQ(f.s.schedule(0, 0).next, &a);
   EXPECT_EQ(f.s.schedule(1, 0).next, nullptr);
-  EXPECT_EQ(f.s.pcpu_stats(1).balance.skipped_count, 1u);
+  EXPECT_EQ(f.s.pcpu_stats(1).balance.skipped_count, 2u) << "once per balance step";
   EXPECT_EQ(f.s.pcpu_stats(1).balance.trylocks, 0u);
 }
 
-TEST(CreditBalance, NoneNeverLooks) { run_balance_case({Balance::None, false, 0, 0, 0, 0}); }
+TEST(CreditBalance, NoneNeverLooks) {
+  run_balance_case({.balance = Balance::None, .pinned_to_0 = false});
+}
 
 TEST(CreditBalance, CountedSkipsALoneVcpu) {
   Fixture f(2, no_ratelimit(Balance::Counted));
@@ -270,34 +261,281 @@ TEST(CreditBalance, CountedSkipsALoneVcpu) {
   f.s.start(0);
   ASSERT_EQ(f.s.schedule(0, 0).next, &a);
   EXPECT_EQ(f.s.schedule(1, 0).next, nullptr);
-  EXPECT_EQ(f.s.pcpu_stats(1).balance.skipped_count, 1u);
+  EXPECT_EQ(f.s.pcpu_stats(1).balance.skipped_count, 2u) << "once per balance step";
   EXPECT_EQ(f.s.pcpu_stats(1).balance.trylocks, 0u);
 }
 
-TEST(CreditBalance, PinnedVcpusNeverRunElsewhere) {
-  Fixture f(4, no_ratelimit(Balance::Xen));
-  std::vector<SchedVcpu*> vs;
-  for (int dom = 0; dom < 4; dom++) {
-    auto& d = f.s.add_domain(256, 0);
-    for (int i = 0; i < 3; i++) vs.push_back(&f.vcpu(d, (dom * 3 + i) % 4));
-  }
-  f.s.start(0);
-  uint64_t now = 0;
-  for (int round = 0; round < 200; round++) {
-    uint32_t p = uint32_t(round * 7 % 4);
-    now += 3 * ms;
-    if (round % 5 == 0) f.s.tick(p, now);
-    if (round % 11 == 0) f.s.account(now);
-    SchedVcpu* v = f.s.schedule(p, now).next;
-    if (v && round % 3 == 0) f.s.block(p, *v, now);
-    for (SchedVcpu* w : vs)
-      if (w->state == VState::Blocked) f.s.wake(*w, now);
-  }
-  for (SchedVcpu* v : vs) {
-    EXPECT_EQ(v->stats.pcpus_used.count(), v->stats.schedules ? 1u : 0u) << "vCPU " << v->id;
-    EXPECT_EQ(v->stats.migrations, 0u);
-    if (v->stats.schedules) {
-      EXPECT_TRUE(v->affinity == v->stats.pcpus_used);
+// --- issue 10: one vCPU never on two pCPUs; rules as Xen 4.7's sched_credit.c ------------------
+
+TEST(CreditInvariant, WakeOfABlockedVcpuStillCurrentDoesNotQueueIt) {
+  // csched_vcpu_wake: a vCPU still current on its pCPU is not queued ("vcpu_wake_running"), so
+  // an idle peer cannot steal it while its pCPU has not rescheduled yet.
+  Fixture f(2, no_ratelimit());
+  auto& d = f.s.add_domain(256, 0);
+  auto& a = f.vcpu(d);
+  f.s.start(0, [](const SchedVcpu&) { return 0u; });
+  ASSERT_EQ(f.s.schedule(0, 0).next, &a);
+  ASSERT_EQ(f.s.schedule(1, 0).next, nullptr);
+  ASSERT_TRUE(f.s.block(0, a, ms));
+  f.s.wake(a, ms);
+  SchedVcpu* on1 = f.s.schedule(1, ms).next;
+  SchedVcpu* on0 = f.s.schedule(0, ms).next;
+  EXPECT_FALSE(on0 == &a && on1 == &a) << "vCPU a was handed to both pCPUs";
+  EXPECT_EQ(on1, nullptr) << "a running vCPU is never stolen (__csched_vcpu_is_migrateable)";
+  EXPECT_EQ(on0, &a) << "the woken vCPU simply goes on running where it is";
+  EXPECT_EQ(a.block_result, 0);
+}
+
+// Random interleavings of every scheduler entry point over pinned and unpinned vCPUs, checking
+// after each step that no vCPU is current on two pCPUs and pinned ones stay where they belong.
+TEST(CreditInvariant, RandomInterleavingsNeverRunAVcpuTwice) {
+  for (Balance b : {Balance::Xen, Balance::Affinity, Balance::Counted, Balance::Hybrid}) {
+    SCOPED_TRACE(balance_name(b));
+    CreditParams params;
+    params.balance = b;
+    Fixture f(3, params);
+    std::vector<SchedVcpu*> vs;
+    for (int dom = 0; dom < 3; dom++) {
+      auto& d = f.s.add_domain(256 * (dom + 1), dom == 2 ? 30 : 0);
+      for (int i = 0; i < 3; i++) vs.push_back(&f.vcpu(d, i == 0 ? dom : -1));
+    }
+    f.s.start(0);
+    std::vector<SchedVcpu*> cur(3, nullptr);
+    uint64_t now = 0, seed = 12345;
+    auto rnd = [&](uint64_t n) {
+      seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+      return (seed >> 33) % n;
+    };
+    for (int step = 0; step < 20000; step++) {
+      now += rnd(3 * ms);
+      uint32_t p = uint32_t(rnd(3));
+      switch (rnd(6)) {
+        case 0: f.s.tick(p, now); break;
+        case 1:
+          if (cur[p] && cur[p]->state == VState::Running) {
+            f.s.block(p, *cur[p], now);
+          }
+          break;
+        case 2: f.s.wake(*vs[rnd(vs.size())], now); break;
+        case 3:
+          if (cur[p] && cur[p]->state == VState::Running) {
+            f.s.yield(p, *cur[p]);
+          }
+          break;
+        default: cur[p] = f.s.schedule(p, now).next; break;
+      }
+      for (uint32_t q = 0; q < 3; q++)
+        for (uint32_t r = q + 1; r < 3; r++)
+          ASSERT_FALSE(cur[q] && cur[q] == cur[r]) << "vCPU " << cur[q]->id << " runs on pCPUs "
+                                                   << q << " and " << r << " at step " << step;
+    }
+    uint64_t steals = 0;
+    for (uint32_t p = 0; p < 3; p++) steals += f.s.pcpu_stats(p).balance.steals;
+    EXPECT_GT(steals, 0u) << "the unpinned vCPUs must have been stolen for this to test anything";
+    for (SchedVcpu* v : vs) {
+      if (v->affinity.count() == 1 && v->stats.schedules) {
+        EXPECT_TRUE(v->affinity == v->stats.pcpus_used) << "pinned vCPU " << v->id;
+      }
     }
   }
+}
+
+// Runs a for 30 ms on one pCPU with its domain-mate b queued and c (another domain) active, so the
+// accounting at 35 ms leaves a OVER and b UNDER.
+TEST(CreditRule, TickAccountsButNeverPreempts) {
+  Fixture f(1, no_ratelimit(Balance::None));
+  auto& x = f.s.add_domain(256, 0);
+  auto& y = f.s.add_domain(256, 0);
+  auto& c = f.vcpu(y);
+  auto& a = f.vcpu(x);
+  auto& b = f.vcpu(x);
+  f.s.start(0);
+  ASSERT_EQ(f.s.schedule(0, 0).next, &c);
+  f.s.tick(0, 5 * ms);  // c becomes active
+  ASSERT_TRUE(f.s.block(0, c, 5 * ms));
+  ASSERT_EQ(f.s.schedule(0, 5 * ms).next, &a);
+  for (uint64_t t : {15, 25, 35, 45}) {
+    f.s.tick(0, t * ms);  // the tick at 35 ms runs accounting: a OVER, b still UNDER
+    EXPECT_FALSE(f.s.need_resched(0)) << "csched_tick only accounts; tick at " << t << " ms";
+  }
+  EXPECT_EQ(a.pri.load(), int(Prio::Over));
+  EXPECT_EQ(f.s.schedule(0, 45 * ms).next, &b) << "the slice end hands the pCPU to b";
+  (void)b;
+}
+
+TEST(CreditRule, WakeOnABusyPcpuTicklesAnIdlerInsteadOfPreempting) {
+  // __runq_tickle: with an idler in the woken vCPU's affinity, leave the running vCPU alone.
+  Fixture f(2, no_ratelimit());
+  auto& d = f.s.add_domain(256, 0);
+  auto& a = f.vcpu(d);
+  auto& b = f.vcpu(d);
+  f.s.start(0, [](const SchedVcpu&) { return 0u; });  // pCPU 1 starts idle
+  ASSERT_EQ(f.s.schedule(0, 0).next, &a);
+  ASSERT_TRUE(f.s.block(0, a, 0));
+  ASSERT_EQ(f.s.schedule(0, 0).next, &b);
+  f.s.tick(0, ms);  // b: UNDER, active
+  f.tickles.log.clear();
+  f.s.wake(a, 2 * ms);  // BOOST beats b's UNDER, but pCPU 1 is idle and may run a
+  EXPECT_EQ(f.tickles.log, std::vector<uint32_t>{1}) << "the idler is tickled";
+  EXPECT_FALSE(f.s.need_resched(0)) << "b, running and cache-hot, is left alone";
+  EXPECT_EQ(f.s.schedule(1, 2 * ms).next, &a) << "the idler steals a";
+}
+
+TEST(CreditRule, WakeWithNoIdlerPreemptsALowerPriority) {
+  Fixture f(1, no_ratelimit());
+  auto& d = f.s.add_domain(256, 0);
+  auto& a = f.vcpu(d);
+  auto& b = f.vcpu(d);
+  f.s.start(0);
+  ASSERT_EQ(f.s.schedule(0, 0).next, &a);
+  f.s.tick(0, ms);
+  ASSERT_TRUE(f.s.block(0, a, ms));
+  ASSERT_EQ(f.s.schedule(0, ms).next, &b);
+  f.s.tick(0, 2 * ms);
+  f.tickles.log.clear();
+  f.s.wake(a, 3 * ms);
+  EXPECT_EQ(f.tickles.log, std::vector<uint32_t>{0});
+  EXPECT_TRUE(f.s.need_resched(0));
+}
+
+namespace {
+// Makes every vCPU of `vs` active by running each through a tick on pCPU 0 (one pCPU).
+uint64_t activate_all(Fixture& f, const std::vector<SchedVcpu*>& vs, uint64_t now) {
+  for (SchedVcpu* v : vs) {
+    EXPECT_EQ(f.s.schedule(0, now).next, v);
+    f.s.tick(0, now + ms / 10);  // burns 1 credit, activates
+    f.s.yield(0, *v);
+    now += ms;
+  }
+  return now;
+}
+}  // namespace
+
+TEST(CreditRule, AccountingGivesAtMostOneSlicePerActiveVcpu) {
+  // csched_acct: credit_peak = active vCPUs x credits per slice, even on 2 pCPUs (600 to share).
+  Fixture f(2, no_ratelimit(Balance::None));
+  auto& d = f.s.add_domain(256, 0);
+  auto& a = f.vcpu(d, 0);
+  f.s.start(0);
+  activate_all(f, {&a}, 0);
+  a.credit = -400;
+  f.s.account(10 * ms);
+  EXPECT_EQ(a.credit.load(), -100) << "fair 600 is capped at the peak of 300";
+}
+
+TEST(CreditRule, AccountingCarriesANegativeBalanceIntoTheNextPass) {
+  Fixture f(1, no_ratelimit(Balance::None));
+  auto& x = f.s.add_domain(256, 0);
+  auto& y = f.s.add_domain(256, 0);
+  auto& a = f.vcpu(x);
+  auto& c = f.vcpu(y);
+  f.s.start(0);
+  activate_all(f, {&a, &c}, 0);
+  a.credit = -290;  // both overspent
+  c.credit = -200;
+  f.s.account(10 * ms);  // +150 each: a -140, c -50; balance -190
+  ASSERT_EQ(a.credit.load(), -140);
+  ASSERT_EQ(c.credit.load(), -50);
+  f.s.account(40 * ms);  // total 300 + 190 = 490: +245 each
+  EXPECT_EQ(a.credit.load(), 105);
+  EXPECT_EQ(c.credit.load(), 195);
+}
+
+TEST(CreditRule, AccountingEndsBoost) {
+  Fixture f(1, no_ratelimit(Balance::None));
+  auto& d = f.s.add_domain(256, 0);
+  auto& a = f.vcpu(d);
+  auto& b = f.vcpu(d);
+  f.s.start(0);
+  activate_all(f, {&a, &b}, 0);
+  ASSERT_EQ(f.s.schedule(0, 3 * ms).next, &a);
+  ASSERT_TRUE(f.s.block(0, a, 3 * ms));
+  f.s.schedule(0, 3 * ms);
+  f.s.wake(a, 4 * ms);
+  ASSERT_EQ(a.pri.load(), int(Prio::Boost));
+  f.s.account(10 * ms);
+  EXPECT_EQ(a.pri.load(), int(Prio::Under)) << "csched_acct sets every active vCPU UNDER or OVER";
+}
+
+TEST(CreditRule, CreditsPerSliceFollowTheTimeslice) {
+  CreditParams p = no_ratelimit(Balance::None);
+  p.tslice_ns = 10 * ms;  // credits_per_tslice = 10 credits/ms x 10 ms
+  Fixture f(1, p);
+  auto& d = f.s.add_domain(256, 0);
+  auto& a = f.vcpu(d);
+  f.s.start(0);
+  activate_all(f, {&a}, 0);
+  int before = a.credit.load();
+  f.s.account(10 * ms);
+  EXPECT_EQ(a.credit.load() - before, 100);
+}
+
+TEST(CreditRule, CappedVcpuIsParkedOffTheRunQueue) {
+  // csched_acct parks a vCPU over its cap with vcpu_pause_nosync: it is not runnable, so it leaves
+  // the run queue (and the runnable counts the balancers read) until accounting unparks it.
+  Fixture f(2, no_ratelimit(Balance::Counted));
+  auto& capped = f.s.add_domain(256, 10);
+  auto& free = f.s.add_domain(256, 0);
+  auto& v = f.vcpu(capped, 0);
+  auto& w = f.vcpu(free, 0);
+  f.s.start(0);
+  activate_all(f, {&v, &w}, 0);
+  ASSERT_EQ(f.s.schedule(0, 2 * ms).next, &v);  // v running, w queued
+  v.credit = -200;
+  f.s.account(10 * ms);
+  ASSERT_TRUE(v.parked.load());
+  EXPECT_EQ(f.s.schedule(0, 11 * ms).next, &w);
+  EXPECT_TRUE(f.s.queued(0).empty()) << "a parked vCPU is not queued";
+  v.credit = 100;
+  f.s.account(40 * ms);
+  ASSERT_FALSE(v.parked.load());
+  EXPECT_EQ(f.s.queued(0), std::vector<SchedVcpu*>{&v}) << "unparking queues it again";
+  EXPECT_NE(v.pri.load(), int(Prio::Boost)) << "an unparked vCPU is not boosted";
+}
+
+TEST(CreditRule, YieldRunsOneLowerPriorityVcpuFirst) {
+  // __runq_insert: a yielding vCPU goes behind one lower-priority vCPU.
+  Fixture f(1, no_ratelimit(Balance::None));
+  auto& d = f.s.add_domain(256, 0);
+  auto& a = f.vcpu(d);
+  auto& b = f.vcpu(d);
+  f.s.start(0);
+  uint64_t now = activate_all(f, {&a, &b}, 0);
+  a.credit = 100;
+  b.credit = -200;
+  f.s.account(now);  // a UNDER, b OVER
+  f.s.tick(0, now);  // re-sort
+  ASSERT_EQ(f.s.schedule(0, now).next, &a);
+  f.s.yield(0, a);
+  EXPECT_EQ(f.s.schedule(0, now + ms).next, &b);
+}
+
+TEST(CreditBalance, XenTriesEveryBusyPeerOncePerBalanceStep) {
+  // csched_load_balance: a soft-affinity step, then a hard-affinity step, each try-locking every
+  // busy peer. Nothing here can move (all pinned to pCPU 0): 2 steps x 1 busy peer.
+  Fixture f(2, no_ratelimit(Balance::Xen));
+  auto& d = f.s.add_domain(256, 0);
+  auto& a = f.vcpu(d, 0);
+  f.vcpu(d, 0);
+  f.s.start(0);
+  ASSERT_EQ(f.s.schedule(0, 0).next, &a);
+  EXPECT_EQ(f.s.schedule(1, 0).next, nullptr);
+  EXPECT_EQ(f.s.pcpu_stats(1).balance.trylocks, 2u);
+}
+
+TEST(CreditBalance, XenStartsAtTheFirstBusyPeer) {
+  // 4.7 visits a node's busy pCPUs from the first one (cpumask_first); 4.9 added a rotating start.
+  Fixture f(3, no_ratelimit(Balance::Xen));
+  auto& d = f.s.add_domain(256, 0);
+  std::vector<SchedVcpu*> on0, on1;
+  for (int i = 0; i < 3; i++) on0.push_back(&f.vcpu(d));
+  for (int i = 0; i < 3; i++) on1.push_back(&f.vcpu(d));
+  f.s.start(0, [&](const SchedVcpu& v) { return v.id < 3 ? 0u : 1u; });
+  ASSERT_EQ(f.s.schedule(0, 0).next, on0[0]);
+  ASSERT_EQ(f.s.schedule(1, 0).next, on1[0]);
+  SchedVcpu* first = f.s.schedule(2, 0).next;
+  ASSERT_TRUE(f.s.block(2, *first, 0));
+  SchedVcpu* second = f.s.schedule(2, 0).next;
+  EXPECT_EQ(first, on0[1]);
+  EXPECT_EQ(second, on0[2]) << "the second steal starts from pCPU 0 again";
 }

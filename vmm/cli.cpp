@@ -35,7 +35,7 @@ void add_run_flags(CLI::App& cmd, RunConfig& cfg, RunFlags& f) {
   cmd.add_option("--mem", f.mem, "guest memory per VM, e.g. 16M, 1G (multiple of 2M, >= 8M)")
       ->capture_default_str();
   cmd.add_option("--guest", cfg.guest,
-                 "built-in guest: hello idle spin boot-zero pingpong crash loop hcbench")
+                 "built-in guest: hello idle spin boot-zero pingpong crash loop hcbench blockwake")
       ->capture_default_str();
   cmd.add_option("--guest-file", cfg.guest_file, "run a custom flat image (linked at 0x100000)");
   cmd.add_option("--guest-arg", f.guest_args,
@@ -85,9 +85,12 @@ void add_run_flags(CLI::App& cmd, RunConfig& cfg, RunFlags& f) {
       ->capture_default_str();
   cmd.add_option("--fault-threads", cfg.fault_threads, "threads serving userfaultfd (io_uring)")
       ->capture_default_str();
+  std::string classes;
+  for (const auto& c : lock_classes()) classes += (classes.empty() ? "" : " ") + c;
   cmd.add_option("--lock", cfg.lock,
                  "lock strategy for every lock (ticket mcs clh ttas pthread spin-yield), or per "
-                 "class: call=mcs,runq=ticket (classes: call runq p2m pod)")
+                 "class: call=mcs,runq=ticket (classes: " +
+                     classes + ")")
       ->capture_default_str();
   cmd.add_option("--lock-profile", f.lock_profile, "lock profiling: on or off")
       ->check(CLI::IsMember({"on", "off"}))

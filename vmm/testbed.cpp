@@ -351,6 +351,9 @@ nlohmann::json run_testbed(const RunConfig& cfg) {
     }
     executor->stop();
     sched_report = executor->report();
+    uint64_t double_runs = 0;  // a vCPU entered by two threads at once: must stay 0
+    for (const Vm* vm : vm_ptrs) double_runs += vm->double_runs();
+    sched_report["double_runs"] = double_runs;
     tlb_report = tlb_stats(*executor);
     if (pod) {
       // Stop the fault service while the executor it calls into still exists, then collect.

@@ -1,7 +1,11 @@
 #include "vmm/vm.hpp"
 
+#include <sys/syscall.h>
+#include <unistd.h>
+
 #include <cinttypes>
 #include <cstdio>
+#include <cstdlib>
 
 #include "vmm/boot.hpp"
 #include "vmm/clock.hpp"
@@ -44,6 +48,23 @@ Vm::Vm(const KvmSystem& kvm, Backend backend, const VmSpec& spec)
 }
 
 Action Vm::run_once(Vcpu& v, Kicker& kicker, PcpuAccess access) {
+  static thread_local const int tid = static_cast<int>(syscall(SYS_gettid));
+  int other = 0;
+  if (!v.runner.compare_exchange_strong(other, tid, std::memory_order_acquire)) {
+    double_runs_.fetch_add(1, std::memory_order_relaxed);
+    std::fprintf(stderr,
+                 "kvmscale: BUG: vm%u vCPU %u entered by thread %d while thread %d runs it\n",
+                 index(), v.index(), tid, other);
+#ifndef NDEBUG
+    std::abort();
+#endif
+    return {Action::Kind::Kicked};  // leave it to the thread inside; the scheduler decides again
+  }
+  // Cleared once the exit is handled: the kvm_run page and the vCPU's stats are ours until then.
+  struct Release {
+    std::atomic<int>& r;
+    ~Release() { r.store(0, std::memory_order_release); }
+  } release{v.runner};
   kvm_run* run = v.fd().run_state();
   kicker.enter(run);
   uint64_t t0 = now_ns();

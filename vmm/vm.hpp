@@ -46,6 +46,10 @@ class Vcpu {
   bool exited = false;  // the guest called exit on this vCPU
   int64_t exit_code = 0;
 
+  // The thread inside KVM_RUN on this vCPU (0: none). Set at entry, cleared at exit: a second
+  // thread entering meanwhile is a scheduler bug (Vm::double_runs()).
+  std::atomic<int> runner{0};
+
  private:
   VcpuFd fd_;
   uint32_t index_;
@@ -81,6 +85,10 @@ class Vm {
   // PoD: the epochs of this VM's p2m, for the TLB's stale-hit check. Set before the run starts.
   void set_p2m_epochs(const mm::P2mEpochs* e) { epochs_ = e; }
 
+  // Entries into KVM_RUN refused because another thread was inside it on the same vCPU. Always
+  // 0 unless an executor hands one vCPU to two threads; Debug builds abort instead.
+  uint64_t double_runs() const { return double_runs_.load(std::memory_order_relaxed); }
+
   // First reason wins. Returns true if this call crashed the VM.
   bool crash(const std::string& reason);
   // Records a vCPU's exit; returns true when it was the VM's last running vCPU.
@@ -102,6 +110,7 @@ class Vm {
   uint64_t create_ns_ = 0;
   std::atomic<VmState> state_{VmState::Running};
   std::atomic<uint32_t> running_vcpus_;
+  std::atomic<uint64_t> double_runs_{0};
   mutable std::mutex fate_mu_;
   std::string crash_reason_;
   int64_t exit_code_ = 0;
