@@ -56,6 +56,7 @@ double kvmscale_switch_ns(uint64_t n) {
   c.sched = "credit";
   c.pcpus = 1;
   c.balance = "none";
+  c.ratelimit_ns = 0;  // 4.7's ratelimit ignores yield: without this, most yields would not switch
   json r = vmm::run_testbed(c);
   uint64_t ns = std::max(r["vms"][0]["metrics"]["hcall_ns"].get<uint64_t>(),
                          r["vms"][1]["metrics"]["hcall_ns"].get<uint64_t>());
