@@ -47,7 +47,7 @@ struct CreditScheduler::Pcpu {
   std::vector<uint32_t> affinity_count;  // [q]: queued vCPUs that may run on q
   uint32_t last_tickle = 0;              // Xen's last_tickle_cpu (per pCPU)
   uint64_t last_acct_gen = 0;            // Xen's runq_sort_last
-  PcpuSchedStats stats;                  // balance stats: own thread only
+  PcpuSchedStats stats;                  // counters of decisions taken under `lock`
   // Read without the lock.
   std::atomic<bool> need_resched{false};
   std::atomic<uint32_t> nr_runnable{0};              // queued + running (4.9's nr_runnable)
