@@ -1,7 +1,8 @@
 /* crash: misbehaves on purpose so tests can check containment. arg0 selects how:
  * 0 triple fault, 1 write to an unknown I/O port (0x1234), 2 MMIO beyond RAM, 3 hypercalls with bad
  * arguments (expects error codes back, then exits 0), 4 read the host's address space via a bogus
- * console gpa (expects KS_EFAULT), 5 spin forever without exiting. */
+ * console gpa (expects KS_EFAULT), 5 spin forever without exiting, 6 write every byte value 0..255
+ * to the console (not valid UTF-8), then exit 0. */
 #include "runtime.h"
 
 static int bad_hypercalls(struct ks_ctx* ctx) {
@@ -26,6 +27,12 @@ int guest_main(struct ks_ctx* ctx) {
     case 4: return ks_hcall(ctx->hc, KS_HC_CONSOLE, 0x7fff00000000ull, 16) == KS_EFAULT ? 0 : 1;
     case 5:
       for (;;) ks_pause();
+    case 6: {
+      static char bytes[256];
+      for (int i = 0; i < 256; i++) bytes[i] = (char)i;
+      ks_console(ctx, bytes, sizeof bytes);
+      return 0;
+    }
     default: {
       struct __attribute__((packed)) {
         uint16_t limit;

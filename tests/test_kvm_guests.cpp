@@ -167,3 +167,20 @@ TEST(Guests, LoopRunsAtNativeSpeed) {
   std::printf("guest %.3f ns/iter, host %.3f ns/iter, ratio %.2f\n", guest[1], host[1], ratio);
   EXPECT_LT(ratio, 3.0);
 }
+
+// Issue 12 item 1: console bytes that are not UTF-8 used to lose the whole run (nlohmann-json
+// refused to serialise the record). Every byte survives in console_base64; the run exits 0.
+TEST(Guests, ConsoleBytesThatAreNotUtf8KeepTheRun) {
+  SKIP_WITHOUT_KVM();
+  auto res = test::spawn({KVMSCALE_BIN, "run", "--guest", "crash,hello", "--guest-arg", "6",
+                          "--vms", "2", "--vcpus", "1", "--mem", "8M", "--json"});
+  ASSERT_EQ(res.exit_code, 0) << res.err;
+  json r = json::parse(res.out);
+  ASSERT_EQ(r["vms"].size(), 2u);
+  EXPECT_EQ(r["vms"][0]["state"], "exited");
+  EXPECT_EQ(r["vms"][1]["state"], "exited");
+  const std::string b64 = r["vms"][0]["console_base64"].get<std::string>();
+  EXPECT_EQ(b64.size(), 344u) << "256 bytes";
+  EXPECT_EQ(b64.substr(0, 8), "AAECAwQF") << "bytes 0 1 2 3 4 5";
+  EXPECT_TRUE(r["vms"][1]["console_base64"].is_null()) << "the good VM's text is plain UTF-8";
+}

@@ -58,3 +58,14 @@ TEST(Record, PathFromOut) {
   EXPECT_EQ(p.rfind("results/run-20231114-221320-", 0), 0u) << p;
   EXPECT_EQ(p.substr(p.size() - 5), ".json");
 }
+
+TEST(Record, ConsoleBytesThatAreNotUtf8SurviveExactly) {
+  const std::string bytes = std::string("ok\xff\n", 4);
+  nlohmann::json f = console_fields(bytes);
+  EXPECT_EQ(f["console"], "ok\xEF\xBF\xBD\n") << "the invalid byte shows as U+FFFD";
+  EXPECT_EQ(f["console_base64"], "b2v/Cg==") << "base64 of 6f 6b ff 0a";
+  EXPECT_NO_THROW((void)f.dump());
+  nlohmann::json valid = console_fields("héllo\n");
+  EXPECT_EQ(valid["console"], "héllo\n");
+  EXPECT_TRUE(valid["console_base64"].is_null());
+}

@@ -68,6 +68,33 @@ T percentile(std::vector<T> v, double p) {
 
 }  // namespace
 
+namespace {
+std::string base64(const std::string& in) {
+  static const char* const kAlphabet =
+      "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+  std::string out;
+  out.reserve((in.size() + 2) / 3 * 4);
+  for (size_t i = 0; i < in.size(); i += 3) {
+    uint32_t n = uint32_t(uint8_t(in[i])) << 16;
+    if (i + 1 < in.size()) n |= uint32_t(uint8_t(in[i + 1])) << 8;
+    if (i + 2 < in.size()) n |= uint8_t(in[i + 2]);
+    out += kAlphabet[(n >> 18) & 63];
+    out += kAlphabet[(n >> 12) & 63];
+    out += i + 1 < in.size() ? kAlphabet[(n >> 6) & 63] : '=';
+    out += i + 2 < in.size() ? kAlphabet[n & 63] : '=';
+  }
+  return out;
+}
+}  // namespace
+
+nlohmann::json console_fields(const std::string& bytes) {
+  using nlohmann::json;
+  // nlohmann-json validates UTF-8 when it serialises; its "replace" handler gives the lossy text.
+  std::string quoted = json(bytes).dump(-1, ' ', false, json::error_handler_t::replace);
+  std::string text = json::parse(quoted).get<std::string>();
+  return {{"console", text}, {"console_base64", text == bytes ? json() : json(base64(bytes))}};
+}
+
 nlohmann::json vm_record(const Vm& vm, const std::string& guest, uint64_t exec_start_ns) {
   nlohmann::json vcpus = nlohmann::json::array(), metrics = nlohmann::json::object();
   uint64_t boot_done = 0;
@@ -86,9 +113,9 @@ nlohmann::json vm_record(const Vm& vm, const std::string& guest, uint64_t exec_s
                       {"exit_code", vm.exit_code()},
                       {"create_ns", vm.create_ns()},
                       {"metrics", metrics},
-                      {"console", vm.console().text()},
                       {"console_dropped", vm.console().dropped()},
                       {"vcpus", vcpus}};
+  j.update(console_fields(vm.console().text()));
   // A VM has booted when its last vCPU reported boot done.
   j["boot_ns"] = all_booted ? nlohmann::json(boot_done - exec_start_ns) : nlohmann::json();
   j["crash_reason"] =

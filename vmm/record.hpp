@@ -26,6 +26,9 @@ struct RunTiming {
 };
 
 nlohmann::json vm_record(const Vm& vm, const std::string& guest, uint64_t exec_start_ns);
+// A guest's console bytes as record fields: "console" is always valid UTF-8 (each invalid byte
+// becomes U+FFFD); "console_base64" holds the exact bytes when they are not valid UTF-8, else null.
+nlohmann::json console_fields(const std::string& bytes);
 nlohmann::json make_run_record(const RunConfig& cfg, const HostInfo& host,
                                const std::vector<const Vm*>& vms, const RunTiming& t, EndReason end,
                                const std::vector<std::string>& warnings);
