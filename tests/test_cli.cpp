@@ -200,3 +200,13 @@ TEST(Cli, BenchLocksQuickWritesCsvWithRatios) {
   auto bad = ks({"bench-locks", "--locks", "nosuch"});
   EXPECT_EQ(bad.exit_code, 2);
 }
+
+TEST(Cli, GuestArgumentsArriveExactly) {
+  SKIP_WITHOUT_KVM();
+  auto r = ks({"run", "--guest", "hello", "--vcpus", "1", "--mem", "8M", "--guest-arg",
+               "9007199254740993,0xffffffffffffffff", "--json"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  auto rec = nlohmann::json::parse(r.out);
+  EXPECT_EQ(rec["config"]["guest_args"],
+            (nlohmann::json{9007199254740993ull, 18446744073709551615ull}));
+}

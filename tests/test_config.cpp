@@ -92,3 +92,14 @@ TEST(RunConfig, FromJsonValidates) {
   EXPECT_THROW(RunConfig::from_json(j), ConfigError);
   EXPECT_THROW(RunConfig::from_json(nlohmann::json::array()), ConfigError);
 }
+
+TEST(ConfigParse, GuestArgumentsAreExactSixtyFourBitIntegers) {
+  EXPECT_EQ(parse_u64("9007199254740993"), 9007199254740993ull) << "not rounded through a double";
+  EXPECT_EQ(parse_u64("18446744073709551615"), ~0ull);
+  EXPECT_EQ(parse_u64("0xffffffffffffffff"), ~0ull);
+  EXPECT_EQ(parse_u64("0x10"), 16u);
+  EXPECT_EQ(parse_u64("0"), 0u);
+  for (const char* bad :
+       {"", "x", "0x", "-1", "1e3", "1.5", "18446744073709551616", "12abc", " 1", "0x1g", "8M"})
+    EXPECT_THROW(parse_u64(bad), ConfigError) << "'" << bad << "'";
+}

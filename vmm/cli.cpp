@@ -39,7 +39,8 @@ void add_run_flags(CLI::App& cmd, RunConfig& cfg, RunFlags& f) {
       ->capture_default_str();
   cmd.add_option("--guest-file", cfg.guest_file, "run a custom flat image (linked at 0x100000)");
   cmd.add_option("--guest-arg", f.guest_args,
-                 "guest parameter(s), comma-separated (boot-info args)")
+                 "guest parameter(s), comma-separated (boot-info args): whole numbers up to "
+                 "2^64-1, decimal or 0x hex")
       ->delimiter(',');
   cmd.add_option("--duration", f.duration,
                  "upper bound on the run, e.g. 500ms, 10s, 2m (the run ends earlier when every "
@@ -129,7 +130,7 @@ void finish_run_flags(RunConfig& cfg, const RunFlags& f) {
   cfg.guest_args.clear();
   for (const auto& a : f.guest_args) {
     try {
-      cfg.guest_args.push_back(parse_size(a));
+      cfg.guest_args.push_back(parse_u64(a));
     } catch (const ConfigError& e) {
       throw ConfigError(std::string("--guest-arg: ") + e.what());
     }

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <charconv>
 #include <cmath>
 #include <cstdio>
 #include <map>
@@ -48,6 +49,17 @@ uint64_t parse_size(const std::string& text) {
   if (bytes >= 1.8e19 || bytes != std::floor(bytes))
     throw ConfigError("size '" + text + "' is not a whole number of bytes in range");
   return static_cast<uint64_t>(bytes);
+}
+
+uint64_t parse_u64(const std::string& text) {
+  const bool hex = text.size() > 2 && text[0] == '0' && (text[1] == 'x' || text[1] == 'X');
+  const char* first = text.data() + (hex ? 2 : 0);
+  const char* last = text.data() + text.size();
+  uint64_t v = 0;
+  auto [end, ec] = std::from_chars(first, last, v, hex ? 16 : 10);
+  if (first == last || ec != std::errc() || end != last)
+    throw ConfigError("'" + text + "' is not a whole number in 0..2^64-1 (decimal or 0x hex)");
+  return v;
 }
 
 uint64_t parse_duration_ns(const std::string& text) {

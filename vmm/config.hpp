@@ -16,6 +16,8 @@ struct ConfigError : std::runtime_error {
 
 // "64M", "1G", "4096K", "2M", "65536" (bytes). Binary units. Throws ConfigError.
 uint64_t parse_size(const std::string& text);
+// A whole number in 0 .. 2^64-1, decimal or 0x-hexadecimal, nothing else (guest arguments).
+uint64_t parse_u64(const std::string& text);
 // "5s", "500ms", "250us", "2m", "1h", "10" (seconds). Throws ConfigError.
 uint64_t parse_duration_ns(const std::string& text);
 std::string format_size(uint64_t bytes);
