@@ -42,13 +42,40 @@ MatrixSpec MatrixSpec::from_json(const json& j) {
       s.axes.push_back({a.at("flag").get<std::string>(), a.at("values")});
     for (const auto& f : j.at("fixed"))
       s.fixed.emplace_back(f.at("flag").get<std::string>(), f.at("value").get<std::string>());
-    s.repeat = j.at("repeat").get<uint32_t>();
-    s.seed = j.at("seed").get<uint64_t>();
-    if (s.repeat < 1) throw ConfigError("repeat must be >= 1");
+    // nlohmann converts -1 or 1e12 to a uint32_t silently: require a JSON unsigned integer.
+    const json& repeat = j.at("repeat");
+    const json& seed = j.at("seed");
+    if (!repeat.is_number_unsigned() || repeat.get<uint64_t>() > kMaxRepeat)
+      throw ConfigError("repeat must be a whole number in 1.." + std::to_string(kMaxRepeat));
+    if (!seed.is_number_unsigned()) throw ConfigError("seed must be a whole number >= 0");
+    s.repeat = repeat.get<uint32_t>();
+    s.seed = seed.get<uint64_t>();
+    s.validate();
     return s;
   } catch (const json::exception& e) {
     throw ConfigError(std::string("bad matrix spec: ") + e.what());
   }
+}
+
+void MatrixSpec::validate() const {
+  if (repeat < 1 || repeat > kMaxRepeat)
+    throw ConfigError("repeat must be in 1.." + std::to_string(kMaxRepeat));
+  std::set<std::string> seen;
+  auto flag_once = [&](const std::string& flag) {
+    if (flag.empty()) throw ConfigError("a flag has an empty name");
+    if (!seen.insert(flag).second) throw ConfigError("--" + flag + " given twice");
+  };
+  for (const auto& a : axes) {
+    flag_once(a.flag);
+    if (a.values.size() < 2)
+      throw ConfigError("axis --" + a.flag + " needs at least 2 values, has " +
+                        std::to_string(a.values.size()));
+    std::set<std::string> uniq(a.values.begin(), a.values.end());
+    if (uniq.size() != a.values.size()) throw ConfigError("--" + a.flag + ": a value is repeated");
+    for (const auto& v : a.values)
+      if (v.empty()) throw ConfigError("--" + a.flag + ": empty value in list");
+  }
+  for (const auto& [flag, value] : fixed) flag_once(flag);
 }
 
 std::vector<std::string> split_axis(const std::string& flag, const std::string& text) {
@@ -70,7 +97,8 @@ MatrixSpec make_spec(const std::vector<std::pair<std::string, std::string>>& fla
   MatrixSpec s;
   s.repeat = repeat;
   s.seed = seed;
-  if (repeat < 1) throw ConfigError("--repeat must be >= 1");
+  if (repeat < 1 || repeat > kMaxRepeat)
+    throw ConfigError("--repeat must be in 1.." + std::to_string(kMaxRepeat));
   std::set<std::string> seen;
   for (const auto& [flag, text] : flags) {
     if (!seen.insert(flag).second) throw ConfigError("--" + flag + " given twice");

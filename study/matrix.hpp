@@ -26,6 +26,8 @@ struct Axis {
   std::vector<std::string> values;
 };
 
+inline constexpr uint32_t kMaxRepeat = 1000;  // --repeat's range, for matrix.json too
+
 struct MatrixSpec {
   std::vector<Axis> axes;                                  // flags with 2+ values
   std::vector<std::pair<std::string, std::string>> fixed;  // one value ("" for boolean flags)
@@ -35,7 +37,9 @@ struct MatrixSpec {
   // Same axes, fixed flags and repeat (the seed may differ).
   bool same_experiment(const MatrixSpec& o) const;
   nlohmann::json to_json() const;
-  static MatrixSpec from_json(const nlohmann::json& j);  // throws vmm::ConfigError
+  // Validated as strictly as the command line (throws vmm::ConfigError).
+  static MatrixSpec from_json(const nlohmann::json& j);
+  void validate() const;  // throws vmm::ConfigError
 };
 
 // Splits a flag's command-line value into axis values. Commas separate values, except where one

@@ -58,7 +58,7 @@ void add_matrix_options(CLI::App& m, StudyCommands& st) {
     st.run_opts.emplace_back(f.name, o);
   }
   m.add_option("--repeat", st.repeat, "runs per cell")
-      ->check(CLI::Range(1, 1000))
+      ->check(CLI::Range(1u, kMaxRepeat))
       ->capture_default_str();
   m.add_option("--seed", st.seed, "seed of the shuffled run order (default: random, recorded)");
   m.add_option("--out", st.out, "matrix directory (default results/matrix-<time>)");
@@ -237,7 +237,7 @@ void add_study_commands(CLI::App& app, StudyCommands& st) {
       ->required()
       ->check(CLI::IsMember(scenario_names()));
   st.scenario->add_option("--repeat", st.scenario_repeat, "runs per variant")
-      ->check(CLI::Range(1, 1000))
+      ->check(CLI::Range(1u, kMaxRepeat))
       ->capture_default_str();
   st.scenario->add_option("--duration", st.duration, "credit-balance: spin time of each run")
       ->capture_default_str();

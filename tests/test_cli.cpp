@@ -210,3 +210,19 @@ TEST(Cli, GuestArgumentsArriveExactly) {
   EXPECT_EQ(rec["config"]["guest_args"],
             (nlohmann::json{9007199254740993ull, 18446744073709551615ull}));
 }
+
+TEST(Cli, AMatrixFileWithAnEmptyAxisIsRefusedNotACrash) {
+  fs::path dir = scratch("bad-matrix");
+  fs::create_directories(dir);
+  std::ofstream(dir / "matrix.json")
+      << R"({"spec": {"axes": [{"flag": "vms", "values": []}], "fixed": [], "repeat": 1,
+                      "seed": 1}})";
+  for (std::vector<std::string> args :
+       {std::vector<std::string>{"matrix", "--resume", "--out", dir.string()},
+        {"matrix", "--resume", "--dry-run", "--out", dir.string()},
+        {"compare", "--by", "vms", dir.string(), dir.string()}}) {
+    auto r = ks(args);
+    EXPECT_EQ(r.exit_code, 2) << args[0] << " " << args[1] << ": " << r.err;
+    EXPECT_NE(r.err.find("at least 2 values"), std::string::npos) << r.err;
+  }
+}

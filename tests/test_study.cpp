@@ -397,3 +397,37 @@ TEST(Scenario, PlansScaleWithTheHostAndEveryRunIsValid) {
   }
   EXPECT_THROW(plan_scenario("nope", {}), ConfigError);
 }
+
+TEST(MatrixSpecFile, IsValidatedAsStrictlyAsTheCommandLine) {
+  const nlohmann::json good = make_spec({{"vms", "1,2"}, {"guest", "spin"}}, 2, 7).to_json();
+  EXPECT_NO_THROW(MatrixSpec::from_json(good));
+  auto with = [&](auto edit) {
+    nlohmann::json j = good;
+    edit(j);
+    return j;
+  };
+  const std::vector<nlohmann::json> bad = {
+      with([](auto& j) { j["axes"][0]["values"] = nlohmann::json::array(); }),  // used to segfault
+      with([](auto& j) { j["axes"][0]["values"] = {"1"}; }),
+      with([](auto& j) {
+        j["axes"][0]["values"] = {"1", "1"};
+      }),
+      with([](auto& j) {
+        j["axes"][0]["values"] = {"1", ""};
+      }),
+      with([](auto& j) {
+        j["axes"][0]["values"] = {1, 2};
+      }),
+      with([](auto& j) { j["repeat"] = -1; }),  // used to run 2^32-1 times
+      with([](auto& j) { j["repeat"] = 1e12; }),
+      with([](auto& j) { j["repeat"] = 0; }),
+      with([](auto& j) { j["repeat"] = 1001; }),
+      with([](auto& j) { j["repeat"] = "3"; }),
+      with([](auto& j) { j["seed"] = -5; }),
+      with([](auto& j) {
+        j["fixed"].push_back({{"flag", "vms"}, {"value", "3"}});
+      }),
+      with([](auto& j) { j.erase("axes"); }),
+  };
+  for (const auto& j : bad) EXPECT_THROW(MatrixSpec::from_json(j), ConfigError) << j.dump();
+}
