@@ -43,7 +43,8 @@ struct Spawned {
   std::string out, err;
 };
 // Runs argv; sends SIGINT after sigint_after_ms if > 0. Never hangs past timeout_ms (SIGKILL).
+// sigint_ignored: the child starts with SIGINT ignored.
 Spawned spawn(const std::vector<std::string>& argv, int sigint_after_ms = 0,
-              int timeout_ms = 120000);
+              int timeout_ms = 120000, bool sigint_ignored = false);
 
 }  // namespace kvmscale::test

@@ -9,13 +9,15 @@
 
 namespace kvmscale::test {
 
-Spawned spawn(const std::vector<std::string>& argv, int sigint_after_ms, int timeout_ms) {
+Spawned spawn(const std::vector<std::string>& argv, int sigint_after_ms, int timeout_ms,
+              bool sigint_ignored) {
   int out[2], err[2];
   if (pipe2(out, O_CLOEXEC) != 0 || pipe2(err, O_CLOEXEC) != 0) return {};
   pid_t pid = fork();
   if (pid == 0) {
     dup2(out[1], 1);
     dup2(err[1], 2);
+    if (sigint_ignored) signal(SIGINT, SIG_IGN);  // as a shell's background job inherits it
     std::vector<char*> args;
     for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
     args.push_back(nullptr);

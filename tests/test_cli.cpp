@@ -1,5 +1,6 @@
 // The kvmscale binary as a user meets it: usage errors, --json, SIGINT.
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <filesystem>
@@ -225,4 +226,34 @@ TEST(Cli, AMatrixFileWithAnEmptyAxisIsRefusedNotACrash) {
     EXPECT_EQ(r.exit_code, 2) << args[0] << " " << args[1] << ": " << r.err;
     EXPECT_NE(r.err.find("at least 2 values"), std::string::npos) << r.err;
   }
+}
+
+TEST(Cli, GuestFilesThatAreNotRegularFilesAreRefusedAtOnce) {
+  fs::path fifo = scratch("image.fifo");
+  fs::remove(fifo);
+  ASSERT_EQ(mkfifo(fifo.c_str(), 0600), 0);
+  fs::path dir = scratch("image-dir");
+  fs::create_directories(dir);
+  fs::path big = scratch("big.bin");
+  std::ofstream(big, std::ios::binary) << std::string((1 << 20) + 1, '\x90');
+  struct Case {
+    std::string path, message;
+  } cases[] = {{"/dev/zero", "not a regular file"},    // used to read forever
+               {fifo.string(), "not a regular file"},  // used to block forever
+               {dir.string(), "not a regular file"},
+               {big.string(), "1 MiB"},
+               {"/nonexistent/image", "No such file"}};
+  for (const auto& c : cases) {
+    auto r = test::spawn({KVMSCALE_BIN, "run", "--guest-file", c.path, "--mem", "8M"}, 0, 20000);
+    EXPECT_EQ(r.exit_code, 2) << c.path << ": " << r.err;
+    EXPECT_NE(r.err.find(c.message), std::string::npos) << r.err;
+  }
+}
+
+TEST(Cli, SigintInheritedAsIgnoredStillStopsTheRun) {
+  SKIP_WITHOUT_KVM();
+  auto r = test::spawn({KVMSCALE_BIN, "run", "--guest", "spin", "--vcpus", "1", "--mem", "8M",
+                        "--duration", "60s", "--json"},
+                       1000, 30000, /*sigint_ignored=*/true);
+  EXPECT_EQ(r.exit_code, 130) << r.err;
 }

@@ -215,6 +215,14 @@ class PodRuntime {
 }  // namespace
 
 void block_stop_signals() {
+  // An ignored signal is discarded when sent, even while blocked: a SIGINT inherited as ignored
+  // (a background job) would never reach sigtimedwait. Restore the default first.
+  for (int sig : {SIGINT, SIGTERM}) {
+    struct sigaction sa {};
+    sa.sa_handler = SIG_DFL;
+    sigemptyset(&sa.sa_mask);
+    sigaction(sig, &sa, nullptr);
+  }
   sigset_t s = stop_signals();
   pthread_sigmask(SIG_BLOCK, &s, nullptr);
 }
