@@ -5,6 +5,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <thread>
 
 #include "kvm_helpers.hpp"
 
@@ -151,9 +152,9 @@ TEST(CliMatrix, SigintKeepsFinishedRunsAndResumeCompletesTheRest) {
   fs::path dir = scratch("mresume");
   fs::remove_all(dir);
   std::vector<std::string> args = {"matrix", "--guest", "spin",       "--mem", "8M",
-                                   "--vms",  "1,2",     "--duration", "1s",    "--repeat",
+                                   "--vms",  "1,2",     "--duration", "2s",    "--repeat",
                                    "2",      "--out",   dir};
-  auto r = ks(args, 2500);  // two or three of the four one-second runs finish
+  auto r = ks(args, 5000);  // one or two of the four two-second runs finish, even on a busy host
   EXPECT_EQ(r.exit_code, 130) << r.err;
   EXPECT_NE(r.err.find("--resume"), std::string::npos) << r.err;
   size_t kept = 0;
@@ -256,4 +257,48 @@ TEST(Cli, SigintInheritedAsIgnoredStillStopsTheRun) {
                         "--duration", "60s", "--json"},
                        1000, 30000, /*sigint_ignored=*/true);
   EXPECT_EQ(r.exit_code, 130) << r.err;
+}
+
+TEST(Cli, AnUnusableOutIsRefusedBeforeTheRun) {
+  for (const std::string out : {"/dev/null", "/proc/self/kvmscale.json", "/proc/kvmscale-out"}) {
+    auto r = ks({"run", "--guest", "spin", "--duration", "30s", "--out", out});
+    EXPECT_EQ(r.exit_code, 2) << out << ": " << r.err;  // at once: not after a 30 s run
+    EXPECT_NE(r.err.find("--out"), std::string::npos) << r.err;
+  }
+}
+
+TEST(Cli, ARecordIsNeverOverwrittenUnlessForced) {
+  SKIP_WITHOUT_KVM();
+  fs::path out = scratch("same.json");
+  fs::remove(out);
+  std::vector<std::string> args = {"run",   "--guest", "hello", "--vcpus",   "1",
+                                   "--mem", "8M",      "--out", out.string()};
+  ASSERT_EQ(ks(args).exit_code, 0);
+  auto before = fs::last_write_time(out);
+  auto again = ks(args);
+  EXPECT_EQ(again.exit_code, 2);
+  EXPECT_NE(again.err.find("--force"), std::string::npos) << again.err;
+  EXPECT_EQ(fs::last_write_time(out), before) << "the first record is untouched";
+  args.push_back("--force");
+  EXPECT_EQ(ks(args).exit_code, 0);
+}
+
+TEST(Cli, ARecordThatCannotBeWrittenGoesToStdout) {
+  SKIP_WITHOUT_KVM();
+  fs::path dir = scratch("vanishing");
+  fs::create_directories(dir);
+  // The directory becomes a file while the run goes on: the write fails, the record is not lost.
+  std::thread remover([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(700));
+    fs::remove_all(dir);
+    std::ofstream(dir) << "not a directory";
+  });
+  auto r = ks({"run", "--guest", "spin", "--vcpus", "1", "--mem", "8M", "--duration", "2s", "--out",
+               (dir / "r.json").string()});
+  remover.join();
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_NE(r.err.find("record follows on stdout"), std::string::npos) << r.err;
+  auto rec = nlohmann::json::parse(r.out, nullptr, false);
+  ASSERT_FALSE(rec.is_discarded()) << r.out.substr(0, 200);
+  EXPECT_EQ(rec["schema_version"], 1);
 }

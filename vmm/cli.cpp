@@ -27,6 +27,7 @@ struct RunFlags {
   std::string mem = "16M", duration = "30s", lock_profile = "on", tslice = "30ms",
               ratelimit = "1ms", pod_granule = "4K";
   std::vector<std::string> guest_args;
+  bool force = false;  // overwrite an existing --out FILE.json
 };
 
 void add_run_flags(CLI::App& cmd, RunConfig& cfg, RunFlags& f) {
@@ -99,6 +100,7 @@ void add_run_flags(CLI::App& cmd, RunConfig& cfg, RunFlags& f) {
   cmd.add_option("--out", cfg.out, "record file (*.json) or directory for run-<time>.json")
       ->capture_default_str();
   cmd.add_flag("--json", cfg.json, "print only the JSON record on stdout (logs go to stderr)");
+  cmd.add_flag("--force", f.force, "overwrite an existing --out FILE.json");
   cmd.add_flag("--console", cfg.echo_console, "echo guest console output to stderr");
 }
 
@@ -138,13 +140,41 @@ void finish_run_flags(RunConfig& cfg, const RunFlags& f) {
   cfg.validate();
 }
 
-int do_run(const RunConfig& cfg) {
+// Where the record will go must be usable before the run starts, not found out after it.
+void check_output(const RunConfig& cfg, bool force) {
+  namespace fs = std::filesystem;
+  const bool file = cfg.out.size() > 5 && cfg.out.ends_with(".json");
+  fs::path dir = file ? fs::path(cfg.out).parent_path() : fs::path(cfg.out);
+  if (dir.empty()) dir = ".";
+  std::error_code ec;
+  if (file && fs::exists(cfg.out, ec) && !force)
+    throw ConfigError("--out " + cfg.out + " exists; use --force to overwrite it");
+  if (file && fs::is_directory(cfg.out, ec))
+    throw ConfigError("--out " + cfg.out + " is a directory");
+  fs::create_directories(dir, ec);
+  if (!fs::is_directory(dir, ec))
+    throw ConfigError("--out: cannot use '" + dir.string() + "' as a directory" +
+                      (ec ? ": " + ec.message() : std::string()));
+  std::string why = output_dir_unusable(dir.string());
+  if (!why.empty()) throw ConfigError("--out: " + why);
+}
+
+int do_run(const RunConfig& cfg, bool force) {
+  check_output(cfg, force);
   nlohmann::json record = run_testbed(cfg);
   std::string path = record_path(cfg.out, record["run"]["started_unix_ns"].get<uint64_t>());
-  std::filesystem::path dir = std::filesystem::path(path).parent_path();
-  if (!dir.empty()) std::filesystem::create_directories(dir);
   std::string text = record.dump(2) + "\n";
-  write_file_atomically(path, text);
+  try {
+    std::filesystem::path dir = std::filesystem::path(path).parent_path();
+    if (!dir.empty()) std::filesystem::create_directories(dir);  // removed during the run?
+    write_file_atomically(path, text);
+  } catch (const std::exception& e) {
+    // Never lose a finished run: the record goes to stdout instead.
+    std::cerr << "kvmscale: could not write the record to " << path << ": " << e.what()
+              << "\nkvmscale: the record follows on stdout\n";
+    std::cout << text << std::flush;
+    return kExitFailure;
+  }
   if (cfg.json) {
     std::cout << text << std::flush;
     std::cerr << "record: " << path << "\n";
@@ -241,7 +271,8 @@ std::vector<RunFlagInfo> run_flag_infos() {
   for (const CLI::Option* o : app.get_options()) {
     if (o->get_lnames().empty()) continue;
     const std::string name = o->get_lnames().front();
-    if (name == "help" || name == "out" || name == "json" || name == "console") continue;
+    if (name == "help" || name == "out" || name == "json" || name == "console" || name == "force")
+      continue;
     out.push_back({name, o->get_expected_max() == 0, o->get_description()});  // flags expect 0
   }
   return out;
@@ -331,7 +362,7 @@ int cli_main(int argc, char** argv) {
     finish_run_flags(cfg, flags);
     install_kick_signal();
     block_stop_signals();
-    return do_run(cfg);
+    return do_run(cfg, flags.force);
   } catch (const ConfigError& e) {
     std::cerr << "kvmscale: " << e.what() << "\n";
     return kExitUsage;

@@ -2,11 +2,13 @@
 
 #include <fcntl.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <cstdio>
+#include <cstring>
 #include <ctime>
 #include <filesystem>
 #include <sstream>
@@ -202,6 +204,22 @@ void write_file_atomically(const std::string& path, const std::string& content) 
     ::fsync(dfd);
     ::close(dfd);
   }
+}
+
+std::string output_dir_unusable(const std::string& dir) {
+  const std::string probe = dir + "/.kvmscale-probe-" + std::to_string(getpid());
+  int fd = ::open(probe.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  if (fd < 0) return "cannot create files in " + dir + ": " + std::strerror(errno);
+  char block[4096] = {};
+  bool wrote = ::write(fd, block, sizeof block) == ssize_t(sizeof block) && ::fsync(fd) == 0;
+  int err = errno;
+  ::close(fd);
+  ::unlink(probe.c_str());
+  if (!wrote) return "cannot write to " + dir + ": " + std::strerror(err);
+  struct statvfs vfs {};
+  if (statvfs(dir.c_str(), &vfs) == 0 && uint64_t(vfs.f_bavail) * vfs.f_frsize < (1u << 20))
+    return dir + " has less than 1 MiB free";
+  return {};
 }
 
 std::string record_path(const std::string& out, uint64_t started_unix_ns) {

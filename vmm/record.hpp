@@ -35,6 +35,9 @@ nlohmann::json make_run_record(const RunConfig& cfg, const HostInfo& host,
 
 // temp file in the same directory, fsync, rename, fsync directory. Throws std::system_error.
 void write_file_atomically(const std::string& path, const std::string& content);
+// Why `dir` cannot take a record ("" if it can): a probe file is created, written and removed,
+// and at least 1 MiB must be free.
+std::string output_dir_unusable(const std::string& dir);
 // Where `--out` puts the record: PATH if it ends in .json, else PATH/run-<stamp>.json.
 std::string record_path(const std::string& out, uint64_t started_unix_ns);
 // A table for people; `record` as produced by make_run_record.
