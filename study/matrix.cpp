@@ -1,7 +1,12 @@
 #include "study/matrix.hpp"
 
+#include <fcntl.h>
+#include <sys/file.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <chrono>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <random>
@@ -229,11 +234,45 @@ std::string describe(const MatrixSpec& spec, const Cell& c) {
 
 }  // namespace
 
+namespace {
+// One writer per matrix directory: an flock on DIR/.lock, held while the matrix runs (released by
+// the kernel however the process ends). A second matrix or --resume on DIR is refused.
+class DirLock {
+ public:
+  explicit DirLock(const fs::path& dir) {
+    std::error_code ec;
+    fs::create_directories(dir, ec);
+    const std::string path = (dir / ".lock").string();
+    fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (fd_ < 0) throw ConfigError("cannot use " + dir.string() + ": " + std::strerror(errno));
+    if (::flock(fd_, LOCK_EX | LOCK_NB) != 0) {
+      char pid[32] = {};
+      ssize_t n = ::pread(fd_, pid, sizeof pid - 1, 0);
+      ::close(fd_);
+      throw ConfigError(dir.string() + " is in use by another kvmscale (pid " +
+                        (n > 0 ? std::string(pid, size_t(n)) : std::string("?")) +
+                        "); wait for it or use another --out");
+    }
+    std::string me = std::to_string(getpid());
+    if (::ftruncate(fd_, 0) == 0 && ::pwrite(fd_, me.data(), me.size(), 0) < 0) {
+      // the pid is only a hint for the message above
+    }
+  }
+  ~DirLock() { ::close(fd_); }
+  DirLock(const DirLock&) = delete;
+  DirLock& operator=(const DirLock&) = delete;
+
+ private:
+  int fd_ = -1;
+};
+}  // namespace
+
 MatrixOutcome run_matrix(const MatrixSpec& spec_in, const MatrixOptions& opt,
                          const ConfigFn& config, const RunFn& run, const StopFn& stop,
                          std::ostream& log) {
   MatrixSpec spec = spec_in;
   const fs::path dir(opt.dir), spec_file = dir / "matrix.json";
+  DirLock lock(dir);
   if (holds_matrix(opt.dir)) {
     if (!opt.resume)
       throw ConfigError(opt.dir +

@@ -302,3 +302,25 @@ TEST(Cli, ARecordThatCannotBeWrittenGoesToStdout) {
   ASSERT_FALSE(rec.is_discarded()) << r.out.substr(0, 200);
   EXPECT_EQ(rec["schema_version"], 1);
 }
+
+TEST(CliMatrix, ASecondWriterOfTheSameDirectoryIsRefused) {
+  SKIP_WITHOUT_KVM();
+  fs::path dir = scratch("two-writers");
+  fs::remove_all(dir);
+  const std::vector<std::string> args = {"matrix", "--guest", "spin",     "--mem", "8M",
+                                         "--vms",  "1,2",     "--repeat", "1",     "--duration",
+                                         "2s",     "--out",   dir};
+  test::Spawned first;
+  std::thread t([&] { first = ks(args); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(1000));
+  auto second = ks(args);
+  auto resume = ks({"matrix", "--resume", "--out", dir});
+  t.join();
+  EXPECT_EQ(first.exit_code, 0) << first.err;
+  EXPECT_EQ(second.exit_code, 2) << second.err;
+  EXPECT_NE(second.err.find("in use by another kvmscale"), std::string::npos) << second.err;
+  EXPECT_EQ(resume.exit_code, 2) << resume.err;
+  size_t cells = 0;
+  for (const auto& e : fs::directory_iterator(dir / "cells")) cells += e.is_regular_file();
+  EXPECT_EQ(cells, 2u) << "only the first matrix's runs";
+}
