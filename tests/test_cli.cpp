@@ -324,3 +324,14 @@ TEST(CliMatrix, ASecondWriterOfTheSameDirectoryIsRefused) {
   for (const auto& e : fs::directory_iterator(dir / "cells")) cells += e.is_regular_file();
   EXPECT_EQ(cells, 2u) << "only the first matrix's runs";
 }
+
+TEST(Cli, FlagsARunIgnoresAreWarnedAndRecorded) {
+  SKIP_WITHOUT_KVM();
+  auto r = ks({"run", "--guest", "hello", "--vcpus", "1", "--mem", "8M", "--sched", "host",
+               "--pcpus", "2", "--vcpu-pin", "1:1", "--json"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  auto rec = nlohmann::json::parse(r.out);
+  std::string all = rec["run"]["warnings"].dump();
+  EXPECT_NE(all.find("--pcpus has no effect with --sched host"), std::string::npos) << all;
+  EXPECT_NE(all.find("--vcpu-pin has no effect"), std::string::npos) << all;
+}

@@ -1,5 +1,7 @@
 #include <gtest/gtest.h>
 
+#include <algorithm>
+
 #include "vmm/config.hpp"
 
 using namespace kvmscale::vmm;
@@ -102,4 +104,37 @@ TEST(ConfigParse, GuestArgumentsAreExactSixtyFourBitIntegers) {
   for (const char* bad :
        {"", "x", "0x", "-1", "1e3", "1.5", "18446744073709551616", "12abc", " 1", "0x1g", "8M"})
     EXPECT_THROW(parse_u64(bad), ConfigError) << "'" << bad << "'";
+}
+
+TEST(RunConfig, SettingsARunWouldIgnoreAreNamed) {
+  RunConfig c;
+  c.sched = "host";
+  c.pcpus = 2;
+  c.vcpu_pin = "1:1";
+  c.cap = 50;
+  auto w = c.ineffective_settings();
+  auto names = [&](const std::string& flag) {
+    return std::any_of(w.begin(), w.end(),
+                       [&](const std::string& s) { return s.rfind(flag + " ", 0) == 0; });
+  };
+  EXPECT_TRUE(names("--pcpus"));
+  EXPECT_TRUE(names("--vcpu-pin"));
+  EXPECT_TRUE(names("--cap"));
+  EXPECT_FALSE(names("--balance"));
+  c.sched = "credit";
+  c.pcpus = 1;
+  EXPECT_TRUE(c.ineffective_settings().empty()) << "credit uses them all";
+  c.sched = "rr";
+  c.cap = 50;
+  w = c.ineffective_settings();
+  EXPECT_TRUE(names("--cap")) << "rr has no credits";
+}
+
+TEST(RunConfig, AVmSettingGivenTwiceIsRefused) {
+  RunConfig c;
+  c.vms = 2;
+  c.vm_opts = {"vm0:weight=512", "vm0:weight=128"};
+  EXPECT_THROW(c.validate(), ConfigError);
+  c.vm_opts = {"vm0:weight=512", "vm0:cap=50", "vm1:weight=128"};
+  EXPECT_NO_THROW(c.validate());
 }

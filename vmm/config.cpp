@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdio>
 #include <map>
+#include <set>
 
 #include "guests/include/kvmscale_abi.h"
 #include "locks/registry.hpp"
@@ -204,6 +205,37 @@ uint64_t RunConfig::pod_target_granules() const {
   return bytes / pod_granule;
 }
 
+std::vector<std::string> RunConfig::ineffective_settings() const {
+  std::vector<std::string> w;
+  const RunConfig d;  // the defaults
+  if (sched == "host") {
+    auto unused = [&](bool set, const std::string& flag) {
+      if (set) w.push_back(flag + " has no effect with --sched host (Linux schedules the vCPUs)");
+    };
+    unused(pcpus != d.pcpus, "--pcpus");
+    unused(pcpu_bind, "--pcpu-bind");
+    unused(vcpu_pin != d.vcpu_pin, "--vcpu-pin");
+    unused(balance != d.balance, "--balance");
+    unused(tslice_ns != d.tslice_ns, "--tslice");
+    unused(ratelimit_ns != d.ratelimit_ns, "--ratelimit");
+    unused(weight != d.weight, "--weight");
+    unused(cap != d.cap, "--cap");
+    unused(!vm_opts.empty(), "--vm");
+  } else if (sched == "rr") {
+    auto unused = [&](bool set, const std::string& flag) {
+      if (set) w.push_back(flag + " has no effect with --sched rr (no credits)");
+    };
+    unused(weight != d.weight, "--weight");
+    unused(cap != d.cap, "--cap");
+    unused(!vm_opts.empty(), "--vm");
+  }
+  const long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+  if (sched != "host" && cpus > 0 && effective_pcpus() > uint32_t(cpus))
+    w.push_back("--pcpus " + std::to_string(effective_pcpus()) + " pCPU threads time-share " +
+                std::to_string(cpus) + " host CPUs");
+  return w;
+}
+
 uint32_t RunConfig::effective_pcpus() const {
   return pcpus ? pcpus : uint32_t(std::max(1L, sysconf(_SC_NPROCESSORS_ONLN)));
 }
@@ -248,7 +280,8 @@ void RunConfig::validate() const {
                       "' (available: xen, affinity, counted, hybrid, none)");
   if (vcpu_pin != "none" && vcpu_pin != "1:1") {
     for (const auto& p : split_list(vcpu_pin))
-      if (parse_u32(p, "--vcpu-pin") >= effective_pcpus())
+      if (parse_u32(p, "--vcpu-pin '" + vcpu_pin + "' (none, 1:1 or a list of pCPU numbers)") >=
+          effective_pcpus())
         throw ConfigError("--vcpu-pin: pCPU " + p + " does not exist (there are " +
                           std::to_string(effective_pcpus()) + ")");
   }
@@ -257,10 +290,14 @@ void RunConfig::validate() const {
   if (ratelimit_ns > tslice_ns) throw ConfigError("--ratelimit must not exceed --tslice");
   if (weight < 1 || weight > 65535) throw ConfigError("--weight must be between 1 and 65535");
   if (cap > 100 * KS_MAX_VCPUS) throw ConfigError("--cap is a % of one pCPU, at most 6400");
+  std::set<std::pair<uint32_t, std::string>> set_once;  // a VM's setting given twice is ambiguous
   for (const auto& o : vm_opts) {
     auto [vm, kv] = parse_vm_opt(o);
     if (vm >= vms)
       throw ConfigError("--vm '" + o + "': there are only " + std::to_string(vms) + " VMs");
+    for (const auto& [key, value] : kv)
+      if (!set_once.insert({vm, key}).second)
+        throw ConfigError("--vm: " + key + " of vm" + std::to_string(vm) + " is given twice");
     if (kv.count("weight") && (kv["weight"] < 1 || kv["weight"] > 65535))
       throw ConfigError("--vm '" + o + "': weight must be between 1 and 65535");
     if (kv.count("cap") && kv["cap"] > 100 * KS_MAX_VCPUS)

@@ -57,6 +57,9 @@ struct RunConfig {
   uint32_t weight_of(uint32_t vm) const;
   uint32_t cap_of(uint32_t vm) const;
   uint32_t effective_pcpus() const;
+  // Settings given that this run will not use (e.g. --pcpus with --sched host): warnings for
+  // stderr and the record's run.warnings.
+  std::vector<std::string> ineffective_settings() const;
   // Granules of free RAM a PoD VM may populate (0 when PoD is off).
   uint64_t pod_target_granules() const;  // pcpus, or the host's online CPUs when 0
   // pCPUs the k-th vCPU of the run may use (empty: any).

@@ -259,6 +259,7 @@ nlohmann::json run_testbed(const RunConfig& cfg) {
     }
   }
 
+  for (const auto& w : cfg.ineffective_settings()) limits.warnings.push_back(w);
   locks::LockPolicy lock_policy = locks::LockPolicy::parse(cfg.lock, lock_classes());
   if (cfg.sched != "host" && cfg.effective_pcpus() >= uint32_t(host.online_cpus)) {
     for (const char* cls : {"runq", "sched"}) {
