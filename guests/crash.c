@@ -2,7 +2,8 @@
  * 0 triple fault, 1 write to an unknown I/O port (0x1234), 2 MMIO beyond RAM, 3 hypercalls with bad
  * arguments (expects error codes back, then exits 0), 4 read the host's address space via a bogus
  * console gpa (expects KS_EFAULT), 5 spin forever without exiting, 6 write every byte value 0..255
- * to the console (not valid UTF-8), then exit 0. */
+ * to the console (not valid UTF-8), then exit 0, 7 `in` from the doorbell port, 8 jump into MMIO
+ * (an instruction fetch outside RAM), 9 write port 0x80 (the POST port), then exit 0. */
 #include "runtime.h"
 
 static int bad_hypercalls(struct ks_ctx* ctx) {
@@ -33,6 +34,13 @@ int guest_main(struct ks_ctx* ctx) {
       ks_console(ctx, bytes, sizeof bytes);
       return 0;
     }
+    case 7: {
+      uint8_t v;
+      __asm__ volatile("inb %%dx, %%al" : "=a"(v) : "d"(KS_DOORBELL_PORT));
+      break;
+    }
+    case 8: ((void (*)(void))(uintptr_t)(ctx->boot->mem_size + 0x1000))(); break;
+    case 9: __asm__ volatile("outb %%al, $0x80" : : "a"(0)); return 0;
     default: {
       struct __attribute__((packed)) {
         uint16_t limit;

@@ -3,6 +3,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cinttypes>
 #include <cstdio>
 #include <cstdlib>
@@ -90,6 +91,13 @@ Action Vm::handle_exit(Vcpu& v, PcpuAccess access) {
         return dispatch_hypercall(
             mm::GuestView(*mem_, index(), access.tlb, access.safe_point, epochs_), v.page(),
             v.index(), nr_vcpus(), v.stats, console_);
+      // The legacy POST/delay port: KVM absorbs writes on some hosts and exits on others (seen
+      // on two KVM-PVM hosts); ignore them everywhere so guests see one behaviour.
+      if (run->io.port == 0x80 && run->io.direction == KVM_EXIT_IO_OUT)
+        return {Action::Kind::Resume};
+      if (run->io.port == KS_DOORBELL_PORT)
+        return Action::crash("read from the doorbell port " + hex(KS_DOORBELL_PORT) +
+                             " (hypercalls are `out`, docs/hypercalls.md)");
       return Action::crash(std::string("I/O ") + (run->io.direction ? "write" : "read") +
                            " to unknown port " + hex(run->io.port) + " (size " +
                            std::to_string(run->io.size) + ")");
@@ -102,9 +110,22 @@ Action Vm::handle_exit(Vcpu& v, PcpuAccess access) {
     case KVM_EXIT_FAIL_ENTRY:
       return Action::crash("VM entry failed, hardware reason " +
                            hex(run->fail_entry.hardware_entry_failure_reason));
-    case KVM_EXIT_INTERNAL_ERROR:
-      return Action::crash("KVM internal error, suberror " +
-                           std::to_string(run->internal.suberror));
+    case KVM_EXIT_INTERNAL_ERROR: {
+      // What KVM reports (suberror 1 = emulation failure, e.g. an instruction fetch from MMIO,
+      // sysret, monitor/mwait), its data words, and where the guest was.
+      std::string why = "KVM internal error, suberror " + std::to_string(run->internal.suberror);
+      const uint32_t n = std::min<uint32_t>(run->internal.ndata, 16);
+      if (n) {
+        why += ", data";
+        for (uint32_t i = 0; i < n; i++) why += " " + hex(run->internal.data[i]);
+      }
+      try {
+        why += ", rip " + hex(v.fd().regs().rip);
+      } catch (const std::exception&) {
+        // the reason stands without the RIP
+      }
+      return Action::crash(why);
+    }
     default:
       return Action::crash(std::string("unhandled exit ") + exit_reason_name(reason) + " (" +
                            std::to_string(reason) + ")");
