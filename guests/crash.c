@@ -15,6 +15,22 @@ static int bad_hypercalls(struct ks_ctx* ctx) {
   bad |= ks_hcall(hc, KS_HC_WAKE, 4096, 0) != KS_EINVAL;
   bad |= ks_hcall(hc, KS_HC_METRIC_NAME, KS_METRIC_SLOTS, 0x100000) != KS_EINVAL;
   bad |= ks_hcall(hc, KS_HC_METRIC_NAME, 0, ~0ull) != KS_EFAULT;
+  /* docs/hypercalls.md, "Exact semantics" */
+  uint64_t end = ctx->boot->mem_size;
+  bad |= ks_hcall(hc, KS_HC_CONSOLE, end + 4096, KS_CONSOLE_MAX + 1) != KS_EINVAL; /* first check */
+  bad |= ks_hcall(hc, KS_HC_CONSOLE, end + 4096, 0) != KS_EFAULT;
+  bad |= ks_hcall(hc, KS_HC_CONSOLE, 0x100000, 0) != 0;
+  static const char empty[] = "";
+  bad |= ks_hcall(hc, KS_HC_METRIC_NAME, 1, (uint64_t)(uintptr_t)empty) != KS_EINVAL;
+  *(volatile char*)(uintptr_t)(end - 1) = 'a'; /* a name running off the end of RAM */
+  bad |= ks_hcall(hc, KS_HC_METRIC_NAME, 1, end - 1) != KS_EINVAL;
+  bad |= ks_metric_name(ctx, 2, "first") != 0;
+  bad |= ks_metric_name(ctx, 2, "renamed") != 0;
+  ks_metric_set(ctx, 2, 7);
+  bad |= ks_wake(ctx, ctx->vcpu) != 0; /* two wakes before one block count once */
+  bad |= ks_wake(ctx, ctx->vcpu) != 0;
+  bad |= ks_block(ctx, 1000000) != 0;
+  bad |= ks_block(ctx, 1000000) != 1;
   ks_printf(ctx, "bad hypercalls %s\n", bad ? "NOT rejected" : "rejected");
   return bad;
 }

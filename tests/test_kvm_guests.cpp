@@ -127,6 +127,10 @@ TEST(Guests, CrashIsContainedAndRecorded) {
       EXPECT_EQ(bad["exit_code"], 0) << "mode " << k.mode << ": " << bad["console"];
     }
     EXPECT_EQ(good["state"], "exited") << "mode " << k.mode;
+    if (k.mode == 3) {
+      EXPECT_EQ(bad["vcpus"][0]["metrics"]["renamed"], 7) << "a renamed slot keeps its value";
+      EXPECT_FALSE(bad["metrics"].contains("first"));
+    }
     EXPECT_FALSE(good["boot_ns"].is_null());
     EXPECT_EQ(r["run"]["end_reason"], "all_exited") << "mode " << k.mode;
   }
