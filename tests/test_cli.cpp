@@ -8,6 +8,7 @@
 #include <thread>
 
 #include "kvm_helpers.hpp"
+#include "vmm/guest_images.hpp"
 
 using namespace kvmscale;
 namespace fs = std::filesystem;
@@ -334,4 +335,21 @@ TEST(Cli, FlagsARunIgnoresAreWarnedAndRecorded) {
   std::string all = rec["run"]["warnings"].dump();
   EXPECT_NE(all.find("--pcpus has no effect with --sched host"), std::string::npos) << all;
   EXPECT_NE(all.find("--vcpu-pin has no effect"), std::string::npos) << all;
+}
+
+TEST(Cli, AFileImageCanBeOneGuestOfAMix) {
+  SKIP_WITHOUT_KVM();
+  fs::path image = scratch("hello-copy.bin");
+  auto hello = vmm::builtin_guest_image("hello");
+  std::ofstream(image, std::ios::binary)
+      .write(reinterpret_cast<const char*>(hello.data()), std::streamsize(hello.size()));
+  auto r = ks({"run", "--guest", "idle,file:" + image.string(), "--guest-arg", "1000000", "--vms",
+               "2", "--vcpus", "1", "--mem", "8M", "--duration", "2s", "--json"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  auto rec = nlohmann::json::parse(r.out);
+  EXPECT_EQ(rec["vms"][1]["guest"], "file:" + image.string());
+  EXPECT_NE(rec["vms"][1]["console"].get<std::string>().find("hello from vm 1"), std::string::npos);
+  auto both = ks({"run", "--guest", "hello", "--guest-file", image.string()});
+  EXPECT_EQ(both.exit_code, 2);
+  EXPECT_NE(both.err.find(",file:"), std::string::npos) << both.err;
 }

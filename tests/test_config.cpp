@@ -70,7 +70,10 @@ TEST(RunConfig, GuestListIsRoundRobin) {
   EXPECT_EQ(c.guest_for_vm(1), "hello");
   EXPECT_EQ(c.guest_for_vm(2), "crash");
   c.guest_file = "/tmp/x.bin";
-  EXPECT_EQ(c.guest_for_vm(1), "/tmp/x.bin");
+  EXPECT_EQ(c.guest_for_vm(1), "file:/tmp/x.bin") << "--guest-file is --guest file:PATH";
+  c.guest_file.clear();
+  c.guest = "hello,file:/tmp/x.bin";
+  EXPECT_EQ(c.guest_for_vm(3), "file:/tmp/x.bin");
 }
 
 TEST(RunConfig, JsonRoundTripIsExact) {

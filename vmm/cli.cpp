@@ -28,6 +28,7 @@ struct RunFlags {
               ratelimit = "1ms", pod_granule = "4K";
   std::vector<std::string> guest_args;
   bool force = false;  // overwrite an existing --out FILE.json
+  std::string guest;   // empty: not given
 };
 
 void add_run_flags(CLI::App& cmd, RunConfig& cfg, RunFlags& f) {
@@ -35,10 +36,15 @@ void add_run_flags(CLI::App& cmd, RunConfig& cfg, RunFlags& f) {
   cmd.add_option("--vcpus", cfg.vcpus, "vCPUs per VM (1-64)")->capture_default_str();
   cmd.add_option("--mem", f.mem, "guest memory per VM, e.g. 16M, 1G (multiple of 2M, >= 8M)")
       ->capture_default_str();
-  cmd.add_option("--guest", cfg.guest,
-                 "built-in guest: hello idle spin boot-zero pingpong crash loop hcbench blockwake")
-      ->capture_default_str();
-  cmd.add_option("--guest-file", cfg.guest_file, "run a custom flat image (linked at 0x100000)");
+  std::string guests;
+  for (const auto& g : builtin_guest_names()) guests += " " + g;
+  cmd.add_option("--guest", f.guest,
+                 "guests, round-robin over VMs: built-in names (" + guests.substr(1) +
+                     ") or file:PATH images, e.g. hello,file:my.bin")
+      ->default_str(cfg.guest);
+  cmd.add_option("--guest-file", cfg.guest_file,
+                 "run a custom flat image (linked at 0x100000) in every VM; to mix it with "
+                 "built-in guests use --guest NAME,file:PATH");
   cmd.add_option("--guest-arg", f.guest_args,
                  "guest parameter(s), comma-separated (boot-info args): whole numbers up to "
                  "2^64-1, decimal or 0x hex")
@@ -105,6 +111,12 @@ void add_run_flags(CLI::App& cmd, RunConfig& cfg, RunFlags& f) {
 }
 
 void finish_run_flags(RunConfig& cfg, const RunFlags& f) {
+  if (!f.guest.empty() && !cfg.guest_file.empty())
+    throw ConfigError(
+        "--guest-file runs one image in every VM; to mix it with --guest use "
+        "--guest " +
+        f.guest + ",file:" + cfg.guest_file);
+  if (!f.guest.empty()) cfg.guest = f.guest;
   try {
     cfg.mem = parse_size(f.mem);
   } catch (const ConfigError& e) {

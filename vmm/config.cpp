@@ -119,9 +119,13 @@ std::vector<std::string> split_list(const std::string& text, char sep) {
   }
 }
 
+std::vector<std::string> RunConfig::guest_list() const {
+  if (!guest_file.empty()) return {"file:" + guest_file};
+  return split_list(guest);
+}
+
 std::string RunConfig::guest_for_vm(uint32_t vm) const {
-  if (!guest_file.empty()) return guest_file;
-  auto list = split_list(guest);
+  auto list = guest_list();
   return list[vm % list.size()];
 }
 
@@ -255,9 +259,13 @@ void RunConfig::validate() const {
     throw ConfigError("--mem must be between " + format_size(kMinGuestMem) + " and " +
                       format_size(kMaxGuestMem) + " (got " + format_size(mem) + ")");
   if (mem % (2ull << 20) != 0) throw ConfigError("--mem must be a multiple of 2M");
-  if (guest_file.empty()) {
+  {
     const auto& names = builtin_guest_names();
-    for (const auto& g : split_list(guest)) {
+    for (const auto& g : guest_list()) {
+      if (g.rfind("file:", 0) == 0) {
+        if (g.size() == 5) throw ConfigError("--guest: 'file:' needs a path (file:PATH)");
+        continue;
+      }
       if (std::find(names.begin(), names.end(), g) == names.end()) {
         std::string all;
         for (const auto& n : names) all += (all.empty() ? "" : ", ") + n;

@@ -53,6 +53,8 @@ struct RunConfig {
   bool echo_console = false;
 
   // The guest VM `vm` runs: the file name with --guest-file, else guest[vm % list size].
+  // The guest entries VMs take round-robin: built-in names and file:PATH images.
+  std::vector<std::string> guest_list() const;
   std::string guest_for_vm(uint32_t vm) const;
   uint32_t weight_of(uint32_t vm) const;
   uint32_t cap_of(uint32_t vm) const;

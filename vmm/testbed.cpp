@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <atomic>
 #include <exception>
+#include <list>
 #include <map>
 #include <memory>
 #include <thread>
@@ -247,16 +248,15 @@ nlohmann::json run_testbed(const RunConfig& cfg) {
   }
 
   // One image per entry of the guest list; VM i runs images[i % size].
-  std::vector<uint8_t> file_image;
+  std::list<std::vector<uint8_t>> file_images;  // stable addresses for the spans below
   std::vector<std::span<const uint8_t>> images;
-  if (!cfg.guest_file.empty()) {
-    file_image = load_guest_file(cfg.guest_file);
-    images.emplace_back(file_image);
-  } else {
-    for (const auto& g : split_list(cfg.guest)) {
-      images.push_back(builtin_guest_image(g));
-      if (images.back().empty()) throw RunError("guest '" + g + "' is not embedded in this build");
+  for (const auto& g : cfg.guest_list()) {
+    if (g.rfind("file:", 0) == 0) {
+      images.emplace_back(file_images.emplace_back(load_guest_file(g.substr(5))));
+      continue;
     }
+    images.push_back(builtin_guest_image(g));
+    if (images.back().empty()) throw RunError("guest '" + g + "' is not embedded in this build");
   }
 
   for (const auto& w : cfg.ineffective_settings()) limits.warnings.push_back(w);
