@@ -62,6 +62,15 @@ MatrixSpec MatrixSpec::from_json(const json& j) {
   }
 }
 
+uint64_t MatrixSpec::run_count() const {
+  uint64_t n = repeat;
+  for (const auto& a : axes) {
+    if (a.values.empty()) return 0;
+    n = n > UINT64_MAX / a.values.size() ? UINT64_MAX : n * a.values.size();
+  }
+  return n;
+}
+
 void MatrixSpec::validate() const {
   if (repeat < 1 || repeat > kMaxRepeat)
     throw ConfigError("repeat must be in 1.." + std::to_string(kMaxRepeat));

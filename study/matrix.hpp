@@ -26,7 +26,8 @@ struct Axis {
   std::vector<std::string> values;
 };
 
-inline constexpr uint32_t kMaxRepeat = 1000;  // --repeat's range, for matrix.json too
+inline constexpr uint32_t kMaxRepeat = 1000;   // --repeat's range, for matrix.json too
+inline constexpr uint64_t kMaxRuns = 100'000;  // runs in one matrix without --force
 
 struct MatrixSpec {
   std::vector<Axis> axes;                                  // flags with 2+ values
@@ -39,7 +40,8 @@ struct MatrixSpec {
   nlohmann::json to_json() const;
   // Validated as strictly as the command line (throws vmm::ConfigError).
   static MatrixSpec from_json(const nlohmann::json& j);
-  void validate() const;  // throws vmm::ConfigError
+  void validate() const;       // throws vmm::ConfigError
+  uint64_t run_count() const;  // cells x repeat, saturating (computed without expanding)
 };
 
 // Splits a flag's command-line value into axis values. Commas separate values, except where one

@@ -65,6 +65,8 @@ void add_matrix_options(CLI::App& m, StudyCommands& st) {
   m.add_flag("--resume", st.resume, "finish the matrix in --out, skipping finished runs");
   m.add_flag("--no-plots", st.no_plots, "write the CSV only");
   m.add_flag("--dry-run", st.dry_run, "list the runs in execution order and exit");
+  m.add_flag("--force", st.force,
+             "run a matrix of more than " + std::to_string(kMaxRuns) + " runs");
 }
 
 std::vector<std::pair<std::string, std::string>> given_flags(const StudyCommands& st) {
@@ -90,6 +92,11 @@ void print_dry_run(const MatrixSpec& spec, std::ostream& os) {
 }
 
 int execute_matrix(const MatrixSpec& spec, const StudyCommands& st, const std::string& dir) {
+  // Refuse before expanding: validating millions of runs would take tens of minutes.
+  if (spec.run_count() > kMaxRuns && !st.force)
+    throw vmm::ConfigError("the matrix has " + std::to_string(spec.run_count()) +
+                           " runs, over the limit of " + std::to_string(kMaxRuns) +
+                           "; use --force if you mean it");
   if (st.dry_run) {
     for (const Cell& c : expand(spec)) {
       try {

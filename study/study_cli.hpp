@@ -20,7 +20,7 @@ struct StudyCommands {
   uint32_t repeat = 3;
   uint64_t seed = 0;
   std::string out;
-  bool resume = false, no_plots = false, dry_run = false;
+  bool resume = false, no_plots = false, dry_run = false, force = false;
   // compare
   std::string path_a, path_b;
   std::vector<std::string> metrics, by;

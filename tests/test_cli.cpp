@@ -353,3 +353,17 @@ TEST(Cli, AFileImageCanBeOneGuestOfAMix) {
   EXPECT_EQ(both.exit_code, 2);
   EXPECT_NE(both.err.find(",file:"), std::string::npos) << both.err;
 }
+
+TEST(Cli, AHugeMatrixIsRefusedAtOnceUnlessForced) {
+  // 100 x 100 x 11 cells x 1000 repeats = 110 million runs: refused before any expansion.
+  std::string a, b, c;
+  for (int i = 1; i <= 100; i++) a += (i > 1 ? "," : "") + std::to_string(i);
+  for (int i = 1; i <= 100; i++) b += (i > 1 ? "," : "") + std::to_string(i) + "s";
+  for (int i = 0; i <= 10; i++) c += (i > 0 ? "," : "") + std::to_string(i * 10) + "%";
+  auto start = std::chrono::steady_clock::now();
+  auto r = ks(
+      {"matrix", "--vms", a, "--duration", b, "--pod-target", c, "--repeat", "1000", "--dry-run"});
+  EXPECT_EQ(r.exit_code, 2) << r.err;
+  EXPECT_NE(r.err.find("110000000 runs"), std::string::npos) << r.err;
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(5));
+}
