@@ -308,11 +308,36 @@ MatrixOutcome run_matrix(const MatrixSpec& spec_in, const MatrixOptions& opt,
 
   MatrixOutcome out;
   out.total = cells.size();
-  // Which runs are finished: read once (records can be large and matrices long).
+  // Temp files of writes a SIGKILL cut short (".<name>.tmp.<pid>"): nobody will finish them.
+  for (const auto& e : fs::directory_iterator(dir / "cells")) {
+    const std::string name = e.path().filename().string();
+    if (name.size() > 1 && name[0] == '.' && name.find(".tmp.") != std::string::npos)
+      fs::remove(e.path());
+  }
+  // Which runs are finished: read once (records can be large and matrices long). A record counts
+  // only if it is the run of its cell: same configuration (the file name alone proves nothing).
   std::vector<bool> done(cells.size());
   json record;
-  for (size_t i = 0; i < cells.size(); i++)
-    done[i] = read_finished_record(cell_file(opt.dir, cells[i]), record);
+  for (size_t i = 0; i < cells.size(); i++) {
+    const std::string path = cell_file(opt.dir, cells[i]);
+    if (!read_finished_record(path, record)) continue;
+    vmm::RunConfig want = configs[i];
+    want.out = path;
+    want.json = false;
+    json have = record.value("config", json());
+    have.erase("out");
+    json expect = want.to_json();
+    expect.erase("out");
+    if (have != expect) {
+      fs::create_directories(dir / "mismatched");
+      fs::rename(path, dir / "mismatched" / (cells[i].id + ".json"));
+      out.warnings.push_back("cells/" + cells[i].id +
+                             ".json held a run of another configuration: moved to mismatched/, "
+                             "the cell runs again");
+      continue;
+    }
+    done[i] = true;
+  }
   out.skipped = size_t(std::count(done.begin(), done.end(), true));
   const size_t todo = cells.size() - out.skipped;
   if (out.skipped) log << "resuming: " << out.skipped << " of " << cells.size() << " runs done\n";
@@ -365,7 +390,7 @@ MatrixOutcome run_matrix(const MatrixSpec& spec_in, const MatrixOptions& opt,
         << human_time(eta) << "\n"
         << std::flush;
   }
-  out.warnings = write_outputs(spec, opt.dir, opt.plots);
+  for (auto& w : write_outputs(spec, opt.dir, opt.plots)) out.warnings.push_back(std::move(w));
   return out;
 }
 

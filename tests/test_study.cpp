@@ -57,7 +57,9 @@ json canned_record(double boot_ms, double iterations, bool interrupted = false) 
 // Boot time grows with --vms; --lock mcs halves it: a fake testbed with known answers.
 json fake_run(const kvmscale::vmm::RunConfig& cfg) {
   double boot = 10.0 * cfg.vms * (cfg.lock == "mcs" ? 0.5 : 1.0);
-  return canned_record(boot, 1000.0 * cfg.vms);
+  json r = canned_record(boot, 1000.0 * cfg.vms);
+  r["config"] = cfg.to_json();  // as make_run_record does
+  return r;
 }
 
 MatrixSpec two_by_two(uint32_t repeat = 2) {
@@ -430,4 +432,33 @@ TEST(MatrixSpecFile, IsValidatedAsStrictlyAsTheCommandLine) {
       with([](auto& j) { j.erase("axes"); }),
   };
   for (const auto& j : bad) EXPECT_THROW(MatrixSpec::from_json(j), ConfigError) << j.dump();
+}
+
+TEST(MatrixRun, ResumeTrustsARecordOnlyIfItIsTheRunOfItsCell) {
+  TempDir t;
+  MatrixSpec spec = two_by_two(1);
+  MatrixOptions opt{t.sub("m"), false, false};
+  std::ostringstream log;
+  int calls = 0;
+  auto run = [&](const kvmscale::vmm::RunConfig& c) {
+    calls++;
+    return fake_run(c);
+  };
+  run_matrix(spec, opt, kvmscale::vmm::parse_run_args, run, nullptr, log);
+  ASSERT_EQ(calls, 4);
+  // One cell's file now holds another configuration's record, and a SIGKILL left a temp file.
+  std::vector<fs::path> files;
+  for (const auto& e : fs::directory_iterator(t.sub("m/cells"))) files.push_back(e.path());
+  std::sort(files.begin(), files.end());
+  json other = json::parse(std::ifstream(files[1]));
+  std::ofstream(files[0]) << other.dump();
+  std::ofstream(t.sub("m/cells/.x.json.tmp.123")) << "{";
+  MatrixOptions resume = opt;
+  resume.resume = true;
+  calls = 0;
+  MatrixOutcome o = run_matrix(spec, resume, kvmscale::vmm::parse_run_args, run, nullptr, log);
+  EXPECT_EQ(calls, 1) << "the cell whose record belonged to another configuration runs again";
+  EXPECT_EQ(o.warnings.size(), 1u);
+  EXPECT_TRUE(fs::exists(t.sub("m/mismatched")));
+  EXPECT_FALSE(fs::exists(t.sub("m/cells/.x.json.tmp.123")));
 }
