@@ -23,9 +23,14 @@ RunSet load_run_set(const std::string& path) {
   std::error_code ec;
   if (fs::is_regular_file(path, ec)) {
     json r;
-    if (!read_finished_record(path, r))
-      throw vmm::ConfigError(path + " is not a finished run record");
-    set.runs.push_back(run_metrics(r));
+    std::string why;
+    if (!read_finished_record(path, r, &why))
+      throw vmm::ConfigError(path + " is not a finished run record: " + why);
+    try {
+      set.runs.push_back(run_metrics(r));
+    } catch (const std::invalid_argument& e) {
+      throw vmm::ConfigError(path + " is not a usable run record: " + e.what());
+    }
     return set;
   }
   if (!fs::exists(path, ec)) throw vmm::ConfigError(path + ": no such file or directory");
@@ -40,7 +45,16 @@ RunSet load_run_set(const std::string& path) {
   std::sort(files.begin(), files.end());
   for (const auto& f : files) {
     json r;
-    if (read_finished_record(f, r)) set.runs.push_back(run_metrics(r));
+    std::string why;
+    if (!read_finished_record(f, r, &why)) {
+      set.skipped.push_back(f.string() + ": " + why);
+      continue;
+    }
+    try {
+      set.runs.push_back(run_metrics(r));
+    } catch (const std::invalid_argument& e) {
+      set.skipped.push_back(f.string() + ": " + e.what());
+    }
   }
   if (set.runs.empty()) throw vmm::ConfigError(path + " holds no finished run records");
   return set;

@@ -12,6 +12,7 @@ namespace kvmscale::study {
 struct RunSet {
   std::string label;
   std::vector<std::map<std::string, double>> runs;  // metrics of each run
+  std::vector<std::string> skipped;                 // "file: why" of files that were not used
 };
 
 // A run record file (one run) or a directory: a matrix (its cells/) or any directory of

@@ -146,12 +146,38 @@ std::string slug(const std::string& v) {
 
 }  // namespace
 
-bool read_finished_record(const std::string& path, json& out) {
+std::string record_problem(const json& r) {
+  if (!r.is_object()) return "not a JSON object";
+  auto sv = r.find("schema_version");
+  if (sv == r.end() || !sv->is_number_integer() || sv->get<int64_t>() != vmm::kRecordSchemaVersion)
+    return "schema_version is not " + std::to_string(vmm::kRecordSchemaVersion);
+  for (const char* obj : {"run", "summary", "config"}) {
+    auto it = r.find(obj);
+    if (it == r.end() || !it->is_object()) return std::string("no \"") + obj + "\" object";
+  }
+  const json& run = r["run"];
+  if (!run.contains("interrupted") || !run["interrupted"].is_boolean())
+    return "run.interrupted is not a boolean";
+  for (const char* key : {"vms", "vms_booted", "vms_crashed", "exits_total"}) {
+    auto it = r["summary"].find(key);
+    if (it == r["summary"].end() || !it->is_number_unsigned())
+      return std::string("summary.") + key + " is not a count";
+  }
+  return {};
+}
+
+bool read_finished_record(const std::string& path, json& out, std::string* why) {
+  auto fail = [&](const std::string& reason) {
+    if (why) *why = reason;
+    return false;
+  };
   std::ifstream in(path);
-  if (!in) return false;
+  if (!in) return fail("cannot be read");
   out = json::parse(in, nullptr, false);
-  return !out.is_discarded() && out.is_object() && out.contains("schema_version") &&
-         out.contains("run") && !out["run"].value("interrupted", false);
+  if (out.is_discarded()) return fail("not JSON");
+  if (std::string p = record_problem(out); !p.empty()) return fail(p);
+  if (out["run"]["interrupted"].get<bool>()) return fail("an interrupted run");
+  return true;
 }
 
 bool holds_matrix(const std::string& dir) { return fs::exists(fs::path(dir) / "matrix.json"); }
@@ -399,7 +425,11 @@ std::vector<RunRow> load_rows(const MatrixSpec& spec, const std::string& dir) {
   for (const Cell& c : expand(spec)) {
     json record;
     if (!read_finished_record(cell_file(dir, c), record)) continue;
-    rows.push_back({c.id, c.values, c.rep, run_metrics(record), "cells/" + c.id + ".json"});
+    try {
+      rows.push_back({c.id, c.values, c.rep, run_metrics(record), "cells/" + c.id + ".json"});
+    } catch (const std::invalid_argument&) {
+      // a badly typed record is not a finished run of this cell: left out of CSV and compare
+    }
   }
   return rows;
 }

@@ -1,5 +1,7 @@
 #include "study/metrics.hpp"
 
+#include <stdexcept>
+
 namespace kvmscale::study {
 
 using nlohmann::json;
@@ -47,9 +49,14 @@ MetricInfo metric_info(const std::string& name) {
 
 namespace {
 
+// A field that is absent counts as 0 (older records lack newer counters); one of the wrong type
+// makes the record unusable rather than silently 0.
 double num(const json& j, const char* key) {
+  if (!j.is_object()) return 0.0;
   auto it = j.find(key);
-  return it != j.end() && it->is_number() ? it->get<double>() : 0.0;
+  if (it == j.end() || it->is_null()) return 0.0;
+  if (!it->is_number()) throw std::invalid_argument(std::string("'") + key + "' is not a number");
+  return it->get<double>();
 }
 
 bool has(const json& j, const char* key) { return j.is_object() && j.contains(key); }

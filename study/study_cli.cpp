@@ -158,6 +158,8 @@ int do_compare(StudyCommands& st) {
   st.by = st.by_text.empty() ? std::vector<std::string>{} : vmm::split_list(st.by_text);
   if (st.by.empty()) {
     RunSet a = load_run_set(st.path_a), b = load_run_set(st.path_b);
+    for (const RunSet* set : {&a, &b})
+      for (const auto& why : set->skipped) std::cerr << "compare: skipped " << why << "\n";
     auto rows = compare_sets(a, b, st.metrics);
     check_metrics(st.metrics, {rows});
     if (rows.empty()) throw vmm::ConfigError("no metric is present in both sets");

@@ -37,6 +37,7 @@ struct TempDir {
 // A record as the testbed writes it, reduced to what the metrics read.
 json canned_record(double boot_ms, double iterations, bool interrupted = false) {
   return {{"schema_version", 1},
+          {"config", json::object()},
           {"run", {{"exec_ns", 2000000000}, {"interrupted", interrupted}}},
           {"summary",
            {{"vms", 1},
@@ -461,4 +462,35 @@ TEST(MatrixRun, ResumeTrustsARecordOnlyIfItIsTheRunOfItsCell) {
   EXPECT_EQ(o.warnings.size(), 1u);
   EXPECT_TRUE(fs::exists(t.sub("m/mismatched")));
   EXPECT_FALSE(fs::exists(t.sub("m/cells/.x.json.tmp.123")));
+}
+
+TEST(Compare, RecordsOfAnotherSchemaOrWithBadTypesAreSkippedAndNamed) {
+  TempDir t;
+  fs::create_directories(t.sub("d"));
+  auto write = [&](const std::string& name, const json& j) {
+    std::ofstream(t.sub("d/" + name)) << j.dump();
+  };
+  write("good.json", canned_record(10, 100));
+  json v99 = canned_record(10, 100);
+  v99["schema_version"] = 99;
+  write("v99.json", v99);
+  json vstr = canned_record(10, 100);
+  vstr["schema_version"] = "1";
+  write("vstr.json", vstr);
+  json empty_summary = canned_record(10, 100);
+  empty_summary["summary"] = json::object();
+  write("empty-summary.json", empty_summary);
+  json bad_type = canned_record(10, 100);
+  bad_type["locks"]["classes"]["call"]["wait_ns"] = "lots";
+  write("bad-type.json", bad_type);
+  std::ofstream(t.sub("d/garbage.json")) << "not json";
+  RunSet set = load_run_set(t.sub("d"));
+  EXPECT_EQ(set.runs.size(), 1u) << "only good.json";
+  ASSERT_EQ(set.skipped.size(), 5u);
+  std::string all;
+  for (const auto& s : set.skipped) all += s + "\n";
+  for (const char* why : {"schema_version is not 1", "summary.vms is not a count",
+                          "'wait_ns' is not a number", "not JSON"})
+    EXPECT_NE(all.find(why), std::string::npos) << all;
+  EXPECT_THROW(load_run_set(t.sub("d/v99.json")), ConfigError);
 }
