@@ -129,6 +129,42 @@ int execute_matrix(const MatrixSpec& spec, const StudyCommands& st, const std::s
   return o.failed ? vmm::kExitFailure : vmm::kExitOk;
 }
 
+// DIR/scenario.json: what a scenario was started with, so --resume (of the scenario or of its
+// matrix) rebuilds the same plan and writes the verdict.
+const char* const kScenarioFile = "scenario.json";
+
+json scenario_settings(const std::string& name, const ScenarioOptions& so) {
+  return {{"name", name},
+          {"host_cpus", so.host_cpus},
+          {"repeat", so.repeat},
+          {"duration", so.duration},
+          {"seed", so.seed}};
+}
+
+// The stored settings of the scenario in `dir`; false if `dir` holds none.
+bool load_scenario_settings(const std::string& dir, std::string& name, ScenarioOptions& so) {
+  std::ifstream in(fs::path(dir) / kScenarioFile);
+  if (!in) return false;
+  json j = json::parse(in, nullptr, false);
+  try {
+    name = j.at("name").get<std::string>();
+    so.host_cpus = j.at("host_cpus").get<uint32_t>();
+    so.repeat = j.at("repeat").get<uint32_t>();
+    so.duration = j.at("duration").get<std::string>();
+    so.seed = j.at("seed").get<uint64_t>();
+  } catch (const json::exception& e) {
+    throw vmm::ConfigError(dir + "/" + kScenarioFile + " is damaged: " + e.what());
+  }
+  return true;
+}
+
+void write_verdict(const ScenarioPlan& plan, const std::string& dir) {
+  ScenarioVerdict v = scenario_verdict(plan, load_rows(plan.spec, dir));
+  vmm::write_file_atomically((fs::path(dir) / "verdict.txt").string(), v.text);
+  vmm::write_file_atomically((fs::path(dir) / "verdict.json").string(), v.json.dump(2) + "\n");
+  std::cout << v.text << "verdict: " << dir << "/verdict.txt\n";
+}
+
 int do_matrix(StudyCommands& st) {
   auto flags = given_flags(st);
   if (st.resume && st.out.empty()) throw vmm::ConfigError("--resume needs --out DIR");
@@ -140,7 +176,12 @@ int do_matrix(StudyCommands& st) {
     spec = make_spec(flags, st.repeat, st.seed ? st.seed : random_seed());
     for (const auto& v : st.vm_opts) spec.fixed.emplace_back("vm", v);
   }
-  return execute_matrix(spec, st, dir);
+  int rc = execute_matrix(spec, st, dir);
+  std::string scenario;
+  ScenarioOptions so;
+  if (!st.dry_run && rc != vmm::kExitInterrupted && load_scenario_settings(dir, scenario, so))
+    write_verdict(plan_scenario(scenario, so), dir);
+  return rc;
 }
 
 // Every metric asked for by --metrics must exist on both sides somewhere.
@@ -202,15 +243,25 @@ int do_scenario(StudyCommands& st) {
   if (st.resume && st.out.empty()) throw vmm::ConfigError("--resume needs --out DIR");
   const std::string dir =
       st.out.empty() ? "results/scenario-" + st.scenario_name + "-" + stamp() : st.out;
+  if (st.resume) {
+    std::string stored;
+    if (!load_scenario_settings(dir, stored, so))
+      throw vmm::ConfigError(dir + " holds no scenario (no " + kScenarioFile + ")");
+    if (stored != st.scenario_name)
+      throw vmm::ConfigError(dir + " holds scenario " + stored + ", not " + st.scenario_name);
+    std::cerr << "scenario: resuming with the stored settings (repeat " << so.repeat
+              << ", duration " << so.duration << ", " << so.host_cpus << " host CPUs)\n";
+  }
   ScenarioPlan plan = plan_scenario(st.scenario_name, so);
-  if (st.resume) plan.spec.seed = load_spec(dir).seed;
   std::cerr << "scenario " << plan.name << ": " << plan.description << "\n";
+  if (!st.resume && !st.dry_run) {
+    fs::create_directories(dir);
+    vmm::write_file_atomically((fs::path(dir) / kScenarioFile).string(),
+                               scenario_settings(st.scenario_name, so).dump(2) + "\n");
+  }
   int rc = execute_matrix(plan.spec, st, dir);
   if (st.dry_run || rc == vmm::kExitInterrupted) return rc;
-  ScenarioVerdict v = scenario_verdict(plan, load_rows(plan.spec, dir));
-  vmm::write_file_atomically((fs::path(dir) / "verdict.txt").string(), v.text);
-  vmm::write_file_atomically((fs::path(dir) / "verdict.json").string(), v.json.dump(2) + "\n");
-  std::cout << v.text << "verdict: " << dir << "/verdict.txt\n";
+  write_verdict(plan, dir);
   return rc;
 }
 

@@ -367,3 +367,29 @@ TEST(Cli, AHugeMatrixIsRefusedAtOnceUnlessForced) {
   EXPECT_NE(r.err.find("110000000 runs"), std::string::npos) << r.err;
   EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(5));
 }
+
+TEST(CliMatrix, AnInterruptedScenarioResumesFromItsOwnSettings) {
+  SKIP_WITHOUT_KVM();
+  fs::path dir = scratch("scenario-resume");
+  fs::remove_all(dir);
+  // 8 runs of 0.5 s: interrupted after about half.
+  auto r = ks({"scenario", "credit-balance", "--repeat", "1", "--duration", "500ms", "--seed", "3",
+               "--no-plots", "--out", dir},
+              2500);
+  ASSERT_EQ(r.exit_code, 130) << r.err;
+  // Resumed as the hint says, without repeating --repeat and --duration.
+  auto again = ks({"scenario", "credit-balance", "--resume", "--no-plots", "--out", dir});
+  ASSERT_EQ(again.exit_code, 0) << again.err;
+  EXPECT_NE(again.err.find("resuming with the stored settings (repeat 1, duration 500ms"),
+            std::string::npos)
+      << again.err;
+  EXPECT_TRUE(fs::exists(dir / "verdict.txt"));
+  size_t cells = 0;
+  for (const auto& e : fs::directory_iterator(dir / "cells")) cells += e.is_regular_file();
+  EXPECT_EQ(cells, 8u);
+  // matrix --resume on a finished scenario writes its verdict too.
+  fs::remove(dir / "verdict.txt");
+  auto m = ks({"matrix", "--resume", "--no-plots", "--out", dir});
+  EXPECT_EQ(m.exit_code, 0) << m.err;
+  EXPECT_TRUE(fs::exists(dir / "verdict.txt"));
+}
