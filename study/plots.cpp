@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <filesystem>
+#include <fstream>
 #include <map>
 #include <sstream>
 
@@ -52,6 +53,26 @@ std::string gp_quote(const std::string& s) {
     q += c;
   }
   return q + "\"";
+}
+
+std::string file_tail(const std::string& path, size_t n) {
+  std::ifstream in(path, std::ios::binary | std::ios::ate);
+  if (!in) return {};
+  std::streamoff size = in.tellg();
+  if (size <= 0) return {};
+  std::streamoff from = size > std::streamoff(n) ? size - std::streamoff(n) : 0;
+  in.seekg(from);
+  std::string tail(size_t(size - from), '\0');
+  in.read(tail.data(), std::streamsize(tail.size()));
+  return in ? tail : std::string();
+}
+
+// A PNG ends with its IEND chunk; an SVG with its closing tag.
+bool complete_png(const std::string& path) {
+  return file_tail(path, 8) == std::string("IEND\xae\x42\x60\x82", 8);
+}
+bool complete_svg(const std::string& path) {
+  return file_tail(path, 64).find("</svg>") != std::string::npos;
 }
 
 // Renders into *.part files (names passed with -e) that the caller renames on success.
@@ -178,6 +199,14 @@ std::vector<std::string> write_plots(const MatrixSpec& spec, const std::vector<R
       for (const char* ext : {".png.part", ".svg.part"}) fs::remove(base + ext);
       warnings.push_back(err);
       if (err.find("not found") != std::string::npos) break;
+      continue;
+    }
+    // gnuplot exits 0 even when it could not write everything (a full disk): check that both
+    // images are complete before they replace anything.
+    if (!complete_png(base + ".png.part") || !complete_svg(base + ".svg.part")) {
+      for (const char* ext : {".png.part", ".svg.part"}) fs::remove(base + ext);
+      warnings.push_back("gnuplot wrote incomplete images for " + metric +
+                         " (disk full?): left out");
       continue;
     }
     for (const char* ext : {".png", ".svg"}) fs::rename(base + ext + ".part", base + ext);

@@ -494,3 +494,35 @@ TEST(Compare, RecordsOfAnotherSchemaOrWithBadTypesAreSkippedAndNamed) {
     EXPECT_NE(all.find(why), std::string::npos) << all;
   EXPECT_THROW(load_run_set(t.sub("d/v99.json")), ConfigError);
 }
+
+// gnuplot exits 0 when a full disk cut its output short: such images must not be kept. A fake
+// gnuplot on PATH writes a truncated PNG and an empty SVG, as it does on a nearly full disk.
+TEST(MatrixPlots, IncompleteImagesAreNotKept) {
+  TempDir t;
+  fs::create_directories(t.sub("bin"));
+  {
+    std::ofstream fake(t.sub("bin/gnuplot"));
+    fake << "#!/bin/sh\n"
+            "eval \"$(echo \"$2\" | sed 's/; /\\n/' | sed 's/^/export /')\"\n"
+            "cd \"$(sed -n 's/^cd \"\\(.*\\)\"$/\\1/p' \"$3\")\"\n"
+            "printf '\\211PNG\\r\\n' > \"$png_out\"\n"
+            ": > \"$svg_out\"\n"
+            "exit 0\n";
+  }
+  fs::permissions(t.sub("bin/gnuplot"), fs::perms::owner_all);
+  const char* old_path = getenv("PATH");
+  std::string saved = old_path ? old_path : "";
+  setenv("PATH", (t.sub("bin") + ":" + saved).c_str(), 1);
+  MatrixSpec spec = two_by_two(1);
+  std::vector<RunRow> rows;
+  for (const Cell& c : expand(spec))
+    rows.push_back({c.id, c.values, c.rep, run_metrics(canned_record(10, 100)), ""});
+  auto warnings = write_plots(spec, rows, t.sub("plots"));
+  setenv("PATH", saved.c_str(), 1);
+  ASSERT_FALSE(warnings.empty());
+  EXPECT_NE(warnings[0].find("incomplete"), std::string::npos) << warnings[0];
+  for (const auto& e : fs::directory_iterator(t.sub("plots"))) {
+    const std::string ext = e.path().extension().string();
+    EXPECT_TRUE(ext != ".png" && ext != ".svg" && ext != ".part") << e.path();
+  }
+}
