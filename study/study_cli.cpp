@@ -31,6 +31,17 @@ std::string stamp() {
   return b;
 }
 
+// CLI11 would read -1 into a uint64_t as 2^64-1: accept digits only.
+CLI::Validator whole_number() {
+  return CLI::Validator(
+      [](std::string& v) {
+        return !v.empty() && v.find_first_not_of("0123456789") == std::string::npos
+                   ? std::string()
+                   : std::string("must be a whole number >= 0");
+      },
+      "UINT");
+}
+
 uint64_t random_seed() { return std::random_device{}() & 0xffffffffu; }
 
 bool stop_requested() {
@@ -60,7 +71,8 @@ void add_matrix_options(CLI::App& m, StudyCommands& st) {
   m.add_option("--repeat", st.repeat, "runs per cell")
       ->check(CLI::Range(1u, kMaxRepeat))
       ->capture_default_str();
-  m.add_option("--seed", st.seed, "seed of the shuffled run order (default: random, recorded)");
+  m.add_option("--seed", st.seed, "seed of the shuffled run order (default: random, recorded)")
+      ->check(whole_number());
   m.add_option("--out", st.out, "matrix directory (default results/matrix-<time>)");
   m.add_flag("--resume", st.resume, "finish the matrix in --out, skipping finished runs");
   m.add_flag("--no-plots", st.no_plots, "write the CSV only");
@@ -301,7 +313,8 @@ void add_study_commands(CLI::App& app, StudyCommands& st) {
       ->capture_default_str();
   st.scenario->add_option("--duration", st.duration, "credit-balance: spin time of each run")
       ->capture_default_str();
-  st.scenario->add_option("--seed", st.seed, "seed of the shuffled run order");
+  st.scenario->add_option("--seed", st.seed, "seed of the shuffled run order")
+      ->check(whole_number());
   st.scenario->add_option("--out", st.out, "directory (default results/scenario-NAME-<time>)");
   st.scenario->add_flag("--resume", st.resume, "finish the scenario in --out");
   st.scenario->add_flag("--no-plots", st.no_plots, "write the CSV only");

@@ -31,6 +31,11 @@ TEST(Cli, BadUsageExitsTwoWithAClearMessage) {
     const char* message;
   } cases[] = {
       {{}, "ubcommand"},
+      {{"nosuchcmd"}, "unknown command 'nosuchcmd'"},
+      {{"matrix", "--vms", "1,2", "--seed", "-1", "--dry-run"}, "--seed"},
+      {{"run", "--vcpu-pin", "9:9"}, "none, 1:1 or a list"},
+      {{"run", "--sched", "credit", "--vms", "2", "--vm", "vm0:weight=5", "--vm", "vm0:weight=9"},
+       "given twice"},
       {{"run", "--vms", "0"}, "--vms"},
       {{"run", "--vms", "lots"}, "--vms"},
       {{"run", "--mem", "3X"}, "--mem"},

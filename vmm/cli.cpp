@@ -363,7 +363,14 @@ int cli_main(int argc, char** argv) {
   } catch (const CLI::CallForAllHelp& e) {
     return app.exit(e);
   } catch (const CLI::ParseError& e) {
-    std::cerr << "kvmscale: " << e.what() << "\nRun 'kvmscale --help' for usage.\n";
+    std::string what = e.what();
+    // "kvmscale nosuchcmd": CLI11 only says a subcommand is required; name the unknown word.
+    if (argc > 1 && argv[1][0] != '-' && app.get_subcommands().empty()) {
+      std::string cmds;
+      for (const CLI::App* sub : app.get_subcommands({})) cmds += " " + sub->get_name();
+      what = std::string("unknown command '") + argv[1] + "' (commands:" + cmds + ")";
+    }
+    std::cerr << "kvmscale: " << what << "\nRun 'kvmscale --help' for usage.\n";
     return kExitUsage;
   }
 
