@@ -203,3 +203,29 @@ TEST(Guests, Port0x80WritesAreIgnoredOnEveryBackend) {
   EXPECT_EQ(vm["state"], "exited") << vm["crash_reason"];
   EXPECT_EQ(vm["exit_code"], 0);
 }
+
+// Issue 12: the seeded fuzz guest (guests/fuzz.c) beside well-behaved pingpong VMs. Whatever it
+// does, kvmscale exits 0 with a valid record, the pingpong VMs finish every round and no vCPU
+// runs on two threads. CI runs this under ASan+UBSan and TSan too.
+TEST(Guests, FuzzGuestsNeverHurtKvmscaleOrTheOtherVms) {
+  SKIP_WITHOUT_KVM();
+  for (const char* sched : {"host", "credit"}) {
+    for (const char* seed : {"1", "2", "3"}) {
+      SCOPED_TRACE(std::string(sched) + " seed " + seed);
+      auto res = test::spawn({KVMSCALE_BIN, "run", "--guest", "fuzz,pingpong,fuzz", "--guest-arg",
+                              std::string("200,0,") + seed, "--vms", "6", "--vcpus", "3", "--mem",
+                              "8M", "--sched", sched, "--pcpus", "2", "--duration", "6s", "--json"},
+                             0, 120000);
+      ASSERT_EQ(res.exit_code, 0) << res.err;
+      json r = json::parse(res.out, nullptr, false);
+      ASSERT_FALSE(r.is_discarded()) << "the record must be valid JSON";
+      EXPECT_EQ(r["sched"]["double_runs"], 0);
+      ASSERT_EQ(r["vms"].size(), 6u);
+      for (const auto& vm : r["vms"]) {
+        if (vm["guest"] != "pingpong") continue;
+        EXPECT_EQ(vm["state"], "exited") << vm["crash_reason"];
+        EXPECT_EQ(vm["metrics"]["round_trips"], 600) << "3 vCPUs x 200 rounds";
+      }
+    }
+  }
+}

@@ -137,8 +137,9 @@ const std::vector<std::string>& lock_classes() {
 }
 
 const std::vector<std::string>& builtin_guest_names() {
-  static const std::vector<std::string> names = {
-      "hello", "idle", "spin", "boot-zero", "pingpong", "crash", "loop", "hcbench", "blockwake"};
+  static const std::vector<std::string> names = {"hello",     "idle",  "spin", "boot-zero",
+                                                 "pingpong",  "crash", "loop", "hcbench",
+                                                 "blockwake", "fuzz"};
   return names;
 }
 
