@@ -539,3 +539,30 @@ TEST(CreditBalance, XenStartsAtTheFirstBusyPeer) {
   EXPECT_EQ(first, on0[1]);
   EXPECT_EQ(second, on0[2]) << "the second steal starts from pCPU 0 again";
 }
+
+// Weights on a virtual clock: one pCPU, two always-running vCPUs of weights 512 and 256, ticks
+// every 10 ms and a reschedule at every slice end, for 3 s: a 2:1 split of pCPU time.
+TEST(CreditRule, WeightsSplitAPcpuTwoToOne) {
+  Fixture f(1);
+  auto& heavy = f.s.add_domain(512, 0);
+  auto& light = f.s.add_domain(256, 0);
+  auto& a = f.vcpu(heavy);
+  auto& b = f.vcpu(light);
+  f.s.start(0);
+  uint64_t now = 0, next_tick = 10 * ms, deadline = 0;
+  SchedVcpu* cur = nullptr;
+  while (now < 3000 * ms) {
+    if (!cur || now >= deadline || f.s.need_resched(0)) {
+      auto d = f.s.schedule(0, now);
+      cur = d.next;
+      deadline = d.until_ns;
+    }
+    now = std::min(deadline, next_tick);
+    if (now >= next_tick) {
+      f.s.tick(0, now);
+      next_tick += 10 * ms;
+    }
+  }
+  f.s.schedule(0, now);
+  EXPECT_NEAR(double(a.stats.run_ns) / double(b.stats.run_ns), 2.0, 0.1);
+}
