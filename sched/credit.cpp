@@ -291,8 +291,9 @@ CreditScheduler::Decision CreditScheduler::schedule(uint32_t p, uint64_t now) {
   pc.stats.schedules++;
   pc.need_resched.store(false, std::memory_order_relaxed);
   SchedVcpu* cur = pc.curr;
+  const bool cur_was_running = cur && cur->state == VState::Running;
   if (cur) {
-    const bool running = cur->state == VState::Running;
+    const bool running = cur_was_running;
     if (running) burn(*cur, now);
     const bool runnable = running && !cur->parked.load(std::memory_order_relaxed);
     // Ratelimit: a runnable vCPU that has run less than ratelimit keeps the pCPU (yield or not,
@@ -317,9 +318,11 @@ CreditScheduler::Decision CreditScheduler::schedule(uint32_t p, uint64_t now) {
   }
   if (next) {
     if (now > next->since_ns) next->stats.wait_ns += now - next->since_ns;
+    // Ratelimit counts from when it started running (Xen's runstate entry time): a vCPU that
+    // is picked again without having stopped keeps its start.
+    if (!(next == cur && cur_was_running)) next->slice_start_ns = now;
     next->state = VState::Running;
     next->since_ns = now;
-    next->slice_start_ns = now;
     next->stats.schedules++;
     next->stats.pcpus_used.set(p);
     if (next != cur) pc.stats.context_switches++;
@@ -442,7 +445,7 @@ SchedVcpu* CreditScheduler::load_balance(Pcpu& pc, int local_pri) {
 // the active domains.
 void CreditScheduler::acct_start(SchedVcpu& v) {
   Guard<AnyLock> g(*acct_lock_);
-  if (v.active.load(std::memory_order_relaxed) || v.state == VState::Done) return;
+  if (v.active.load(std::memory_order_relaxed) || v.done.load(std::memory_order_relaxed)) return;
   SchedDomain& d = *v.dom;
   v.active.store(true, std::memory_order_relaxed);
   d.active.push_front(&v);
@@ -539,14 +542,14 @@ void CreditScheduler::account(uint64_t now) {
           v.credit.fetch_add(int(credit_fair), std::memory_order_relaxed) + int(credit_fair);
       if (credit < 0) {
         v.pri.store(int(Prio::Over), std::memory_order_relaxed);
-        if (d.cap && credit < -credit_cap && !v.parked.exchange(true)) park(v);
+        if (d.cap && credit < -credit_cap && !v.parked.load(std::memory_order_relaxed)) park(v);
         if (credit < -per_slice) {
           credit = int(-per_slice);
           v.credit.store(credit, std::memory_order_relaxed);
         }
       } else {
         v.pri.store(int(Prio::Under), std::memory_order_relaxed);
-        if (v.parked.exchange(false)) unpark(v, now);
+        if (v.parked.load(std::memory_order_relaxed)) unpark(v, now);
         if (credit > per_slice) {  // stops earning; half the credit carries over
           acct_stop_locked(v);
           credit /= 2;
@@ -560,20 +563,32 @@ void CreditScheduler::account(uint64_t now) {
   acct_gen_.fetch_add(1, std::memory_order_release);  // every pCPU re-sorts at its next tick
 }
 
-// vcpu_pause_nosync from csched_acct: a parked vCPU is not runnable. Under the accounting lock.
+// vcpu_pause_nosync from csched_acct: a parked vCPU is not runnable. Under the accounting lock;
+// `parked` changes only here and in unpark(), under v's run-queue lock, so it is stable for
+// whoever holds that lock (schedule, wake, runq_insert).
 void CreditScheduler::park(SchedVcpu& v) {
   RunqGuard g(pcpus_, v);
   Pcpu& pc = g.pcpu();
+  if (v.parked.load(std::memory_order_relaxed) || v.state == VState::Done) return;
+  v.parked.store(true, std::memory_order_relaxed);
   v.stats.parks++;
   if (v.queued) runq_remove(pc, v);
   if (pc.curr == &v) tickle(pc, pc.index, true);  // csched_vcpu_sleep: deschedule it
 }
 
-// vcpu_unpause: a runnable vCPU goes back on its queue, not boosted (the flag is cleared after).
+// vcpu_unpause from csched_acct. 4.7 clears PARKED (test_and_clear_bit) *before* the unpause,
+// whatever its comment says, so csched_vcpu_wake finds an UNDER, unparked vCPU and BOOSTs it:
+// we follow the code.
 void CreditScheduler::unpark(SchedVcpu& v, uint64_t now) {
   RunqGuard g(pcpus_, v);
   Pcpu& pc = g.pcpu();
+  if (!v.parked.load(std::memory_order_relaxed)) return;
+  v.parked.store(false, std::memory_order_relaxed);
   if (v.state == VState::Runnable && !v.queued && pc.curr != &v) {
+    int under = int(Prio::Under);
+    if (!params_.round_robin &&
+        v.pri.compare_exchange_strong(under, int(Prio::Boost), std::memory_order_relaxed))
+      v.stats.boosts++;
     runq_insert(pc, v, now);
     runq_tickle(pc, v);
   }
@@ -584,7 +599,8 @@ void CreditScheduler::unpark(SchedVcpu& v, uint64_t now) {
 bool CreditScheduler::block(uint32_t p, SchedVcpu& v, uint64_t now) {
   Pcpu& pc = *pcpus_[p];
   RunqGuard g(pc);
-  assert(pc.curr == &v && v.state == VState::Running);
+  assert(pc.curr == &v);
+  if (v.state != VState::Running) return false;  // finished meanwhile (its VM crashed): no block
   if (v.wake_pending) {
     v.wake_pending = false;
     v.block_result = 0;
@@ -689,9 +705,10 @@ void CreditScheduler::finish(SchedVcpu& v, uint64_t now) {
     if (v.state == VState::Running) burn(v, now);
     if (pc.curr == &v) tickle(pc, pc.index, true);  // its pCPU must drop it
     v.state = VState::Done;
+    v.done.store(true, std::memory_order_relaxed);  // read by acct_start under the acct lock
     update_runnable(pc);
   }
-  Guard<AnyLock> g(*acct_lock_);
+  Guard<AnyLock> g(*acct_lock_);  // after `done`: a concurrent activation is undone here or sees it
   if (v.active.load(std::memory_order_relaxed)) acct_stop_locked(v);
 }
 

@@ -106,7 +106,8 @@ struct SchedVcpu {
   // Accounting state: atomics, written by accounting without run-queue locks.
   std::atomic<int> credit{0};
   std::atomic<int> pri{int(Prio::Under)};
-  std::atomic<bool> parked{false};  // CSCHED_FLAG_VCPU_PARKED
+  std::atomic<bool> parked{false};  // CSCHED_FLAG_VCPU_PARKED; changed under the runq lock
+  std::atomic<bool> done{false};    // finish() was called: never (re)activated
   // Written under the accounting lock; tick() peeks without it (activation re-checks).
   std::atomic<bool> active{false};
   std::list<SchedVcpu*>::iterator active_pos;  // in dom->active, under the accounting lock

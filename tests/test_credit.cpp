@@ -309,8 +309,16 @@ TEST(CreditInvariant, RandomInterleavingsNeverRunAVcpuTwice) {
     for (int step = 0; step < 20000; step++) {
       now += rnd(3 * ms);
       uint32_t p = uint32_t(rnd(3));
-      switch (rnd(6)) {
+      switch (rnd(8)) {
         case 0: f.s.tick(p, now); break;
+        case 6: {  // a block timeout, current or stale
+          SchedVcpu& v = *vs[rnd(vs.size())];
+          f.s.wake(v, now, true, v.block_gen - rnd(2));
+          break;
+        }
+        case 7:
+          if (rnd(500) == 0) f.s.finish(*vs[rnd(vs.size())], now);  // its VM crashed
+          break;
         case 1:
           if (cur[p] && cur[p]->state == VState::Running) {
             f.s.block(p, *cur[p], now);
@@ -360,7 +368,6 @@ TEST(CreditRule, TickAccountsButNeverPreempts) {
   }
   EXPECT_EQ(a.pri.load(), int(Prio::Over));
   EXPECT_EQ(f.s.schedule(0, 45 * ms).next, &b) << "the slice end hands the pCPU to b";
-  (void)b;
 }
 
 TEST(CreditRule, WakeOnABusyPcpuTicklesAnIdlerInsteadOfPreempting) {
@@ -490,7 +497,8 @@ TEST(CreditRule, CappedVcpuIsParkedOffTheRunQueue) {
   f.s.account(40 * ms);
   ASSERT_FALSE(v.parked.load());
   EXPECT_EQ(f.s.queued(0), std::vector<SchedVcpu*>{&v}) << "unparking queues it again";
-  EXPECT_NE(v.pri.load(), int(Prio::Boost)) << "an unparked vCPU is not boosted";
+  EXPECT_EQ(v.pri.load(), int(Prio::Boost))
+      << "4.7 clears PARKED before vcpu_unpause, so the wake boosts it";
 }
 
 TEST(CreditRule, YieldRunsOneLowerPriorityVcpuFirst) {
@@ -565,4 +573,61 @@ TEST(CreditRule, WeightsSplitAPcpuTwoToOne) {
   }
   f.s.schedule(0, now);
   EXPECT_NEAR(double(a.stats.run_ns) / double(b.stats.run_ns), 2.0, 0.1);
+}
+
+TEST(CreditInvariant, ABlockAfterTheVcpuWasFinishedIsNotABlock) {
+  // Its VM crashed on another pCPU (finish) while it was in guest mode; then its BLOCK exit
+  // arrives. It must stay Done, not become Blocked (and later woken and run again).
+  Fixture f(2, no_ratelimit());
+  auto& d = f.s.add_domain(256, 0);
+  auto& a = f.vcpu(d);
+  f.s.start(0);
+  ASSERT_EQ(f.s.schedule(0, 0).next, &a);
+  f.s.finish(a, ms);
+  EXPECT_FALSE(f.s.block(0, a, ms));
+  EXPECT_EQ(a.state, VState::Done);
+  f.s.wake(a, 2 * ms);
+  EXPECT_EQ(f.s.schedule(0, 2 * ms).next, nullptr);
+  EXPECT_EQ(f.s.schedule(1, 2 * ms).next, nullptr);
+}
+
+TEST(CreditRule, AParkedVcpuWokenFromABlockStaysOffTheQueueUntilUnparked) {
+  Fixture f(1, no_ratelimit(Balance::None));
+  auto& capped = f.s.add_domain(256, 10);
+  auto& other = f.s.add_domain(256, 0);
+  auto& v = f.vcpu(capped);
+  auto& w = f.vcpu(other);
+  f.s.start(0);
+  activate_all(f, {&v, &w}, 0);
+  ASSERT_EQ(f.s.schedule(0, 2 * ms).next, &v);
+  ASSERT_TRUE(f.s.block(0, v, 2 * ms));
+  ASSERT_EQ(f.s.schedule(0, 2 * ms).next, &w);
+  v.credit = -200;
+  f.s.account(10 * ms);
+  ASSERT_TRUE(v.parked.load());
+  f.s.wake(v, 11 * ms);
+  EXPECT_EQ(v.state, VState::Runnable);
+  EXPECT_TRUE(f.s.queued(0).empty()) << "woken but parked: not runnable";
+  EXPECT_NE(v.pri.load(), int(Prio::Boost)) << "csched_vcpu_wake does not boost a parked vCPU";
+  v.credit = 100;
+  f.s.account(40 * ms);
+  EXPECT_EQ(f.s.queued(0), std::vector<SchedVcpu*>{&v});
+}
+
+TEST(CreditRule, RatelimitCountsFromWhenTheVcpuStartedRunning) {
+  // csched_schedule measures the ratelimit from the runstate entry time: a vCPU picked again at
+  // its slice end has been running all along, so a wake just after may preempt it.
+  Fixture f(1);  // 1 ms ratelimit
+  auto& d = f.s.add_domain(256, 0);
+  auto& a = f.vcpu(d);
+  auto& b = f.vcpu(d);
+  f.s.start(0);
+  ASSERT_EQ(f.s.schedule(0, 0).next, &a);
+  ASSERT_TRUE(f.s.block(0, a, 0));
+  ASSERT_EQ(f.s.schedule(0, 0).next, &b);
+  f.s.tick(0, 10 * ms);  // b UNDER, active
+  ASSERT_EQ(f.s.schedule(0, 30 * ms).next, &b) << "alone: picked again at its slice end";
+  f.s.wake(a, 30 * ms + ms / 5);  // BOOST, no idler: preempts
+  ASSERT_TRUE(f.s.need_resched(0));
+  EXPECT_EQ(f.s.schedule(0, 30 * ms + ms / 5).next, &a) << "b has run 30 ms, not 0.2 ms";
 }
