@@ -39,8 +39,15 @@ RunSet load_run_set(const std::string& path) {
   fs::path root = holds_matrix(path) ? fs::path(path) / "cells" : fs::path(path);
   std::vector<fs::path> files;
   fs::recursive_directory_iterator it(root, fs::directory_options::skip_permission_denied, ec), end;
-  for (; !ec && it != end; it.increment(ec))
+  for (; !ec && it != end; it.increment(ec)) {
+    // A matrix's mismatched/ and failed/ hold runs of other configurations or none at all.
+    const std::string name = it->path().filename().string();
+    if (it->is_directory(ec) && (name == "mismatched" || name == "failed")) {
+      it.disable_recursion_pending();
+      continue;
+    }
     if (it->is_regular_file(ec) && it->path().extension() == ".json") files.push_back(it->path());
+  }
   if (ec) throw vmm::ConfigError(path + ": " + ec.message());
   std::sort(files.begin(), files.end());
   for (const auto& f : files) {

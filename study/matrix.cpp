@@ -355,8 +355,13 @@ MatrixOutcome run_matrix(const MatrixSpec& spec_in, const MatrixOptions& opt,
     json expect = want.to_json();
     expect.erase("out");
     if (have != expect) {
-      fs::create_directories(dir / "mismatched");
-      fs::rename(path, dir / "mismatched" / (cells[i].id + ".json"));
+      std::error_code ec;
+      fs::create_directories(dir / "mismatched", ec);
+      fs::path to = dir / "mismatched" / (cells[i].id + ".json");
+      for (int n = 1; fs::exists(to, ec); n++)
+        to = dir / "mismatched" / (cells[i].id + "." + std::to_string(n) + ".json");
+      fs::rename(path, to, ec);
+      if (ec) fs::remove(path, ec);  // it must not count as this cell's run either way
       out.warnings.push_back("cells/" + cells[i].id +
                              ".json held a run of another configuration: moved to mismatched/, "
                              "the cell runs again");

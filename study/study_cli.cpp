@@ -267,6 +267,10 @@ int do_scenario(StudyCommands& st) {
   ScenarioPlan plan = plan_scenario(st.scenario_name, so);
   std::cerr << "scenario " << plan.name << ": " << plan.description << "\n";
   if (!st.resume && !st.dry_run) {
+    if (holds_matrix(dir) || fs::exists(fs::path(dir) / kScenarioFile))
+      throw vmm::ConfigError(dir +
+                             " already holds a scenario: use --resume to finish it, or "
+                             "another --out");
     fs::create_directories(dir);
     vmm::write_file_atomically((fs::path(dir) / kScenarioFile).string(),
                                scenario_settings(st.scenario_name, so).dump(2) + "\n");

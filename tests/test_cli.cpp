@@ -294,12 +294,13 @@ TEST(Cli, ARecordThatCannotBeWrittenGoesToStdout) {
   fs::path dir = scratch("vanishing");
   fs::create_directories(dir);
   // The directory becomes a file while the run goes on: the write fails, the record is not lost.
+  // The run is 5 s; the output check is long done after 2.5 s even under a sanitizer.
   std::thread remover([&] {
-    std::this_thread::sleep_for(std::chrono::milliseconds(700));
+    std::this_thread::sleep_for(std::chrono::milliseconds(2500));
     fs::remove_all(dir);
     std::ofstream(dir) << "not a directory";
   });
-  auto r = ks({"run", "--guest", "spin", "--vcpus", "1", "--mem", "8M", "--duration", "2s", "--out",
+  auto r = ks({"run", "--guest", "spin", "--vcpus", "1", "--mem", "8M", "--duration", "5s", "--out",
                (dir / "r.json").string()});
   remover.join();
   EXPECT_EQ(r.exit_code, 1) << r.err;
@@ -318,7 +319,13 @@ TEST(CliMatrix, ASecondWriterOfTheSameDirectoryIsRefused) {
                                          "2s",     "--out",   dir};
   test::Spawned first;
   std::thread t([&] { first = ks(args); });
-  std::this_thread::sleep_for(std::chrono::milliseconds(1000));
+  // Start the second writer only once the first holds the directory (its pid is in DIR/.lock).
+  for (int i = 0; i < 600; i++) {
+    std::string pid;
+    std::ifstream(dir / ".lock") >> pid;
+    if (!pid.empty()) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
   auto second = ks(args);
   auto resume = ks({"matrix", "--resume", "--out", dir});
   t.join();

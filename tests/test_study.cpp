@@ -506,6 +506,7 @@ TEST(MatrixPlots, IncompleteImagesAreNotKept) {
             "eval \"$(echo \"$2\" | sed 's/; /\\n/' | sed 's/^/export /')\"\n"
             "cd \"$(sed -n 's/^cd \"\\(.*\\)\"$/\\1/p' \"$3\")\"\n"
             "printf '\\211PNG\\r\\n' > \"$png_out\"\n"
+            "touch \"$png_out.ran\"\n"
             ": > \"$svg_out\"\n"
             "exit 0\n";
   }
@@ -521,6 +522,7 @@ TEST(MatrixPlots, IncompleteImagesAreNotKept) {
   setenv("PATH", saved.c_str(), 1);
   ASSERT_FALSE(warnings.empty());
   EXPECT_NE(warnings[0].find("incomplete"), std::string::npos) << warnings[0];
+  EXPECT_TRUE(fs::exists(t.sub("plots/boot_max_ms.png.part.ran"))) << "the fake gnuplot ran";
   for (const auto& e : fs::directory_iterator(t.sub("plots"))) {
     const std::string ext = e.path().extension().string();
     EXPECT_TRUE(ext != ".png" && ext != ".svg" && ext != ".part") << e.path();

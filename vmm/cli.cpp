@@ -175,7 +175,7 @@ int do_run(const RunConfig& cfg, bool force) {
   check_output(cfg, force);
   nlohmann::json record = run_testbed(cfg);
   std::string path = record_path(cfg.out, record["run"]["started_unix_ns"].get<uint64_t>());
-  std::string text = record.dump(2) + "\n";
+  std::string text = record.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
   try {
     std::filesystem::path dir = std::filesystem::path(path).parent_path();
     if (!dir.empty()) std::filesystem::create_directories(dir);  // removed during the run?

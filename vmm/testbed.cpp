@@ -233,6 +233,19 @@ nlohmann::json run_testbed(const RunConfig& cfg) {
   RunTiming t;
   t.started_unix_ns = unix_now_ns();
 
+  // One image per entry of the guest list; VM i runs images[i % size]. Files are read first:
+  // a bad --guest-file is a usage error whatever the host has.
+  std::list<std::vector<uint8_t>> file_images;  // stable addresses for the spans below
+  std::vector<std::span<const uint8_t>> images;
+  for (const auto& g : cfg.guest_list()) {
+    if (g.rfind("file:", 0) == 0) {
+      images.emplace_back(file_images.emplace_back(load_guest_file(g.substr(5))));
+      continue;
+    }
+    images.push_back(builtin_guest_image(g));
+    if (images.back().empty()) throw RunError("guest '" + g + "' is not embedded in this build");
+  }
+
   std::unique_ptr<KvmSystem> kvm;
   try {
     kvm = std::make_unique<KvmSystem>();
@@ -245,18 +258,6 @@ nlohmann::json run_testbed(const RunConfig& cfg) {
     std::string msg = "this host cannot hold the run:";
     for (const auto& e : limits.errors) msg += "\n  " + e;
     throw RunError(msg);
-  }
-
-  // One image per entry of the guest list; VM i runs images[i % size].
-  std::list<std::vector<uint8_t>> file_images;  // stable addresses for the spans below
-  std::vector<std::span<const uint8_t>> images;
-  for (const auto& g : cfg.guest_list()) {
-    if (g.rfind("file:", 0) == 0) {
-      images.emplace_back(file_images.emplace_back(load_guest_file(g.substr(5))));
-      continue;
-    }
-    images.push_back(builtin_guest_image(g));
-    if (images.back().empty()) throw RunError("guest '" + g + "' is not embedded in this build");
   }
 
   for (const auto& w : cfg.ineffective_settings()) limits.warnings.push_back(w);
