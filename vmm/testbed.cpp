@@ -125,6 +125,7 @@ class PodRuntime {
     pp.target = cfg.pod_target_granules();
     pp.stride = cfg.sweep_stride;
     pp.limit = cfg.sweep_limit;
+    mm::parse_pod_reclaim(cfg.pod_reclaim, pp.reclaim);  // validated by RunConfig
     for (Vm* vm : vms) {
       uint8_t* ram = vm->memory().host_base() + KS_RAM_GPA;
       auto flush = [this, vm] {
