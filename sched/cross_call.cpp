@@ -138,6 +138,9 @@ void CrossCall::on_selected_cpus(const CpuSet& targets, const Fn& fn, int self) 
   }
   calls_.fetch_add(1, std::memory_order_relaxed);
   targets_.fetch_add(list.size(), std::memory_order_relaxed);
+  uint64_t most = targets_max_.load(std::memory_order_relaxed);
+  while (list.size() > most && !targets_max_.compare_exchange_weak(most, list.size())) {
+  }
   latency_ns_.fetch_add(lat, std::memory_order_relaxed);
   uint64_t prev = latency_max_ns_.load(std::memory_order_relaxed);
   while (lat > prev && !latency_max_ns_.compare_exchange_weak(prev, lat)) {
@@ -152,6 +155,8 @@ nlohmann::json CrossCall::report() const {
   return {{"mode", call_lock_mode_name(mode_)},
           {"calls", calls_.load()},
           {"targets", targets_.load()},
+          {"targets_mean", calls_.load() ? double(targets_.load()) / double(calls_.load()) : 0.0},
+          {"targets_max", targets_max_.load()},
           {"kicks", kicks_.load()},
           {"acks_excused_stalled", excused_.load()},
           {"latency_ns_total", latency_ns_.load()},

@@ -53,7 +53,8 @@ class CrossCall {
 
   uint32_t npcpus() const { return uint32_t(slots_.size()); }
   CallLockMode mode() const { return mode_; }
-  // calls, targets, kicks, acks excused by stall, latency (first kick to last ack) histogram.
+  // calls, targets (total, mean and max per call: the flush mask size), kicks, acks excused by
+  // stall, latency (first kick to last ack) histogram.
   nlohmann::json report() const;
 
  private:
@@ -72,8 +73,8 @@ class CrossCall {
   std::unique_ptr<locks::AnyLock> global_lock_;
   std::function<void(uint32_t)> kick_;
   // Statistics (atomics: initiators run concurrently in percpu mode).
-  std::atomic<uint64_t> calls_{0}, targets_{0}, kicks_{0}, excused_{0}, latency_ns_{0},
-      latency_max_ns_{0};
+  std::atomic<uint64_t> calls_{0}, targets_{0}, targets_max_{0}, kicks_{0}, excused_{0},
+      latency_ns_{0}, latency_max_ns_{0};
   std::array<std::atomic<uint64_t>, 40> latency_hist_{};
 };
 

@@ -129,11 +129,13 @@ class PodRuntime {
     for (Vm* vm : vms) {
       uint8_t* ram = vm->memory().host_base() + KS_RAM_GPA;
       auto flush = [this, vm] {
-        // The EPT-like flush: every pCPU that ran the VM drops its TLB entries for it (the
-        // function runs on each target's own thread).
+        // The EPT-like flush (ept_sync_domain): every context is marked to invalidate before
+        // its next entry of the VM; those in its dirty mask also drop its TLB entries at once,
+        // on their own threads, before they ack (exit handlers use the TLB between entries).
         const uint32_t id = vm->index();
         cc_.on_selected_cpus(
-            ex_.dirty_mask(*vm), [this, id](uint32_t c) { ex_.tlb(c).invalidate_vm(id); }, -1);
+            ex_.p2m_sync(*vm).prepare_flush(),
+            [this, id](uint32_t c) { ex_.tlb(c).invalidate_vm(id); }, -1);
       };
       pods_.push_back(std::make_unique<VmPod>(
           vm, std::make_unique<mm::PodVm>(
@@ -155,6 +157,9 @@ class PodRuntime {
     for (const auto& p : pods_)
       if (p->vm == &vm) {
         nlohmann::json r = p->pod->report();
+        const sched::P2mSync& s = ex_.p2m_sync(vm);
+        r["flush_mask_mean"] = s.flushes() ? double(s.mask_total()) / double(s.flushes()) : 0.0;
+        r["flush_mask_max"] = s.mask_max();
         r["fault_stall_ns"] = p->stall_ns.load();
         r["fault_stall_max_ns"] = p->stall_max_ns.load();
         return r;
@@ -164,6 +169,16 @@ class PodRuntime {
   nlohmann::json report() const {
     nlohmann::json r = cc_.report();
     r["fault_events"] = fault_events_;
+    uint64_t flushes = 0, mask_total = 0, mask_max = 0;
+    for (const auto& p : pods_) {
+      const sched::P2mSync& s = ex_.p2m_sync(*p->vm);
+      flushes += s.flushes();
+      mask_total += s.mask_total();
+      mask_max = std::max(mask_max, s.mask_max());
+    }
+    r["flushes"] = flushes;  // including those with an empty mask (no call, marks only)
+    r["flush_mask_mean"] = flushes ? double(mask_total) / double(flushes) : 0.0;
+    r["flush_mask_max"] = mask_max;
     r["out_of_memory_vms"] = oom_.load();
     return r;
   }
