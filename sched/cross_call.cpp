@@ -49,18 +49,25 @@ CrossCall::CrossCall(uint32_t npcpus, CallLockMode mode, locks::LockRegistry& lo
 
 CrossCall::~CrossCall() = default;
 
+// Post versus stall (a store-load pair on each side, Dekker's pattern): the initiator posts
+// (stores has_pending) and later loads `stalled` to excuse the target; a target leaving a stall
+// stores `stalled` and then loads has_pending at its next safe point before it uses a
+// translation. Sequential consistency on all four guarantees at least one side sees the other:
+// the initiator waits for the target, or the target runs the call. With only acquire/release
+// both loads could read the old values (the excused target would then use a translation the
+// flush was meant to remove); x86's locked RMW happens to be a full fence, other CPUs differ.
 void CrossCall::post(uint32_t t, const std::shared_ptr<Call>& c) {
   Slot& s = *slots_[t];
   {
     std::lock_guard g(s.mu);
     s.pending.push_back(c);
   }
-  s.has_pending.store(true, std::memory_order_release);
+  s.has_pending.store(true, std::memory_order_seq_cst);
 }
 
 void CrossCall::serve(uint32_t p) {
   Slot& s = *slots_[p];
-  if (!s.has_pending.load(std::memory_order_acquire)) return;
+  if (!s.has_pending.load(std::memory_order_seq_cst)) return;
   std::vector<std::shared_ptr<Call>> calls;
   {
     std::lock_guard g(s.mu);
@@ -74,10 +81,13 @@ void CrossCall::serve(uint32_t p) {
 }
 
 void CrossCall::set_stalled(uint32_t p, bool stalled, Stall why) {
-  if (stalled)
-    slots_[p]->stalled.fetch_or(why, std::memory_order_acq_rel);
+  std::atomic<uint32_t>& s = slots_[p]->stalled;
+  if (why == kInFault)
+    s.fetch_add(stalled ? kFaultUnit : -kFaultUnit, std::memory_order_seq_cst);
+  else if (stalled)
+    s.fetch_or(why, std::memory_order_seq_cst);
   else
-    slots_[p]->stalled.fetch_and(uint8_t(~why), std::memory_order_acq_rel);
+    s.fetch_and(~uint32_t(why), std::memory_order_seq_cst);
 }
 
 void CrossCall::on_selected_cpus(const CpuSet& targets, const Fn& fn, int self) {
@@ -120,7 +130,7 @@ void CrossCall::on_selected_cpus(const CpuSet& targets, const Fn& fn, int self) 
     if (spins >= 64) sched_yield();
     poll();
     for (uint32_t t : list)
-      if (slots_[t]->stalled.load(std::memory_order_acquire) != 0 &&
+      if (slots_[t]->stalled.load(std::memory_order_seq_cst) != 0 &&
           call->state[t].load(std::memory_order_acquire) == 0) {
         uint8_t before = 0;
         if (call->state[t].compare_exchange_strong(before, 2, std::memory_order_acq_rel)) {

@@ -46,9 +46,12 @@ class CrossCall {
   // pCPU p at a safe point: runs every call aimed at it. Cheap when there is none.
   void serve(uint32_t p);
   // Why a context cannot serve calls. Independent reasons, so that e.g. the fault service
-  // clearing "in a fault" cannot undo "gone" set by the exiting thread.
+  // clearing "in a fault" cannot undo "gone" set by the exiting thread. kInFault is a count, not
+  // a bit: several fault threads may serve faults of one context at once (a retried fault after
+  // a kick), and the first to finish must not end the stall the others still serve.
   enum Stall : uint8_t { kInFault = 1, kIdle = 2, kGone = 4 };
-  // p entered / left a state in which it cannot serve calls (and uses no translation).
+  // p entered / left a state in which it cannot serve calls (and uses no translation). For
+  // kInFault each `true` must be matched by one `false`.
   void set_stalled(uint32_t p, bool stalled, Stall why = kInFault);
 
   uint32_t npcpus() const { return uint32_t(slots_.size()); }
@@ -63,9 +66,10 @@ class CrossCall {
     std::atomic<bool> has_pending{false};
     std::mutex mu;
     std::vector<std::shared_ptr<Call>> pending;
-    std::atomic<uint8_t> stalled{0};       // Stall bits
+    std::atomic<uint32_t> stalled{0};      // kIdle/kGone bits, plus kFaultUnit per fault in service
     std::unique_ptr<locks::AnyLock> lock;  // percpu mode
   };
+  static constexpr uint32_t kFaultUnit = 1u << 8;
   void post(uint32_t t, const std::shared_ptr<Call>& c);
 
   CallLockMode mode_;

@@ -147,6 +147,38 @@ TEST_P(CrossCallModes, TargetThatStallsAfterTheKickIsNoticed) {
   EXPECT_TRUE(done.load());
 }
 
+// Two fault threads serve faults of one context at once (a retried fault after a kick): the
+// first to finish must not end the stall the other still serves. With one bit per context the
+// call below waited for a context still blocked in a fault (the test then served it to end).
+TEST_P(CrossCallModes, AStallLastsUntilEveryFaultOfTheContextIsServed) {
+  Fake f(2, GetParam());
+  f.cc.set_stalled(1, true);   // fault thread A takes a fault of context 1
+  f.cc.set_stalled(1, true);   // fault thread B takes its retried fault
+  f.cc.set_stalled(1, false);  // B is done; A still serves
+  std::atomic<bool> done{false};
+  std::thread caller([&] {
+    f.cc.on_selected_cpus(
+        CpuSet(2, true), [](uint32_t) {}, 0);
+    done = true;
+  });
+  auto deadline = std::chrono::steady_clock::now() + 5s;
+  while (!done.load() && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(1ms);
+  EXPECT_TRUE(done.load()) << "waited for a context still stalled in a fault";
+  if (!done.load()) f.cc.serve(1);  // release the caller so the test ends
+  caller.join();
+  f.cc.set_stalled(1, false);  // A is done
+  EXPECT_EQ(f.cc.report()["acks_excused_stalled"], 1);
+  // Now it is not stalled: a call waits for it.
+  std::thread again([&] {
+    f.cc.on_selected_cpus(
+        CpuSet::single(2, 1), [](uint32_t) {}, 0);
+  });
+  while (f.kicked[1].load() < 2) std::this_thread::yield();
+  f.cc.serve(1);
+  again.join();
+}
+
 TEST_P(CrossCallModes, TwoPcpusCallingEachOtherDoNotDeadlock) {
   for (const char* lock : {"ticket", "mcs", "clh", "ttas", "pthread", "spin-yield"}) {
     Fake f(2, GetParam(), lock);

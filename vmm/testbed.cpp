@@ -1,6 +1,7 @@
 #include "vmm/testbed.hpp"
 
 #include <signal.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -115,7 +116,7 @@ nlohmann::json tlb_stats(sched::Executor& ex) {
 class PodRuntime {
  public:
   PodRuntime(const RunConfig& cfg, const std::vector<Vm*>& vms, sched::Executor& ex,
-             locks::LockRegistry& locks)
+             locks::LockRegistry& locks, const TestHooks& hooks)
       : ex_(ex),
         cc_(ex.contexts(),
             cfg.call_lock == "percpu" ? sched::CallLockMode::PerCpu : sched::CallLockMode::Global,
@@ -128,19 +129,24 @@ class PodRuntime {
     mm::parse_pod_reclaim(cfg.pod_reclaim, pp.reclaim);  // validated by RunConfig
     for (Vm* vm : vms) {
       uint8_t* ram = vm->memory().host_base() + KS_RAM_GPA;
-      auto flush = [this, vm] {
+      auto flush = [this, vm, skip = hooks.skip_flushes] {
+        if (skip) return;
         // The EPT-like flush (ept_sync_domain): every context is marked to invalidate before
         // its next entry of the VM; those in its dirty mask also drop its TLB entries at once,
         // on their own threads, before they ack (exit handlers use the TLB between entries).
+        // The initiator is whoever populates: a fault thread (-1), or a context populating for
+        // a VMM-side access, which then answers calls aimed at itself while it waits.
         const uint32_t id = vm->index();
         cc_.on_selected_cpus(
             ex_.p2m_sync(*vm).prepare_flush(),
-            [this, id](uint32_t c) { ex_.tlb(c).invalidate_vm(id); }, -1);
+            [this, id](uint32_t c) { ex_.tlb(c).invalidate_vm(id); },
+            ex_.context_of_thread(uint32_t(gettid())));
       };
       pods_.push_back(std::make_unique<VmPod>(
-          vm, std::make_unique<mm::PodVm>(
-                  ram, vm->memory().size() - KS_RAM_GPA, cfg.pod_granule, pp, uffd_,
-                  locks.make("pod", "pod[vm" + std::to_string(vm->index()) + "]"), flush)));
+          *this, vm,
+          std::make_unique<mm::PodVm>(
+              ram, vm->memory().size() - KS_RAM_GPA, cfg.pod_granule, pp, uffd_,
+              locks.make("pod", "pod[vm" + std::to_string(vm->index()) + "]"), flush)));
       vm->set_p2m_epochs(pods_.back().get());
     }
     faults_ = std::make_unique<mm::FaultService>(
@@ -187,10 +193,17 @@ class PodRuntime {
   // One VM's PoD, and its p2m epochs by guest-physical address for the TLB's stale-hit check
   // (PoD covers RAM above KS_RAM_GPA).
   struct VmPod final : mm::P2mEpochs {
-    VmPod(Vm* v, std::unique_ptr<mm::PodVm> p) : vm(v), pod(std::move(p)) {}
+    VmPod(PodRuntime& r, Vm* v, std::unique_ptr<mm::PodVm> p) : rt(r), vm(v), pod(std::move(p)) {}
     uint32_t epoch(uint64_t gpa) const override {
       return gpa < KS_RAM_GPA ? 0 : pod->epoch_at(gpa - KS_RAM_GPA);
     }
+    bool populate(uint64_t gpa, const std::function<void()>& poll) const override {
+      if (gpa < KS_RAM_GPA) return true;
+      if (pod->populate_here(gpa - KS_RAM_GPA, poll) == mm::PodVm::Outcome::Resolved) return true;
+      rt.out_of_memory(*vm);
+      return false;
+    }
+    PodRuntime& rt;
     Vm* vm;
     std::unique_ptr<mm::PodVm> pod;
     // Time its vCPUs waited on faults while a service thread resolved them (from reading the
@@ -212,12 +225,15 @@ class PodRuntime {
       uint64_t prev = p.stall_max_ns.load(std::memory_order_relaxed);
       while (stalled > prev && !p.stall_max_ns.compare_exchange_weak(prev, stalled)) {
       }
-      if (o == mm::PodVm::Outcome::OutOfMemory && p.vm->crash("out of PoD memory")) {
-        oom_.fetch_add(1);
-        ex_.stop_vm(*p.vm);  // its faulting vCPU is kicked out of the fault wait (EINTR)
-      }
+      if (o == mm::PodVm::Outcome::OutOfMemory) out_of_memory(*p.vm);
       return;
     }
+  }
+  // Xen crashes the domain ("out of PoD memory"): only this VM stops.
+  void out_of_memory(Vm& vm) {
+    if (!vm.crash("out of PoD memory")) return;
+    oom_.fetch_add(1);
+    ex_.stop_vm(vm);  // kicks its vCPUs out of guest mode and wakes blocked ones
   }
 
   sched::Executor& ex_;
@@ -244,7 +260,9 @@ void block_stop_signals() {
   pthread_sigmask(SIG_BLOCK, &s, nullptr);
 }
 
-nlohmann::json run_testbed(const RunConfig& cfg) {
+nlohmann::json run_testbed(const RunConfig& cfg) { return run_testbed_with_hooks(cfg, {}); }
+
+nlohmann::json run_testbed_with_hooks(const RunConfig& cfg, const TestHooks& hooks) {
   cfg.validate();
   RunTiming t;
   t.started_unix_ns = unix_now_ns();
@@ -354,7 +372,7 @@ nlohmann::json run_testbed(const RunConfig& cfg) {
     }
     if (!cfg.pod_target.empty()) {
       try {
-        pod = std::make_unique<PodRuntime>(cfg, vm_ptrs, *executor, lock_registry);
+        pod = std::make_unique<PodRuntime>(cfg, vm_ptrs, *executor, lock_registry, hooks);
       } catch (const std::system_error& e) {
         throw RunError(std::string("populate-on-demand set-up failed: ") + e.what());
       }
