@@ -38,7 +38,7 @@ struct CrossCall::Call {
 
 CrossCall::CrossCall(uint32_t npcpus, CallLockMode mode, locks::LockRegistry& locks,
                      std::function<void(uint32_t)> kick)
-    : mode_(mode), kick_(std::move(kick)) {
+    : mode_(mode), kick_(std::move(kick)), initiators_(std::make_unique<Initiator[]>(npcpus + 1)) {
   for (uint32_t p = 0; p < npcpus; p++) {
     slots_.push_back(std::make_unique<Slot>());
     if (mode == CallLockMode::PerCpu)
@@ -90,9 +90,17 @@ void CrossCall::set_stalled(uint32_t p, bool stalled, Stall why) {
     s.fetch_and(~uint32_t(why), std::memory_order_seq_cst);
 }
 
-void CrossCall::on_selected_cpus(const CpuSet& targets, const Fn& fn, int self) {
+void CrossCall::on_selected_cpus(const CpuSet& targets, const Fn& fn, int self, int initiator) {
   std::vector<uint32_t> list = targets.members();  // ascending: the per-CPU lock order
   if (list.empty()) return;
+  if (initiator == -2) initiator = self;
+  Initiator& who =
+      initiators_[initiator >= 0 && uint32_t(initiator) < npcpus() ? initiator : npcpus()];
+  const uint32_t now_in = inflight_.fetch_add(1, std::memory_order_relaxed) + 1;
+  uint32_t busiest = inflight_max_.load(std::memory_order_relaxed);
+  while (now_in > busiest && !inflight_max_.compare_exchange_weak(busiest, now_in)) {
+  }
+  const uint64_t started = locks::lock_clock_ns();
   auto poll = [&] {
     if (self >= 0) serve(uint32_t(self));
   };
@@ -107,6 +115,7 @@ void CrossCall::on_selected_cpus(const CpuSet& targets, const Fn& fn, int self) 
       slots_[t]->lock->lock(*nodes.back(), poll);
     }
   }
+  const uint64_t locked = locks::lock_clock_ns();
   auto call = std::make_shared<Call>(fn, npcpus());
   call->remaining.store(uint32_t(list.size()));
   uint64_t t0 = locks::lock_clock_ns();
@@ -146,6 +155,10 @@ void CrossCall::on_selected_cpus(const CpuSet& targets, const Fn& fn, int self) 
   } else {
     for (size_t i = list.size(); i-- > 0;) slots_[list[i]]->lock->unlock(*nodes[i]);
   }
+  inflight_.fetch_sub(1, std::memory_order_relaxed);
+  who.calls.fetch_add(1, std::memory_order_relaxed);
+  who.lock_wait_ns.fetch_add(locked - started, std::memory_order_relaxed);
+  who.busy_ns.fetch_add(locks::lock_clock_ns() - started, std::memory_order_relaxed);
   calls_.fetch_add(1, std::memory_order_relaxed);
   targets_.fetch_add(list.size(), std::memory_order_relaxed);
   uint64_t most = targets_max_.load(std::memory_order_relaxed);
@@ -162,7 +175,18 @@ nlohmann::json CrossCall::report() const {
   std::vector<uint64_t> hist;
   for (const auto& h : latency_hist_) hist.push_back(h.load());
   while (!hist.empty() && hist.back() == 0) hist.pop_back();
+  nlohmann::json inits = nlohmann::json::array();
+  for (uint32_t c = 0; c <= npcpus(); c++) {
+    const Initiator& i = initiators_[c];
+    if (i.calls.load() == 0) continue;
+    inits.push_back({{"context", c < npcpus() ? nlohmann::json(c) : nlohmann::json(nullptr)},
+                     {"calls", i.calls.load()},
+                     {"call_lock_wait_ns", i.lock_wait_ns.load()},
+                     {"initiator_ns", i.busy_ns.load()}});
+  }
   return {{"mode", call_lock_mode_name(mode_)},
+          {"initiators_max_concurrent", inflight_max_.load()},
+          {"initiators", inits},
           {"calls", calls_.load()},
           {"targets", targets_.load()},
           {"targets_mean", calls_.load() ? double(targets_.load()) / double(calls_.load()) : 0.0},

@@ -42,7 +42,9 @@ class CrossCall {
   ~CrossCall();
 
   // Runs fn(t) on every t in targets. `self` is the calling pCPU, or -1 for other threads.
-  void on_selected_cpus(const CpuSet& targets, const Fn& fn, int self);
+  // `initiator` is the context whose fault the call serves (for the per-initiator counters; a
+  // fault thread acts for the faulting pCPU); default: self.
+  void on_selected_cpus(const CpuSet& targets, const Fn& fn, int self, int initiator = -2);
   // pCPU p at a safe point: runs every call aimed at it. Cheap when there is none.
   void serve(uint32_t p);
   // Why a context cannot serve calls. Independent reasons, so that e.g. the fault service
@@ -57,7 +59,8 @@ class CrossCall {
   uint32_t npcpus() const { return uint32_t(slots_.size()); }
   CallLockMode mode() const { return mode_; }
   // calls, targets (total, mean and max per call: the flush mask size), kicks, acks excused by
-  // stall, latency (first kick to last ack) histogram.
+  // stall, latency (first kick to last ack) histogram, the most initiators seen at once and,
+  // per initiating context, calls, call-lock wait and time as initiator.
   nlohmann::json report() const;
 
  private:
@@ -80,6 +83,11 @@ class CrossCall {
   std::atomic<uint64_t> calls_{0}, targets_{0}, targets_max_{0}, kicks_{0}, excused_{0},
       latency_ns_{0}, latency_max_ns_{0};
   std::array<std::atomic<uint64_t>, 40> latency_hist_{};
+  struct Initiator {
+    std::atomic<uint64_t> calls{0}, lock_wait_ns{0}, busy_ns{0};
+  };
+  std::unique_ptr<Initiator[]> initiators_;  // per context, then one for "no context"
+  std::atomic<uint32_t> inflight_{0}, inflight_max_{0};
 };
 
 }  // namespace kvmscale::sched

@@ -16,6 +16,8 @@ const std::vector<MetricInfo>& builtin_metrics() {
       {"flushes", "calls", Better::Neither, "EPT-like flushes (cross-calls)"},
       {"flush_avg_us", "us", Better::Lower, "flush latency, kick to last ack, mean"},
       {"flush_max_us", "us", Better::Lower, "flush latency, max"},
+      {"flush_mask_mean", "pCPUs", Better::Lower, "flush targets (dirty mask size), mean"},
+      {"initiators_max", "", Better::Neither, "most flush initiators at once"},
       {"call_lock_acq", "acq", Better::Neither, "call-lock acquisitions"},
       {"call_lock_contended", "acq", Better::Lower, "call-lock acquisitions that waited"},
       {"call_lock_wait_ms", "ms", Better::Lower, "total time waiting for the call lock"},
@@ -84,6 +86,9 @@ std::map<std::string, double> run_metrics(const json& r) {
       m["flush_avg_us"] = num(cc, "latency_ns_total") / calls / 1e3;
       m["flush_max_us"] = num(cc, "latency_ns_max") / 1e3;
     }
+    if (has(cc, "flush_mask_mean")) m["flush_mask_mean"] = num(cc, "flush_mask_mean");
+    if (has(cc, "initiators_max_concurrent"))
+      m["initiators_max"] = num(cc, "initiators_max_concurrent");
   }
   if (has(r, "locks") && has(r["locks"], "classes")) {
     const json& cls = r["locks"]["classes"];

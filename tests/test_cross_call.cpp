@@ -3,6 +3,9 @@
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <mutex>
 #include <random>
 #include <thread>
 
@@ -177,6 +180,84 @@ TEST_P(CrossCallModes, AStallLastsUntilEveryFaultOfTheContextIsServed) {
   while (f.kicked[1].load() < 2) std::this_thread::yield();
   f.cc.serve(1);
   again.join();
+}
+
+// The PoD flush path in miniature, under a watchdog: three contexts fault over and over (each
+// blocks until its fault is resolved, serving nothing, unless a kick gets it out: then it
+// serves its mailbox and faults again, so a second fault thread may take the retried fault while
+// the first still serves the original); two fault threads serve the faults, each initiating a
+// flush to every context on behalf of the faulting one, as the PoD zero check does.
+TEST_P(CrossCallModes, InitiatorsServingContextsThatFaultAgainNeverDeadlock) {
+  const uint32_t n = 3;
+  const uint64_t faults = 150;
+  Fake f(n, GetParam());
+  std::vector<std::atomic<uint64_t>> resolved(n);
+  std::mutex mu;
+  std::condition_variable cv;
+  std::deque<std::pair<uint32_t, uint64_t>> queue;  // (context, fault number)
+  auto raise = [&](uint32_t c, uint64_t k) {
+    {
+      std::lock_guard g(mu);
+      queue.push_back({c, k});
+    }
+    cv.notify_one();
+  };
+  std::atomic<bool> done{false}, stop{false};
+  std::thread dog([&] { watchdog(done, 60s, "initiators with re-faulting contexts"); });
+  std::vector<std::thread> contexts, servers;
+  for (uint32_t c = 0; c < n; c++)
+    contexts.emplace_back([&, c] {
+      for (uint64_t k = 1; k <= faults; k++) {
+        // A kick after this safe point must get the context out of the fault wait (a kick before
+        // KVM_RUN makes it return at once), so the baseline is taken first.
+        uint64_t kicks = f.kicked[c].load();
+        f.cc.serve(c);  // a safe point before the access that faults
+        raise(c, k);
+        bool retried = false;
+        while (resolved[c].load() < k) {
+          if (f.kicked[c].load() != kicks) {  // EINTR: back to the loop, then the same fault
+            kicks = f.kicked[c].load();
+            f.cc.serve(c);
+            if (!retried) raise(c, k);  // once: a flood of retries would only slow the test
+            retried = true;
+          }
+          std::this_thread::yield();
+        }
+      }
+      f.cc.set_stalled(c, true, CrossCall::kGone);
+    });
+  std::atomic<uint64_t> flushes{0};
+  for (int t = 0; t < 2; t++)
+    servers.emplace_back([&] {
+      for (;;) {
+        std::unique_lock lock(mu);
+        cv.wait_for(lock, 10ms, [&] { return !queue.empty() || stop.load(); });
+        if (queue.empty()) {
+          if (stop.load()) return;
+          continue;
+        }
+        auto [c, k] = queue.front();
+        queue.pop_front();
+        lock.unlock();
+        f.cc.set_stalled(c, true);  // before anything can wait on c
+        f.cc.on_selected_cpus(
+            CpuSet(n, true), [](uint32_t) {}, -1, int(c));
+        flushes++;
+        uint64_t r = resolved[c].load();
+        while (r < k && !resolved[c].compare_exchange_weak(r, k)) {
+        }
+        f.cc.set_stalled(c, false);
+      }
+    });
+  for (auto& t : contexts) t.join();
+  stop = true;
+  for (auto& t : servers) t.join();
+  done = true;
+  dog.join();
+  EXPECT_GE(flushes.load(), n * faults);
+  auto r = f.cc.report();
+  EXPECT_GE(r["initiators_max_concurrent"].get<uint32_t>(), 1u);
+  EXPECT_EQ(r["initiators"].size(), n) << "every context initiated through a fault thread";
 }
 
 TEST_P(CrossCallModes, TwoPcpusCallingEachOtherDoNotDeadlock) {

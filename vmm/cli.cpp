@@ -96,7 +96,9 @@ void add_run_flags(CLI::App& cmd, RunConfig& cfg, RunFlags& f) {
   cmd.add_option("--call-lock", cfg.call_lock,
                  "cross-call locking: global (one call lock, as Xen) or percpu (lock the targets)")
       ->capture_default_str();
-  cmd.add_option("--fault-threads", cfg.fault_threads, "threads serving userfaultfd (io_uring)")
+  cmd.add_option("--fault-threads", cfg.fault_threads,
+                 "threads serving userfaultfd (io_uring); 0 = one per pCPU, each acting as the "
+                 "flush initiator for the pCPU whose fault it serves")
       ->capture_default_str();
   std::string classes;
   for (const auto& c : lock_classes()) classes += (classes.empty() ? "" : " ") + c;

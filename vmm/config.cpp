@@ -321,7 +321,7 @@ void RunConfig::validate() const {
     throw ConfigError("unknown --pod-reclaim '" + pod_reclaim + "' (available: xen, batched)");
   if (call_lock != "global" && call_lock != "percpu")
     throw ConfigError("unknown --call-lock '" + call_lock + "' (available: global, percpu)");
-  if (fault_threads < 1 || fault_threads > 64) throw ConfigError("--fault-threads must be 1-64");
+  if (fault_threads > 64) throw ConfigError("--fault-threads must be 0 (one per pCPU) or 1-64");
   pod_target_granules();  // validates --pod-target
   try {
     locks::LockPolicy::parse(lock, lock_classes());

@@ -134,13 +134,16 @@ class PodRuntime {
         // The EPT-like flush (ept_sync_domain): every context is marked to invalidate before
         // its next entry of the VM; those in its dirty mask also drop its TLB entries at once,
         // on their own threads, before they ack (exit handlers use the TLB between entries).
-        // The initiator is whoever populates: a fault thread (-1), or a context populating for
-        // a VMM-side access, which then answers calls aimed at itself while it waits.
+        // The initiator is whoever populates: a context populating for a VMM-side access (it
+        // answers calls aimed at itself while it waits), or a fault thread acting for the
+        // context whose fault it serves (that context is blocked in the fault meanwhile: its
+        // run queue waits, as a Xen pCPU's does while it flushes).
         const uint32_t id = vm->index();
+        const int self = ex_.context_of_thread(uint32_t(gettid()));
         cc_.on_selected_cpus(
             ex_.p2m_sync(*vm).prepare_flush(),
-            [this, id](uint32_t c) { ex_.tlb(c).invalidate_vm(id); },
-            ex_.context_of_thread(uint32_t(gettid())));
+            [this, id](uint32_t c) { ex_.tlb(c).invalidate_vm(id); }, self,
+            self >= 0 ? self : acting_for);
       };
       pods_.push_back(std::make_unique<VmPod>(
           *this, vm,
@@ -149,8 +152,12 @@ class PodRuntime {
               locks.make("pod", "pod[vm" + std::to_string(vm->index()) + "]"), flush)));
       vm->set_p2m_epochs(pods_.back().get());
     }
+    // By default one fault thread per pCPU: as many initiators can flush at once as there are
+    // pCPUs that can fault at once, as in Xen where the faulting pCPU itself initiates.
+    const uint32_t threads =
+        cfg.fault_threads ? cfg.fault_threads : std::min(64u, cfg.effective_pcpus());
     faults_ = std::make_unique<mm::FaultService>(
-        uffd_, int(cfg.fault_threads), [this](const mm::FaultEvent& ev) { on_fault(ev); });
+        uffd_, int(threads), [this](const mm::FaultEvent& ev) { on_fault(ev); });
   }
   ~PodRuntime() { stop(); }
   // Stops serving faults (joins the service threads); reports are exact only after this.
@@ -218,7 +225,9 @@ class PodRuntime {
       int ctx = ex_.context_of_thread(ev.tid);
       if (ctx >= 0) cc_.set_stalled(uint32_t(ctx), true);
       const uint64_t t0 = now_ns();
+      acting_for = ctx;
       mm::PodVm::Outcome o = p.pod->handle(ev);
+      acting_for = -1;
       const uint64_t stalled = now_ns() - t0;
       if (ctx >= 0) cc_.set_stalled(uint32_t(ctx), false);
       p.stall_ns.fetch_add(stalled, std::memory_order_relaxed);
@@ -236,6 +245,8 @@ class PodRuntime {
     ex_.stop_vm(vm);  // kicks its vCPUs out of guest mode and wakes blocked ones
   }
 
+  // The context whose fault this fault thread is serving (-1: none).
+  static inline thread_local int acting_for = -1;
   sched::Executor& ex_;
   mm::Userfaultfd uffd_;
   sched::CrossCall cc_;
