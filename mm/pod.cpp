@@ -99,8 +99,8 @@ uint64_t Pod::zero_check(const std::vector<uint64_t>& candidates) {
   stats_.flushes++;
   uint64_t reclaimed = 0;
   for (uint64_t g : fenced) {
-    hook(HookPoint::BeforeFullCheck, g);
     if (backend_.full_zero(g)) {
+      hook(HookPoint::BeforeDiscard, g);
       backend_.discard(g);  // p2m_pod_cache_add; the entry stays PoD
       populated_--;
       count_++;

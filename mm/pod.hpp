@@ -71,7 +71,7 @@ class Pod {
   enum class Entry : uint8_t { Pod, Populated };
   enum class Fault { Populate, AlreadyPopulated, OutOfMemory };
   // Test hook points inside a zero check, with the granule concerned.
-  enum class HookPoint { AfterQuickCheck, BeforeFullCheck };
+  enum class HookPoint { AfterQuickCheck, BeforeDiscard };
 
   Pod(PodParams p, PodBackend& backend);
   // Guest first touch of granule g (may be a duplicate event for a populated one).

@@ -44,6 +44,11 @@ class PodVm final : public PodBackend {
   // for acks), so a lock holder flushing towards this thread's context gets its ack.
   Outcome populate_here(uint64_t offset, const std::function<void()>& poll);
   nlohmann::json report() const;
+  // Tests only (mm::Pod::set_test_hook); runs under this VM's pod lock.
+  void set_test_hook(std::function<void(Pod::HookPoint, uint64_t)> h) {
+    pod_.set_test_hook(std::move(h));
+  }
+  uint8_t* granule_addr(uint64_t g) const { return reinterpret_cast<uint8_t*>(addr(g)); }
 
   // PodBackend
   bool quick_zero(uint64_t g) override;
