@@ -19,6 +19,7 @@
 #include <memory>
 
 #include "sched/cpuset.hpp"
+#include "sched/cross_call.hpp"
 
 namespace kvmscale::sched {
 
@@ -47,6 +48,11 @@ class P2mSync {
     while (n > most && !mask_max_.compare_exchange_weak(most, n, std::memory_order_relaxed)) {
     }
     return targets;
+  }
+  // The flush itself (ept_sync_domain): mark every context, then run `fn` on the dirty mask
+  // through the synchronous cross-call; `self`/`initiator` as CrossCall::on_selected_cpus.
+  void flush(CrossCall& cc, const CrossCall::Fn& fn, int self, int initiator) {
+    cc.on_selected_cpus(prepare_flush(), fn, self, initiator);
   }
   // Flushes prepared, and the dirty mask's size at each: total and max (an empty mask is a
   // flush too: it only marks).
