@@ -3,6 +3,10 @@
 // flushes as cross-calls. Every run is bounded by its --duration and by ctest's timeout, which
 // act as the watchdog: a deadlock fails the test instead of hanging CI.
 #include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <string>
 
 #include "kvm_helpers.hpp"
 
@@ -174,34 +178,23 @@ TEST(PodKvm, HypercallsReadPodRamUnderReclaimAndASkippedFlushIsCaught) {
 TEST(PodKvm, OutOfPodMemoryDuringAVmmSideAccessCrashesOnlyThatVm) {
   SKIP_WITHOUT_KVM();
   for (const char* sched : {"credit", "host"}) {
-    auto r = test::spawn({KVMSCALE_BIN,
-                          "run",
-                          "--vms",
-                          "2",
-                          "--vcpus",
-                          "2",
-                          "--mem",
-                          "16M",
-                          "--guest",
-                          "boot-zero,hello",
-                          "--guest-arg",
-                          "0",
-                          "--guest-arg",
-                          "1",
-                          "--guest-arg",
-                          "1",
-                          "--pod-target",
-                          "25%",
-                          "--sched",
-                          sched,
-                          "--pcpus",
-                          "2",
-                          "--lock",
-                          "spin-yield",
-                          "--json",
-                          "--out",
-                          "/tmp/kvmscale-oom.json"},
+    const std::string out = "/tmp/kvmscale-oom-" + std::to_string(getpid()) + ".json";
+    auto r = test::spawn({KVMSCALE_BIN,   "run",
+                          "--vms",        "2",
+                          "--vcpus",      "2",
+                          "--mem",        "16M",
+                          "--guest",      "boot-zero,hello",
+                          "--guest-arg",  "0",
+                          "--guest-arg",  "1",
+                          "--guest-arg",  "1",
+                          "--pod-target", "25%",
+                          "--sched",      sched,
+                          "--pcpus",      "2",
+                          "--lock",       "spin-yield",
+                          "--json",       "--force",
+                          "--out",        out},
                          0, 90000);
+    std::remove(out.c_str());
     SCOPED_TRACE(sched);
     ASSERT_EQ(r.exit_code, 0) << r.err;
     json j = json::parse(r.out);
