@@ -140,10 +140,10 @@ TEST_P(LockTorture, TryLockFailsWhileHeldAndSucceedsWhenFree) {
 // 300 ms. Before the free-tail mark the CAS then succeeded and try_lock queued behind that
 // holder, returning true only after its whole critical section (seen: ~300 ms).
 TEST(ClhLock, TryLockNeverWaitsOutAnotherHoldersCriticalSection) {
-  static ClhLock lock;
-  static std::atomic<int> phase{0};
+  ClhLock lock;  // not static: its destructor gives a node to this thread's pool, alive until exit
+  static std::atomic<int> phase{0};  // static: the hook is a plain function pointer
   phase = 0;
-  std::thread holder([] {
+  std::thread holder([&lock] {
     while (phase.load() != 1) std::this_thread::yield();
     ClhLock::Node a, b;
     lock.lock(a);
