@@ -3,7 +3,12 @@
  * arg1 = N > 0: integrity mode. While zeroing, pages i % N == 0 get a pattern in their last 8
  * bytes (their first 128 bytes stay zero, so only a full zero check may keep them) and pages
  * i % N == 1 one in their first 8 bytes; after booting every pattern is verified. Mismatches are
- * published as pattern_errors and make the exit code 3: reclaim must never lose data. */
+ * published as pattern_errors and make the exit code 3: reclaim must never lose data.
+ * arg2 = K > 0: hypercalls read PoD RAM. Every K pages, CONSOLE-write 1 byte of the page just
+ * zeroed, of the page zeroed 40 pages earlier (by now most likely reclaimed and flushed) and of
+ * the page 40 ahead (never touched: the VMM populates it): exit handlers translate the same
+ * pages before and after their reclaim, so a flush that missed a pCPU's software TLB shows as a
+ * stale hit. Pattern pages are not read: the console gets only NUL bytes. */
 #include "ks_loop.h"
 #include "runtime.h"
 
@@ -16,7 +21,7 @@ int guest_main(struct ks_ctx* ctx) {
   uint64_t pages = (b->ram_end - b->ram_start) / KS_PAGE_SIZE;
   uint64_t share = pages / b->nr_vcpus, first = share * ctx->vcpu;
   if (ctx->vcpu == b->nr_vcpus - 1) share = pages - first; /* last vCPU takes the remainder */
-  uint64_t every = ks_arg(ctx, 1, 0);
+  uint64_t every = ks_arg(ctx, 1, 0), hc_every = ks_arg(ctx, 2, 0);
   ks_metric_name(ctx, 0, "pages_zeroed");
   uint64_t base = b->ram_start + first * KS_PAGE_SIZE;
   for (uint64_t i = 0; i < share; i++) {
@@ -24,6 +29,13 @@ int guest_main(struct ks_ctx* ctx) {
     memset((void*)p, 0, KS_PAGE_SIZE);
     if (every && i % every == 0) p[KS_PAGE_SIZE / 8 - 1] = pattern(ctx, (uint64_t)(uintptr_t)p);
     if (every && i % every == 1) p[0] = pattern(ctx, (uint64_t)(uintptr_t)p);
+    if (hc_every && i % hc_every == 0) {
+      if (!every || i % every > 1) ks_console(ctx, (const char*)(uintptr_t)p, 1);
+      if (i >= 40 && (!every || (i - 40) % every > 1))
+        ks_console(ctx, (const char*)(uintptr_t)(base + (i - 40) * KS_PAGE_SIZE), 1);
+      if (i + 40 < share)
+        ks_console(ctx, (const char*)(uintptr_t)(base + (i + 40) * KS_PAGE_SIZE), 1);
+    }
     ctx->hc->progress = i + 1;
   }
   ks_metric_set(ctx, 0, share);

@@ -4,22 +4,32 @@
 // from while stalled is applied before it can use an old translation.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <functional>
 #include <optional>
 #include <span>
+#include <vector>
 
 #include "mm/guest_memory.hpp"
 #include "mm/soft_tlb.hpp"
 
 namespace kvmscale::mm {
 
-// The p2m's epochs: a counter per guest page, bumped when the page's backing goes back to the
-// host (PoD reclaim). Read without locks.
+// The p2m's epochs: a counter per guest page, odd while the page is fenced for a PoD zero check
+// (its entry is PoD: no translation may be cached), bumped to even once the flush that
+// invalidated older translations completed (mm/pod_vm.hpp). Read without locks.
 class P2mEpochs {
  public:
   virtual ~P2mEpochs() = default;
   virtual uint32_t epoch(uint64_t gpa) const = 0;
+  // Makes the page at gpa present for a VMM-side access, on the calling thread, as Xen's
+  // get_gfn(P2M_ALLOC) runs p2m_pod_demand_populate for a PoD entry a hypercall touches. `poll`
+  // answers the caller's cross-calls while it waits for locks or acks. False: out of PoD
+  // memory (the VM has been crashed).
+  virtual bool populate(uint64_t /*gpa*/, const std::function<void()>& /*poll*/) const {
+    return true;
+  }
 };
 
 class GuestView {
@@ -30,11 +40,13 @@ class GuestView {
             const std::function<void()>* safe_point, const P2mEpochs* epochs)
       : mem_(mem), vm_(vm), tlb_(tlb), safe_point_(safe_point), epochs_(epochs) {}
 
-  // Host pointer for [gpa, gpa+len), nullptr unless it is all guest memory.
+  // Host pointer for [gpa, gpa+len), nullptr unless it is all guest memory (or the VM ran out
+  // of PoD memory populating it).
   uint8_t* translate(uint64_t gpa, uint64_t len) const {
     uint8_t* p = mem_.translate(gpa, len);
     if (p && len) {
       safe_point();
+      if (!populate(gpa, len)) return nullptr;
       walk(gpa, len);
     }
     return p;
@@ -43,25 +55,57 @@ class GuestView {
   std::optional<size_t> read_cstring(uint64_t gpa, std::span<char> out) const {
     if (!mem_.translate(gpa, 1)) return std::nullopt;
     safe_point();
+    const uint64_t end = std::min<uint64_t>(mem_.size(), gpa + out.size());
+    if (!populate(gpa, end - gpa)) return std::nullopt;
     auto n = mem_.read_cstring(gpa, out);
     walk(gpa, n ? *n + 1 : 1);  // the string and its NUL, which are guest memory
     return n;
   }
 
  private:
+  // Populates the range's PoD pages here, on the accessing thread, so that the access itself
+  // cannot block in a userfaultfd fault: a fault thread flushing on another page would wait for
+  // this context's ack while this context waited for a fault thread (ARCHITECTURE.md §3). Once
+  // present, a page stays so until a flush this context must ack, and it acks only at its next
+  // safe point, after the access. Populating page 2 may serve a flush that reclaimed page 1:
+  // repeat until a pass saw no epoch move (bounded; a miss then faults the ordinary way).
+  bool populate(uint64_t gpa, uint64_t len) const {
+    if (!epochs_) return true;
+    const std::function<void()> none;
+    const std::function<void()>& poll = safe_point_ ? *safe_point_ : none;
+    const uint64_t first = gpa / kPage, last = (gpa + len - 1) / kPage;
+    for (int pass = 0; pass < 4; pass++) {
+      std::vector<uint32_t> seen;
+      for (uint64_t gfn = first; gfn <= last; gfn++) {
+        if (!epochs_->populate(gfn * kPage, poll)) return false;
+        seen.push_back(epochs_->epoch(gfn * kPage));
+      }
+      bool moved = false;
+      for (uint64_t gfn = first; gfn <= last; gfn++)
+        moved |= epochs_->epoch(gfn * kPage) != seen[gfn - first];
+      if (!moved) return true;
+    }
+    return true;
+  }
   void safe_point() const {
     if (safe_point_ && *safe_point_) (*safe_point_)();
   }
-  // Looks every page of the range up in the TLB, filling misses; counts stale hits.
+  // Looks every page of the range up in the TLB, filling misses; counts stale hits: uses of a
+  // translation after the flush that invalidated it completed (epoch at least two past the
+  // entry's). A use between the fence and that flush's completion is allowed, as in Xen.
   void walk(uint64_t gpa, uint64_t len) const {
     if (!tlb_) return;
     for (uint64_t gfn = gpa / kPage; gfn <= (gpa + len - 1) / kPage; gfn++) {
       const uint32_t now = epochs_ ? epochs_->epoch(gfn * kPage) : 0;
       if (const SoftTlb::Entry* e = tlb_->lookup(vm_, gfn)) {
-        if (e->epoch == now) continue;
+        const uint32_t age = now - e->epoch;
+        if (age == 0 || age == 1) continue;
         tlb_->record_stale_hit();  // a flush was missed: refill so it is counted once
       }
-      tlb_->insert(vm_, gfn, mem_.host_base() + gfn * kPage, now);
+      if (now % 2 == 0)
+        tlb_->insert(vm_, gfn, mem_.host_base() + gfn * kPage, now);
+      else
+        tlb_->erase(vm_, gfn);  // fenced: nothing to cache
     }
   }
 

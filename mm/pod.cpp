@@ -4,18 +4,51 @@
 
 namespace kvmscale::mm {
 
+const char* pod_reclaim_name(PodReclaim r) {
+  switch (r) {
+    case PodReclaim::Xen: return "xen";
+    case PodReclaim::Batched: return "batched";
+  }
+  return "?";
+}
+
+bool parse_pod_reclaim(const std::string& s, PodReclaim& out) {
+  for (PodReclaim r : {PodReclaim::Xen, PodReclaim::Batched})
+    if (s == pod_reclaim_name(r)) {
+      out = r;
+      return true;
+    }
+  return false;
+}
+
 Pod::Pod(PodParams p, PodBackend& backend)
-    : p_(p), backend_(backend), entries_(p.max, Entry::Pod), sweep_cursor_(p.max ? p.max - 1 : 0) {
+    : p_(p),
+      backend_(backend),
+      entries_(p.max, Entry::Pod),
+      count_(p.target),
+      entry_count_(p.max),
+      ring_(p.eager_ring, kNone) {
   if (p.max == 0 || p.target == 0 || p.target > p.max)
     throw std::invalid_argument("PoD target must be between 1 and max granules");
   if (p.stride == 0) throw std::invalid_argument("PoD sweep stride must be positive");
+  if (p.eager_ring == 0) throw std::invalid_argument("PoD eager ring must have a slot");
 }
 
 void Pod::mark_populated(uint64_t g) {
-  if (entries_[g] == Entry::Populated) return;
+  if (entries_[g] == Entry::Populated || count_ == 0) return;
   entries_[g] = Entry::Populated;
   populated_++;
+  count_--;
+  entry_count_--;
   stats_.max_populated = std::max(stats_.max_populated, populated_);
+}
+
+void Pod::populate(uint64_t g) {
+  mark_populated(g);
+  stats_.populates++;
+  max_guest_ = std::max(max_guest_, g);
+  ring_[ring_idx_] = g;  // pod_eager_record
+  ring_idx_ = (ring_idx_ + 1) % uint32_t(ring_.size());
 }
 
 Pod::Fault Pod::on_fault(uint64_t g) {
@@ -25,22 +58,28 @@ Pod::Fault Pod::on_fault(uint64_t g) {
     stats_.duplicate_faults++;
     return Fault::AlreadyPopulated;
   }
-  if (populated_ >= p_.target) {
-    eager_reclaim();
-    if (populated_ >= p_.target) emergency_sweep();
-    if (populated_ >= p_.target) {
-      stats_.out_of_memory++;
-      return Fault::OutOfMemory;
-    }
+  switch (p_.reclaim) {
+    case PodReclaim::Xen:
+      // p2m_pod_demand_populate: "only reclaim if we're in actual need of more cache", and
+      // "only sweep if we're actually out of memory".
+      if (entry_count_ > count_) eager_reclaim_xen();
+      if (count_ == 0) emergency_sweep_xen();
+      break;
+    case PodReclaim::Batched:
+      if (count_ == 0) eager_reclaim_batched();
+      if (count_ == 0) emergency_sweep_batched();
+      break;
   }
-  mark_populated(g);
-  stats_.populates++;
-  recent_.push_back(g);
-  if (recent_.size() > p_.eager_ring) recent_.pop_front();
+  if (count_ == 0) {
+    stats_.out_of_memory++;
+    return Fault::OutOfMemory;
+  }
+  populate(g);
   return Fault::Populate;
 }
 
-uint64_t Pod::reclaim_batch(const std::vector<uint64_t>& candidates) {
+uint64_t Pod::zero_check(const std::vector<uint64_t>& candidates) {
+  stats_.zero_checks++;
   std::vector<uint64_t> fenced;
   for (uint64_t g : candidates) {
     stats_.scanned++;
@@ -49,19 +88,23 @@ uint64_t Pod::reclaim_batch(const std::vector<uint64_t>& candidates) {
       stats_.quick_rejected++;
       continue;
     }
+    hook(HookPoint::AfterQuickCheck, g);
     backend_.fence(g);  // the entry goes back to PoD: present -> not present
     entries_[g] = Entry::Pod;
     fenced.push_back(g);
   }
-  if (fenced.empty()) return 0;
+  if (fenced.empty()) return 0;  // no entry changed: p2m_tlb_flush_sync does nothing
   stats_.fenced += fenced.size();
-  backend_.flush();  // one synchronous flush per batch
+  backend_.flush();  // one synchronous flush per zero check
   stats_.flushes++;
   uint64_t reclaimed = 0;
   for (uint64_t g : fenced) {
     if (backend_.full_zero(g)) {
-      backend_.discard(g);
+      hook(HookPoint::BeforeDiscard, g);
+      backend_.discard(g);  // p2m_pod_cache_add; the entry stays PoD
       populated_--;
+      count_++;
+      entry_count_++;
       reclaimed++;
     } else {
       entries_[g] = Entry::Populated;  // written after the quick check: give it back intact
@@ -73,20 +116,65 @@ uint64_t Pod::reclaim_batch(const std::vector<uint64_t>& candidates) {
   return reclaimed;
 }
 
-void Pod::eager_reclaim() {
+void Pod::eager_reclaim_xen() {
+  // pod_eager_reclaim: always the oldest slot; the next ones only while the cache is empty.
   stats_.eager_checks++;
-  std::vector<uint64_t> ring(recent_.rbegin(), recent_.rend());
-  recent_.clear();
-  for (size_t i = 0; i < ring.size(); i += p_.stride) {
-    std::vector<uint64_t> batch(ring.begin() + i,
-                                ring.begin() + std::min(ring.size(), i + p_.stride));
-    reclaim_batch(batch);
-  }
+  const uint32_t n = uint32_t(ring_.size());
+  uint32_t i = 0;
+  do {
+    uint64_t& slot = ring_[(ring_idx_ + i++) % n];
+    if (slot != kNone) {
+      zero_check({slot});
+      slot = kNone;
+    }
+  } while (count_ == 0 && i < n);
 }
 
-void Pod::emergency_sweep() {
+void Pod::emergency_sweep_xen() {
+  // p2m_pod_emergency_sweep: downwards in batches; stop below `limit` once the cache has a page.
   stats_.sweeps++;
-  const uint64_t start = sweep_cursor_;
+  const uint64_t start = sweep_from_ == kNone ? max_guest_ : sweep_from_;
+  const uint64_t limit = start > p_.limit ? start - p_.limit : 0;
+  std::vector<uint64_t> batch;
+  uint64_t i = start;
+  bool stopped = false;
+  for (;; i--) {
+    if (entries_[i] == Entry::Populated) {
+      batch.push_back(i);
+      if (batch.size() == p_.stride) {
+        zero_check(batch);
+        batch.clear();
+      }
+    }
+    if (i < limit && count_ > 0) {
+      stopped = true;
+      break;
+    }
+    if (i == 0) break;
+  }
+  if (!batch.empty()) zero_check(batch);
+  // Xen resets reclaim_single to restart from the top once a sweep reached the bottom.
+  sweep_from_ = stopped && i > 0 ? i - 1 : kNone;
+}
+
+void Pod::eager_reclaim_batched() {
+  // The whole ring, newest first, in batches of `stride` (one flush each).
+  stats_.eager_checks++;
+  const uint32_t n = uint32_t(ring_.size());
+  std::vector<uint64_t> ring;
+  for (uint32_t k = 1; k <= n; k++) {
+    uint64_t& slot = ring_[(ring_idx_ + n - k) % n];
+    if (slot != kNone) ring.push_back(slot);
+    slot = kNone;
+  }
+  for (size_t i = 0; i < ring.size(); i += p_.stride)
+    zero_check(std::vector<uint64_t>(ring.begin() + long(i),
+                                     ring.begin() + long(std::min(ring.size(), i + p_.stride))));
+}
+
+void Pod::emergency_sweep_batched() {
+  stats_.sweeps++;
+  const uint64_t start = sweep_from_ == kNone ? p_.max - 1 : sweep_from_;
   uint64_t scanned = 0, got = 0;
   // Downwards in batches, wrapping once; stop `limit` below the start once something was found.
   while (scanned < p_.max && (got == 0 || scanned < p_.limit)) {
@@ -96,28 +184,33 @@ void Pod::emergency_sweep() {
       scanned++;
       if (entries_[g] == Entry::Populated) batch.push_back(g);
     }
-    got += reclaim_batch(batch);
+    got += zero_check(batch);
   }
-  sweep_cursor_ = (start + p_.max - (scanned % p_.max)) % p_.max;
+  sweep_from_ = (start + p_.max - (scanned % p_.max)) % p_.max;
 }
 
 nlohmann::json Pod::report() const {
   const PodStats& s = stats_;
-  return {{"max", p_.max},
+  return {{"reclaim", pod_reclaim_name(p_.reclaim)},
+          {"max", p_.max},
           {"target", p_.target},
           {"populated", populated_},
           {"max_populated", s.max_populated},
+          {"cache_count", count_},
+          {"entry_count", entry_count_},
           {"faults", s.faults},
           {"duplicate_faults", s.duplicate_faults},
           {"populates", s.populates},
           {"eager_checks", s.eager_checks},
           {"sweeps", s.sweeps},
+          {"zero_checks", s.zero_checks},
           {"scanned", s.scanned},
           {"quick_rejected", s.quick_rejected},
           {"fenced", s.fenced},
           {"restored", s.restored},
           {"reclaimed", s.reclaimed},
           {"flushes", s.flushes},
+          {"flushes_per_populate", s.populates ? double(s.flushes) / double(s.populates) : 0.0},
           {"out_of_memory", s.out_of_memory}};
 }
 

@@ -15,7 +15,11 @@ namespace kvmscale::mm {
 #else
 #define KVMSCALE_CLONES __attribute__((target_clones("avx2", "default")))
 #endif
-KVMSCALE_CLONES bool is_zero(const uint8_t* p, uint64_t len) {
+// Reads guest memory that a guest (or, in tests, a host thread) may be writing at the same time:
+// racy by design, which is why survivors of the quick check are fenced before the full check.
+// TSan cannot see guest writes; the host-thread writer of tests/test_pod_vm.cpp it would report.
+__attribute__((no_sanitize("thread"))) KVMSCALE_CLONES bool is_zero(const uint8_t* p,
+                                                                    uint64_t len) {
   const uint64_t* w = reinterpret_cast<const uint64_t*>(p);
   const uint64_t words = len / 8, full = words / 64 * 64;
   for (uint64_t i = 0; i < full; i += 64) {
@@ -69,8 +73,34 @@ PodVm::Outcome PodVm::handle(const FaultEvent& ev) {
     case Pod::Fault::AlreadyPopulated:
       uffd_.wake(addr(g), granule_);  // a duplicate event: the page is there, let it retry
       return Outcome::Resolved;
-    default: return Outcome::OutOfMemory;
+    case Pod::Fault::OutOfMemory: break;
   }
+  // The VM is being crashed. The faulting thread may be a vCPU (a kick gets it out) or a VMM
+  // thread touching the RAM outside KVM_RUN, which nothing else would ever wake: give it a zero
+  // page over the target (the VM is dead) so that it finishes and the run can stop.
+  if (int r = uffd_.zeropage(addr(g), granule_); r != 0 && r != -EEXIST) uffd_errors_++;
+  oom_unblocked_++;
+  return Outcome::OutOfMemory;
+}
+
+PodVm::Outcome PodVm::populate_here(uint64_t offset, const std::function<void()>& poll) {
+  const uint64_t g = offset / granule_;
+  if (g >= granules_) return Outcome::Resolved;
+  locks::AnyLock::Node node;
+  lock_->lock(node, [&] {
+    if (poll) poll();
+  });
+  Outcome o = Outcome::Resolved;
+  if (pod_.entry(g) == Pod::Entry::Pod) {
+    if (pod_.on_fault(g) == Pod::Fault::Populate) {
+      vmm_populates_++;
+      if (int r = uffd_.zeropage(addr(g), granule_); r != 0 && r != -EEXIST) uffd_errors_++;
+    } else {
+      o = Outcome::OutOfMemory;
+    }
+  }
+  lock_->unlock(node);
+  return o;
 }
 
 bool PodVm::quick_zero(uint64_t g) {
@@ -82,8 +112,16 @@ bool PodVm::full_zero(uint64_t g) {
 }
 
 void PodVm::fence(uint64_t g) {
-  epochs_[g].fetch_add(1, std::memory_order_release);  // translations from before are stale
+  epochs_[g].fetch_add(1, std::memory_order_release);  // odd: fenced, flush not yet done
+  fenced_.push_back(g);
   if (uffd_.writeprotect(addr(g), granule_, true) != 0) uffd_errors_++;
+}
+
+void PodVm::flush() {
+  flush_();
+  // The flush has completed: translations cached before the fence are stale from now on.
+  for (uint64_t g : fenced_) epochs_[g].fetch_add(1, std::memory_order_release);
+  fenced_.clear();
 }
 
 void PodVm::unfence(uint64_t g) {
@@ -101,6 +139,8 @@ nlohmann::json PodVm::report() const {
   r["granule"] = granule_;
   r["write_protect_faults"] = wp_faults_;
   r["uffd_errors"] = uffd_errors_;
+  r["vmm_populates"] = vmm_populates_;
+  r["oom_unblocked_faults"] = oom_unblocked_;
   return r;
 }
 

@@ -38,6 +38,10 @@ class SoftTlb {
     slot(vm, gfn) = {true, vm, gfn, hva, epoch};
   }
   void record_stale_hit() { stale_hits_++; }
+  void erase(uint32_t vm, uint64_t gfn) {
+    Entry& e = slot(vm, gfn);
+    if (e.valid && e.vm == vm && e.gfn == gfn) e.valid = false;
+  }
   // The flush: drop every entry of `vm`.
   void invalidate_vm(uint32_t vm) {
     for (Entry& e : slots_)

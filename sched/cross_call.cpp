@@ -38,7 +38,7 @@ struct CrossCall::Call {
 
 CrossCall::CrossCall(uint32_t npcpus, CallLockMode mode, locks::LockRegistry& locks,
                      std::function<void(uint32_t)> kick)
-    : mode_(mode), kick_(std::move(kick)) {
+    : mode_(mode), kick_(std::move(kick)), initiators_(std::make_unique<Initiator[]>(npcpus + 1)) {
   for (uint32_t p = 0; p < npcpus; p++) {
     slots_.push_back(std::make_unique<Slot>());
     if (mode == CallLockMode::PerCpu)
@@ -49,18 +49,25 @@ CrossCall::CrossCall(uint32_t npcpus, CallLockMode mode, locks::LockRegistry& lo
 
 CrossCall::~CrossCall() = default;
 
+// Post versus stall (a store-load pair on each side, Dekker's pattern): the initiator posts
+// (stores has_pending) and later loads `stalled` to excuse the target; a target leaving a stall
+// stores `stalled` and then loads has_pending at its next safe point before it uses a
+// translation. Sequential consistency on all four guarantees at least one side sees the other:
+// the initiator waits for the target, or the target runs the call. With only acquire/release
+// both loads could read the old values (the excused target would then use a translation the
+// flush was meant to remove); x86's locked RMW happens to be a full fence, other CPUs differ.
 void CrossCall::post(uint32_t t, const std::shared_ptr<Call>& c) {
   Slot& s = *slots_[t];
   {
     std::lock_guard g(s.mu);
     s.pending.push_back(c);
   }
-  s.has_pending.store(true, std::memory_order_release);
+  s.has_pending.store(true, std::memory_order_seq_cst);
 }
 
 void CrossCall::serve(uint32_t p) {
   Slot& s = *slots_[p];
-  if (!s.has_pending.load(std::memory_order_acquire)) return;
+  if (!s.has_pending.load(std::memory_order_seq_cst)) return;
   std::vector<std::shared_ptr<Call>> calls;
   {
     std::lock_guard g(s.mu);
@@ -74,15 +81,26 @@ void CrossCall::serve(uint32_t p) {
 }
 
 void CrossCall::set_stalled(uint32_t p, bool stalled, Stall why) {
-  if (stalled)
-    slots_[p]->stalled.fetch_or(why, std::memory_order_acq_rel);
+  std::atomic<uint32_t>& s = slots_[p]->stalled;
+  if (why == kInFault)
+    s.fetch_add(stalled ? kFaultUnit : -kFaultUnit, std::memory_order_seq_cst);
+  else if (stalled)
+    s.fetch_or(why, std::memory_order_seq_cst);
   else
-    slots_[p]->stalled.fetch_and(uint8_t(~why), std::memory_order_acq_rel);
+    s.fetch_and(~uint32_t(why), std::memory_order_seq_cst);
 }
 
-void CrossCall::on_selected_cpus(const CpuSet& targets, const Fn& fn, int self) {
+void CrossCall::on_selected_cpus(const CpuSet& targets, const Fn& fn, int self, int initiator) {
   std::vector<uint32_t> list = targets.members();  // ascending: the per-CPU lock order
   if (list.empty()) return;
+  if (initiator == -2) initiator = self;
+  Initiator& who =
+      initiators_[initiator >= 0 && uint32_t(initiator) < npcpus() ? initiator : npcpus()];
+  const uint32_t now_in = inflight_.fetch_add(1, std::memory_order_relaxed) + 1;
+  uint32_t busiest = inflight_max_.load(std::memory_order_relaxed);
+  while (now_in > busiest && !inflight_max_.compare_exchange_weak(busiest, now_in)) {
+  }
+  const uint64_t started = locks::lock_clock_ns();
   auto poll = [&] {
     if (self >= 0) serve(uint32_t(self));
   };
@@ -97,6 +115,7 @@ void CrossCall::on_selected_cpus(const CpuSet& targets, const Fn& fn, int self) 
       slots_[t]->lock->lock(*nodes.back(), poll);
     }
   }
+  const uint64_t locked = locks::lock_clock_ns();
   auto call = std::make_shared<Call>(fn, npcpus());
   call->remaining.store(uint32_t(list.size()));
   uint64_t t0 = locks::lock_clock_ns();
@@ -120,7 +139,7 @@ void CrossCall::on_selected_cpus(const CpuSet& targets, const Fn& fn, int self) 
     if (spins >= 64) sched_yield();
     poll();
     for (uint32_t t : list)
-      if (slots_[t]->stalled.load(std::memory_order_acquire) != 0 &&
+      if (slots_[t]->stalled.load(std::memory_order_seq_cst) != 0 &&
           call->state[t].load(std::memory_order_acquire) == 0) {
         uint8_t before = 0;
         if (call->state[t].compare_exchange_strong(before, 2, std::memory_order_acq_rel)) {
@@ -136,8 +155,15 @@ void CrossCall::on_selected_cpus(const CpuSet& targets, const Fn& fn, int self) 
   } else {
     for (size_t i = list.size(); i-- > 0;) slots_[list[i]]->lock->unlock(*nodes[i]);
   }
+  inflight_.fetch_sub(1, std::memory_order_relaxed);
+  who.calls.fetch_add(1, std::memory_order_relaxed);
+  who.lock_wait_ns.fetch_add(locked - started, std::memory_order_relaxed);
+  who.busy_ns.fetch_add(locks::lock_clock_ns() - started, std::memory_order_relaxed);
   calls_.fetch_add(1, std::memory_order_relaxed);
   targets_.fetch_add(list.size(), std::memory_order_relaxed);
+  uint64_t most = targets_max_.load(std::memory_order_relaxed);
+  while (list.size() > most && !targets_max_.compare_exchange_weak(most, list.size())) {
+  }
   latency_ns_.fetch_add(lat, std::memory_order_relaxed);
   uint64_t prev = latency_max_ns_.load(std::memory_order_relaxed);
   while (lat > prev && !latency_max_ns_.compare_exchange_weak(prev, lat)) {
@@ -149,9 +175,22 @@ nlohmann::json CrossCall::report() const {
   std::vector<uint64_t> hist;
   for (const auto& h : latency_hist_) hist.push_back(h.load());
   while (!hist.empty() && hist.back() == 0) hist.pop_back();
+  nlohmann::json inits = nlohmann::json::array();
+  for (uint32_t c = 0; c <= npcpus(); c++) {
+    const Initiator& i = initiators_[c];
+    if (i.calls.load() == 0) continue;
+    inits.push_back({{"context", c < npcpus() ? nlohmann::json(c) : nlohmann::json(nullptr)},
+                     {"calls", i.calls.load()},
+                     {"call_lock_wait_ns", i.lock_wait_ns.load()},
+                     {"initiator_ns", i.busy_ns.load()}});
+  }
   return {{"mode", call_lock_mode_name(mode_)},
+          {"initiators_max_concurrent", inflight_max_.load()},
+          {"initiators", inits},
           {"calls", calls_.load()},
           {"targets", targets_.load()},
+          {"targets_mean", calls_.load() ? double(targets_.load()) / double(calls_.load()) : 0.0},
+          {"targets_max", targets_max_.load()},
           {"kicks", kicks_.load()},
           {"acks_excused_stalled", excused_.load()},
           {"latency_ns_total", latency_ns_.load()},

@@ -42,18 +42,25 @@ class CrossCall {
   ~CrossCall();
 
   // Runs fn(t) on every t in targets. `self` is the calling pCPU, or -1 for other threads.
-  void on_selected_cpus(const CpuSet& targets, const Fn& fn, int self);
+  // `initiator` is the context whose fault the call serves (for the per-initiator counters; a
+  // fault thread acts for the faulting pCPU); default: self.
+  void on_selected_cpus(const CpuSet& targets, const Fn& fn, int self, int initiator = -2);
   // pCPU p at a safe point: runs every call aimed at it. Cheap when there is none.
   void serve(uint32_t p);
   // Why a context cannot serve calls. Independent reasons, so that e.g. the fault service
-  // clearing "in a fault" cannot undo "gone" set by the exiting thread.
+  // clearing "in a fault" cannot undo "gone" set by the exiting thread. kInFault is a count, not
+  // a bit: several fault threads may serve faults of one context at once (a retried fault after
+  // a kick), and the first to finish must not end the stall the others still serve.
   enum Stall : uint8_t { kInFault = 1, kIdle = 2, kGone = 4 };
-  // p entered / left a state in which it cannot serve calls (and uses no translation).
+  // p entered / left a state in which it cannot serve calls (and uses no translation). For
+  // kInFault each `true` must be matched by one `false`.
   void set_stalled(uint32_t p, bool stalled, Stall why = kInFault);
 
   uint32_t npcpus() const { return uint32_t(slots_.size()); }
   CallLockMode mode() const { return mode_; }
-  // calls, targets, kicks, acks excused by stall, latency (first kick to last ack) histogram.
+  // calls, targets (total, mean and max per call: the flush mask size), kicks, acks excused by
+  // stall, latency (first kick to last ack) histogram, the most initiators seen at once and,
+  // per initiating context, calls, call-lock wait and time as initiator.
   nlohmann::json report() const;
 
  private:
@@ -62,9 +69,10 @@ class CrossCall {
     std::atomic<bool> has_pending{false};
     std::mutex mu;
     std::vector<std::shared_ptr<Call>> pending;
-    std::atomic<uint8_t> stalled{0};       // Stall bits
+    std::atomic<uint32_t> stalled{0};      // kIdle/kGone bits, plus kFaultUnit per fault in service
     std::unique_ptr<locks::AnyLock> lock;  // percpu mode
   };
+  static constexpr uint32_t kFaultUnit = 1u << 8;
   void post(uint32_t t, const std::shared_ptr<Call>& c);
 
   CallLockMode mode_;
@@ -72,9 +80,14 @@ class CrossCall {
   std::unique_ptr<locks::AnyLock> global_lock_;
   std::function<void(uint32_t)> kick_;
   // Statistics (atomics: initiators run concurrently in percpu mode).
-  std::atomic<uint64_t> calls_{0}, targets_{0}, kicks_{0}, excused_{0}, latency_ns_{0},
-      latency_max_ns_{0};
+  std::atomic<uint64_t> calls_{0}, targets_{0}, targets_max_{0}, kicks_{0}, excused_{0},
+      latency_ns_{0}, latency_max_ns_{0};
   std::array<std::atomic<uint64_t>, 40> latency_hist_{};
+  struct Initiator {
+    std::atomic<uint64_t> calls{0}, lock_wait_ns{0}, busy_ns{0};
+  };
+  std::unique_ptr<Initiator[]> initiators_;  // per context, then one for "no context"
+  std::atomic<uint32_t> inflight_{0}, inflight_max_{0};
 };
 
 }  // namespace kvmscale::sched

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <stdexcept>
 #include <thread>
 
 #include "sched/context_threads.hpp"
@@ -25,6 +26,7 @@ class HostExecutor final : public Executor {
       }
     }
     threads_of_ = std::make_unique<ContextThreads>(total_);
+    for (size_t m = 0; m < vms_.size(); m++) p2m_.push_back(std::make_unique<P2mSync>(total_));
     tlbs_.resize(total_);
   }
   ~HostExecutor() override { stop(); }
@@ -42,12 +44,10 @@ class HostExecutor final : public Executor {
 
   uint32_t contexts() const override { return uint32_t(total_); }
   void kick_context(uint32_t c) override { slot_of(c).kicker.kick(); }
-  CpuSet dirty_mask(const vmm::Vm& vm) const override {
-    CpuSet s(static_cast<uint32_t>(total_), false);
+  P2mSync& p2m_sync(const vmm::Vm& vm) const override {
     for (size_t m = 0; m < vms_.size(); m++)
-      if (vms_[m] == &vm)
-        for (uint32_t i = 0; i < vm.nr_vcpus(); i++) s.set(first_context_[m] + i);
-    return s;
+      if (vms_[m] == &vm) return *p2m_[m];
+    throw std::out_of_range("p2m_sync: not a VM of this executor");
   }
   int context_of_thread(uint32_t tid) const override { return threads_of_->find(tid); }
   void set_cross_call(CrossCall* cc) override { cc_ = cc; }
@@ -100,7 +100,12 @@ class HostExecutor final : public Executor {
       if (cc_) cc_->serve(ctx);
     };
     const vmm::PcpuAccess access{&tlbs_[ctx], &safe_point};
+    // A vCPU thread only ever holds its own VM: it joins the dirty mask once, before its first
+    // entry, and honours the invalidate marks before every entry (sched/p2m_sync.hpp).
+    P2mSync& p2m = *p2m_[m];
+    p2m.join(ctx);
     while (!stopping_.load(std::memory_order_relaxed) && !vm.stopped()) {
+      if (p2m.take_invalidate(ctx)) tlbs_[ctx].invalidate_vm(vm.index());
       vmm::Action a = vm.run_once(v, kicker, access);
       if (cc_) cc_->serve(ctx);  // a safe point: answer flushes before going on
       using K = vmm::Action::Kind;
@@ -132,7 +137,8 @@ class HostExecutor final : public Executor {
   std::vector<std::thread> threads_;
   std::vector<uint32_t> first_context_;  // per VM: context index of its vCPU 0
   std::unique_ptr<ContextThreads> threads_of_;
-  std::vector<mm::SoftTlb> tlbs_;  // per vCPU thread
+  std::vector<mm::SoftTlb> tlbs_;              // per vCPU thread
+  std::vector<std::unique_ptr<P2mSync>> p2m_;  // per VM
   CrossCall* cc_ = nullptr;
   size_t total_ = 0;
   std::atomic<size_t> live_{0};

@@ -27,28 +27,18 @@
 #include "sched/context_threads.hpp"
 #include "sched/credit.hpp"
 #include "sched/executor.hpp"
+#include "sched/p2m_sync.hpp"
 #include "sched/wake_slot.hpp"
 #include "vmm/clock.hpp"
 
 namespace kvmscale::sched {
 namespace {
 
-// pCPUs that have run a VM's vCPUs since the start: its flush targets. Bits only get set; a
-// flush to a pCPU that no longer runs the VM costs one kick and is otherwise harmless.
-struct DirtyMask {
-  explicit DirtyMask(uint32_t n = 0) : words((n + 63) / 64) {}
-  std::vector<std::atomic<uint64_t>> words;
-  void set(uint32_t p) {
-    if (!((words[p / 64].load(std::memory_order_relaxed) >> (p % 64)) & 1))
-      words[p / 64].fetch_or(1ull << (p % 64), std::memory_order_release);
-  }
-};
-
 struct ExecVcpu {
   vmm::Vm* vm;
   vmm::Vcpu* vcpu;
   SchedVcpu* sv = nullptr;
-  DirtyMask* dirty = nullptr;
+  P2mSync* p2m = nullptr;  // its VM's dirty mask and invalidate marks
   std::atomic<bool> finished{false};
   std::atomic<uint64_t> timer_gen{0};  // block generation of its newest timeout (BlockTimers)
 };
@@ -114,15 +104,14 @@ class PcpuExecutor final : public Executor, public PcpuSignals {
     for (size_t m = 0; m < vms.size(); m++) {
       vmm::Vm* vm = vms[m];
       SchedDomain& d = sched_->add_domain(opt.weight_of(vm->index()), opt.cap_of(vm->index()));
-      dirty_.emplace(std::piecewise_construct, std::forward_as_tuple(vm->index()),
-                     std::forward_as_tuple(opt.npcpus));
+      p2m_.emplace(vm->index(), std::make_unique<P2mSync>(opt.npcpus));
       for (uint32_t i = 0; i < vm->nr_vcpus(); i++, global++) {
         auto ev = std::make_unique<ExecVcpu>();
         ev->vm = vm;
         ev->vcpu = &vm->vcpu(i);
         ev->sv = &sched_->add_vcpu(d, opt.affinity_of(global), ev.get());
         by_vm_[vm->index()].push_back(ev.get());
-        ev->dirty = &dirty_[vm->index()];
+        ev->p2m = p2m_[vm->index()].get();
         vcpus_.push_back(std::move(ev));
       }
     }
@@ -152,13 +141,7 @@ class PcpuExecutor final : public Executor, public PcpuSignals {
 
   uint32_t contexts() const override { return uint32_t(pcpus_.size()); }
   void kick_context(uint32_t c) override { tickle(c); }
-  CpuSet dirty_mask(const vmm::Vm& vm) const override {
-    CpuSet s(uint32_t(pcpus_.size()), false);
-    const DirtyMask& d = dirty_.at(vm.index());
-    for (uint32_t p = 0; p < pcpus_.size(); p++)
-      if ((d.words[p / 64].load(std::memory_order_acquire) >> (p % 64)) & 1) s.set(p);
-    return s;
-  }
+  P2mSync& p2m_sync(const vmm::Vm& vm) const override { return *p2m_.at(vm.index()); }
   int context_of_thread(uint32_t tid) const override { return threads_of_->find(tid); }
   void set_cross_call(CrossCall* cc) override { cc_ = cc; }
   mm::SoftTlb& tlb(uint32_t c) override { return tlbs_[c]; }
@@ -243,6 +226,18 @@ class PcpuExecutor final : public Executor, public PcpuSignals {
     return b == 0 ? a : std::min(a, b);
   }
 
+  // Before KVM_RUN of ev on p: switch dirty masks if p last ran another VM (__context_switch;
+  // idle in between keeps the mask), then drop the VM's translations if a flush marked p
+  // (vmx_vmenter_helper). Join before the check: see sched/p2m_sync.hpp.
+  void enter_vm(uint32_t p, P2mSync*& held, ExecVcpu& ev) {
+    if (held != ev.p2m) {
+      if (held) held->leave(p);
+      ev.p2m->join(p);
+      held = ev.p2m;
+    }
+    if (ev.p2m->take_invalidate(p)) tlbs_[p].invalidate_vm(ev.vm->index());
+  }
+
   // Sleeps until tickled or `until` (0: until tickled).
   void idle_wait(Pcpu& pc, uint64_t until) {
     std::unique_lock lock(pc.idle_mu);
@@ -283,6 +278,7 @@ class PcpuExecutor final : public Executor, public PcpuSignals {
     uint64_t next_tick = start_ns_ + tick * (p + 1) / pcpus_.size();
     uint64_t armed = 0, deadline = 0;
     SchedVcpu* cur = nullptr;
+    P2mSync* held = nullptr;  // the VM whose translations this pCPU holds (its dirty mask)
     const std::function<void()> safe_point = [this, p] {
       if (cc_) cc_->serve(p);
     };
@@ -331,7 +327,7 @@ class PcpuExecutor final : public Executor, public PcpuSignals {
         timer_settime(timer, TIMER_ABSTIME, &its, nullptr);
         armed = wake_at;
       }
-      ev.dirty->set(p);
+      enter_vm(p, held, ev);
       uint64_t t0 = now_ns();
       vmm::Action a = ev.vm->run_once(*ev.vcpu, pc.kicker, access);
       if (cc_) cc_->serve(p);
@@ -374,7 +370,7 @@ class PcpuExecutor final : public Executor, public PcpuSignals {
   std::unique_ptr<CreditScheduler> sched_;
   std::vector<std::unique_ptr<ExecVcpu>> vcpus_;
   std::map<uint32_t, std::vector<ExecVcpu*>> by_vm_;
-  std::map<uint32_t, DirtyMask> dirty_;  // by VM index; built before the threads start
+  std::map<uint32_t, std::unique_ptr<P2mSync>> p2m_;  // by VM index; built before the threads
   std::unique_ptr<ContextThreads> threads_of_;
   std::vector<mm::SoftTlb> tlbs_;  // per pCPU
   CrossCall* cc_ = nullptr;        // by VM index: reports come out in order

@@ -16,6 +16,8 @@ const std::vector<MetricInfo>& builtin_metrics() {
       {"flushes", "calls", Better::Neither, "EPT-like flushes (cross-calls)"},
       {"flush_avg_us", "us", Better::Lower, "flush latency, kick to last ack, mean"},
       {"flush_max_us", "us", Better::Lower, "flush latency, max"},
+      {"flush_mask_mean", "pCPUs", Better::Lower, "flush targets (dirty mask size), mean"},
+      {"initiators_max", "", Better::Neither, "most flush initiators at once"},
       {"call_lock_acq", "acq", Better::Neither, "call-lock acquisitions"},
       {"call_lock_contended", "acq", Better::Lower, "call-lock acquisitions that waited"},
       {"call_lock_wait_ms", "ms", Better::Lower, "total time waiting for the call lock"},
@@ -24,6 +26,7 @@ const std::vector<MetricInfo>& builtin_metrics() {
       {"pod_populates", "pages", Better::Neither, "PoD populates (all VMs)"},
       {"pod_reclaimed", "pages", Better::Neither, "PoD zero pages reclaimed (all VMs)"},
       {"pod_sweeps", "sweeps", Better::Neither, "PoD emergency sweeps (all VMs)"},
+      {"pod_flushes_per_populate", "", Better::Neither, "PoD flushes / populates (all VMs)"},
       {"fault_stall_ms", "ms", Better::Lower, "time vCPUs spent stalled in PoD faults (all VMs)"},
       {"balance_attempts", "calls", Better::Neither, "load-balance attempts (all pCPUs)"},
       {"balance_trylocks", "try", Better::Lower, "try-locks of peers' run queues"},
@@ -83,6 +86,9 @@ std::map<std::string, double> run_metrics(const json& r) {
       m["flush_avg_us"] = num(cc, "latency_ns_total") / calls / 1e3;
       m["flush_max_us"] = num(cc, "latency_ns_max") / 1e3;
     }
+    if (has(cc, "flush_mask_mean")) m["flush_mask_mean"] = num(cc, "flush_mask_mean");
+    if (has(cc, "initiators_max_concurrent"))
+      m["initiators_max"] = num(cc, "initiators_max_concurrent");
   }
   if (has(r, "locks") && has(r["locks"], "classes")) {
     const json& cls = r["locks"]["classes"];
@@ -96,13 +102,14 @@ std::map<std::string, double> run_metrics(const json& r) {
   }
   std::map<std::string, double> guest_totals;
   bool any_pod = false;
-  double populates = 0, reclaimed = 0, sweeps = 0, stall_ns = 0;
+  double populates = 0, reclaimed = 0, sweeps = 0, stall_ns = 0, pod_flushes = 0;
   for (const json& vm : r.value("vms", json::array())) {
     if (has(vm, "pod")) {
       any_pod = true;
       populates += num(vm["pod"], "populates");
       reclaimed += num(vm["pod"], "reclaimed");
       sweeps += num(vm["pod"], "sweeps");
+      pod_flushes += num(vm["pod"], "flushes");
       stall_ns += num(vm["pod"], "fault_stall_ns");
     }
     if (has(vm, "metrics") && vm["metrics"].is_object())
@@ -113,6 +120,7 @@ std::map<std::string, double> run_metrics(const json& r) {
     m["pod_populates"] = populates;
     m["pod_reclaimed"] = reclaimed;
     m["pod_sweeps"] = sweeps;
+    if (populates > 0) m["pod_flushes_per_populate"] = pod_flushes / populates;
     m["fault_stall_ms"] = stall_ns / 1e6;
   }
   if (exec_s > 0)

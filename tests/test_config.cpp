@@ -61,6 +61,7 @@ TEST(RunConfig, RejectsEachBadField) {
   expect_bad([](RunConfig& c) { c.guest_args.assign(9, 1); }, "--guest-arg");
   expect_bad([](RunConfig& c) { c.duration_ns = 10; }, "--duration");
   expect_bad([](RunConfig& c) { c.sched = "cfs"; }, "--sched");
+  expect_bad([](RunConfig& c) { c.pod_reclaim = "lazy"; }, "--pod-reclaim");
 }
 
 TEST(RunConfig, GuestListIsRoundRobin) {
@@ -85,8 +86,16 @@ TEST(RunConfig, JsonRoundTripIsExact) {
   c.guest_args = {1, 2, 3};
   c.duration_ns = 1234567890;
   c.json = true;
+  c.pod_reclaim = "batched";
   RunConfig d = RunConfig::from_json(c.to_json());
   EXPECT_EQ(d.to_json(), c.to_json());
+}
+
+TEST(RunConfig, RecordsFromBeforePodReclaimReRunBatched) {
+  auto j = RunConfig{}.to_json();
+  EXPECT_EQ(j["pod_reclaim"], "xen") << "4.7's rule is the default";
+  j.erase("pod_reclaim");
+  EXPECT_EQ(RunConfig::from_json(j).pod_reclaim, "batched") << "what those runs did";
 }
 
 TEST(RunConfig, FromJsonValidates) {

@@ -3,10 +3,14 @@
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <mutex>
 #include <random>
 #include <thread>
 
 #include "sched/cross_call.hpp"
+#include "sched/p2m_sync.hpp"
 
 using namespace kvmscale::sched;
 using kvmscale::locks::LockPolicy;
@@ -146,6 +150,116 @@ TEST_P(CrossCallModes, TargetThatStallsAfterTheKickIsNoticed) {
   EXPECT_TRUE(done.load());
 }
 
+// Two fault threads serve faults of one context at once (a retried fault after a kick): the
+// first to finish must not end the stall the other still serves. With one bit per context the
+// call below waited for a context still blocked in a fault (the test then served it to end).
+TEST_P(CrossCallModes, AStallLastsUntilEveryFaultOfTheContextIsServed) {
+  Fake f(2, GetParam());
+  f.cc.set_stalled(1, true);   // fault thread A takes a fault of context 1
+  f.cc.set_stalled(1, true);   // fault thread B takes its retried fault
+  f.cc.set_stalled(1, false);  // B is done; A still serves
+  std::atomic<bool> done{false};
+  std::thread caller([&] {
+    f.cc.on_selected_cpus(
+        CpuSet(2, true), [](uint32_t) {}, 0);
+    done = true;
+  });
+  auto deadline = std::chrono::steady_clock::now() + 5s;
+  while (!done.load() && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(1ms);
+  EXPECT_TRUE(done.load()) << "waited for a context still stalled in a fault";
+  if (!done.load()) f.cc.serve(1);  // release the caller so the test ends
+  caller.join();
+  f.cc.set_stalled(1, false);  // A is done
+  EXPECT_EQ(f.cc.report()["acks_excused_stalled"], 1);
+  // Now it is not stalled: a call waits for it.
+  std::thread again([&] {
+    f.cc.on_selected_cpus(
+        CpuSet::single(2, 1), [](uint32_t) {}, 0);
+  });
+  while (f.kicked[1].load() < 2) std::this_thread::yield();
+  f.cc.serve(1);
+  again.join();
+}
+
+// The PoD flush path in miniature, under a watchdog: three contexts fault over and over (each
+// blocks until its fault is resolved, serving nothing, unless a kick gets it out: then it
+// serves its mailbox and faults again, so a second fault thread may take the retried fault while
+// the first still serves the original); two fault threads serve the faults, each initiating a
+// flush to every context on behalf of the faulting one, as the PoD zero check does.
+TEST_P(CrossCallModes, InitiatorsServingContextsThatFaultAgainNeverDeadlock) {
+  const uint32_t n = 3;
+  const uint64_t faults = 150;
+  Fake f(n, GetParam());
+  std::vector<std::atomic<uint64_t>> resolved(n);
+  std::mutex mu;
+  std::condition_variable cv;
+  std::deque<std::pair<uint32_t, uint64_t>> queue;  // (context, fault number)
+  auto raise = [&](uint32_t c, uint64_t k) {
+    {
+      std::lock_guard g(mu);
+      queue.push_back({c, k});
+    }
+    cv.notify_one();
+  };
+  std::atomic<bool> done{false}, stop{false};
+  std::thread dog([&] { watchdog(done, 60s, "initiators with re-faulting contexts"); });
+  std::vector<std::thread> contexts, servers;
+  for (uint32_t c = 0; c < n; c++)
+    contexts.emplace_back([&, c] {
+      for (uint64_t k = 1; k <= faults; k++) {
+        // A kick after this safe point must get the context out of the fault wait (a kick before
+        // KVM_RUN makes it return at once), so the baseline is taken first.
+        uint64_t kicks = f.kicked[c].load();
+        f.cc.serve(c);  // a safe point before the access that faults
+        raise(c, k);
+        bool retried = false;
+        while (resolved[c].load() < k) {
+          if (f.kicked[c].load() != kicks) {  // EINTR: back to the loop, then the same fault
+            kicks = f.kicked[c].load();
+            f.cc.serve(c);
+            if (!retried) raise(c, k);  // once: a flood of retries would only slow the test
+            retried = true;
+          }
+          std::this_thread::yield();
+        }
+      }
+      f.cc.set_stalled(c, true, CrossCall::kGone);
+    });
+  std::atomic<uint64_t> flushes{0};
+  for (int t = 0; t < 2; t++)
+    servers.emplace_back([&] {
+      for (;;) {
+        std::unique_lock lock(mu);
+        cv.wait_for(lock, 10ms, [&] { return !queue.empty() || stop.load(); });
+        if (queue.empty()) {
+          if (stop.load()) return;
+          continue;
+        }
+        auto [c, k] = queue.front();
+        queue.pop_front();
+        lock.unlock();
+        f.cc.set_stalled(c, true);  // before anything can wait on c
+        f.cc.on_selected_cpus(
+            CpuSet(n, true), [](uint32_t) {}, -1, int(c));
+        flushes++;
+        uint64_t r = resolved[c].load();
+        while (r < k && !resolved[c].compare_exchange_weak(r, k)) {
+        }
+        f.cc.set_stalled(c, false);
+      }
+    });
+  for (auto& t : contexts) t.join();
+  stop = true;
+  for (auto& t : servers) t.join();
+  done = true;
+  dog.join();
+  EXPECT_GE(flushes.load(), n * faults);
+  auto r = f.cc.report();
+  EXPECT_GE(r["initiators_max_concurrent"].get<uint32_t>(), 1u);
+  EXPECT_EQ(r["initiators"].size(), n) << "every context initiated through a fault thread";
+}
+
 TEST_P(CrossCallModes, TwoPcpusCallingEachOtherDoNotDeadlock) {
   for (const char* lock : {"ticket", "mcs", "clh", "ttas", "pthread", "spin-yield"}) {
     Fake f(2, GetParam(), lock);
@@ -205,5 +319,55 @@ TEST(LocksPolling, EveryStrategyPollsWhileItWaits) {
     EXPECT_TRUE(polled.load()) << strategy_name(s);
     lock.unlock(held);
     waiter.join();
+  }
+}
+
+// The dirty mask and invalidate marks of one VM (Xen's domain_dirty_cpumask, ept->invalidate).
+TEST(P2mSync, AFlushMarksEveryContextAndTargetsOnlyTheDirtyMask) {
+  P2mSync s(70);  // more than one word
+  s.join(3);
+  s.join(65);
+  EXPECT_EQ(s.prepare_flush().members(), (std::vector<uint32_t>{3, 65}));
+  for (uint32_t c = 0; c < 70; c++) EXPECT_TRUE(s.marked(c)) << c;
+  EXPECT_TRUE(s.take_invalidate(8)) << "not dirty, but must invalidate before its next entry";
+  EXPECT_FALSE(s.take_invalidate(8)) << "once";
+  EXPECT_EQ(s.flushes(), 1u);
+  EXPECT_EQ(s.mask_total(), 2u);
+  EXPECT_EQ(s.mask_max(), 2u);
+}
+
+TEST(P2mSync, AContextLeavesTheMaskWhenItSwitchesToAnotherVm) {
+  P2mSync a(2), b(2);
+  a.join(0);  // pCPU 0 runs a vCPU of A
+  a.leave(0);
+  b.join(0);  // ... then one of B
+  EXPECT_TRUE(a.prepare_flush().empty()) << "A's flush needs no ack from pCPU 0";
+  EXPECT_EQ(b.prepare_flush().members(), std::vector<uint32_t>{0});
+  EXPECT_TRUE(a.take_invalidate(0)) << "but pCPU 0 drops A's translations before entering A";
+  EXPECT_EQ(a.flushes(), 1u);
+  EXPECT_EQ(a.mask_total(), 0u);
+}
+
+// Entry (join, then check the mark) racing a flush (mark, then read the mask): the context is
+// always either a target of the flush or sees the mark. A broken order (e.g. reading the mask
+// before marking) loses both in some interleavings.
+TEST(P2mSync, AnEntryRacingAFlushIsEitherTargetedOrMarked) {
+  for (int round = 0; round < 2000; round++) {
+    P2mSync s(2);
+    std::atomic<int> go{0};
+    bool targeted = false, marked = false;
+    std::thread flusher([&] {
+      go++;
+      while (go.load() < 2) {
+      }
+      targeted = s.prepare_flush().test(1);
+    });
+    go++;
+    while (go.load() < 2) {
+    }
+    s.join(1);
+    marked = s.take_invalidate(1);
+    flusher.join();
+    ASSERT_TRUE(targeted || marked) << "round " << round;
   }
 }

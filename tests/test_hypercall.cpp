@@ -51,10 +51,13 @@ TEST_F(HcallFixture, GuestAccessGoesThroughTheTlbAndCatchesAMissedFlush) {
   call(KS_HC_CONSOLE, 0x400ffe, 3);
   EXPECT_EQ(tlb.hits(), 2u);
   EXPECT_EQ(tlb.stale_hits(), 0u);
-  epochs.by_page[0x401] = 1;  // reclaimed, nobody flushed this pCPU
+  epochs.by_page[0x401] = 1;  // fenced: a use before the flush completes is allowed
+  call(KS_HC_CONSOLE, 0x400ffe, 3);
+  EXPECT_EQ(tlb.stale_hits(), 0u);
+  epochs.by_page[0x401] = 2;  // the flush completed, but nobody flushed this pCPU
   call(KS_HC_CONSOLE, 0x400ffe, 3);
   EXPECT_EQ(tlb.stale_hits(), 1u);
-  epochs.by_page[0x401] = 2;  // reclaimed again, this time with the flush
+  epochs.by_page[0x401] = 4;  // reclaimed again, this time with the flush
   tlb.invalidate_vm(3);
   call(KS_HC_CONSOLE, 0x400ffe, 3);
   EXPECT_EQ(tlb.stale_hits(), 1u);

@@ -135,6 +135,42 @@ TEST_P(LockTorture, TryLockFailsWhileHeldAndSucceedsWhenFree) {
   }).join();
 }
 
+// The CLH try-lock ABA, forced: between try_lock's read of a free tail and its CAS, another thread
+// locks, unlocks and locks again (reusing the node that was the tail) and holds the lock for
+// 300 ms. Before the free-tail mark the CAS then succeeded and try_lock queued behind that
+// holder, returning true only after its whole critical section (seen: ~300 ms).
+TEST(ClhLock, TryLockNeverWaitsOutAnotherHoldersCriticalSection) {
+  ClhLock lock;  // not static: its destructor gives a node to this thread's pool, alive until exit
+  static std::atomic<int> phase{0};  // static: the hook is a plain function pointer
+  phase = 0;
+  std::thread holder([&lock] {
+    while (phase.load() != 1) std::this_thread::yield();
+    ClhLock::Node a, b;
+    lock.lock(a);
+    lock.unlock(a);
+    lock.lock(b);
+    phase = 2;
+    std::this_thread::sleep_for(300ms);
+    lock.unlock(b);
+  });
+  ClhLock::try_lock_hook = [] {
+    phase = 1;
+    while (phase.load() != 2) std::this_thread::yield();
+  };
+  ClhLock::Node n;
+  const auto t0 = std::chrono::steady_clock::now();
+  const bool got = lock.try_lock(n);
+  const auto waited = std::chrono::steady_clock::now() - t0;
+  ClhLock::try_lock_hook = nullptr;
+  EXPECT_FALSE(got) << "the lock was held at the CAS";
+  EXPECT_LT(waited, 150ms) << "try_lock waited out the holder's critical section";
+  if (got) lock.unlock(n);
+  holder.join();
+  ClhLock::Node m;
+  EXPECT_TRUE(lock.try_lock(m)) << "free again";
+  lock.unlock(m);
+}
+
 // Waiters that park (or sleep in the kernel) must all be woken: the holder keeps the lock long
 // enough for every waiter to get past spinning and yielding, then releases once.
 TEST_P(LockTorture, NoLostWakeups) {

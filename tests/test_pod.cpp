@@ -1,9 +1,12 @@
 // PoD policy with fake memory, and the software TLB's detection of a missed flush.
 #include <gtest/gtest.h>
 
+#include <functional>
 #include <map>
 #include <set>
 
+#include "mm/guest_memory.hpp"
+#include "mm/guest_view.hpp"
 #include "mm/pod.hpp"
 #include "mm/soft_tlb.hpp"
 #include "sched/cross_call.hpp"
@@ -47,8 +50,10 @@ struct FakeMem : PodBackend {
   }
 };
 
-PodParams params(uint64_t max, uint64_t target, uint32_t stride = 16, uint32_t limit = 1024) {
+PodParams params(uint64_t max, uint64_t target, uint32_t stride = 16, uint32_t limit = 1024,
+                 PodReclaim reclaim = PodReclaim::Batched) {
   PodParams p;
+  p.reclaim = reclaim;
   p.max = max;
   p.target = target;
   p.stride = stride;
@@ -68,7 +73,8 @@ TEST(Pod, PopulatesUnderTargetWithoutReclaim) {
   EXPECT_EQ(pod.stats().duplicate_faults, 1u);
 }
 
-TEST(Pod, OverTargetReclaimsRecentZeroPagesEagerly) {
+// --pod-reclaim batched: nothing until the cache is empty, then the whole ring in one batch.
+TEST(PodBatched, OverTargetReclaimsRecentZeroPagesInOneBatch) {
   FakeMem mem;
   Pod pod(params(100, 4, 16), mem);
   for (uint64_t g = 0; g < 4; g++) pod.on_fault(g);
@@ -84,7 +90,7 @@ TEST(Pod, OverTargetReclaimsRecentZeroPagesEagerly) {
   EXPECT_EQ(pod.entry(0), Pod::Entry::Populated);
 }
 
-TEST(Pod, FencesTheWholeBatchBeforeTheSingleFlush) {
+TEST(PodBatched, FencesTheWholeBatchBeforeTheSingleFlush) {
   FakeMem mem;
   Pod pod(params(64, 4, 16), mem);
   for (uint64_t g = 0; g < 4; g++) pod.on_fault(g);
@@ -93,7 +99,7 @@ TEST(Pod, FencesTheWholeBatchBeforeTheSingleFlush) {
   EXPECT_EQ(mem.log, expect) << "newest first, all fenced, then one flush";
 }
 
-TEST(Pod, QuickZeroButDirtyGranulesAreRestored) {
+TEST(PodBatched, QuickZeroButDirtyGranulesAreRestored) {
   FakeMem mem;
   Pod pod(params(64, 2, 16), mem);
   pod.on_fault(0);
@@ -106,7 +112,7 @@ TEST(Pod, QuickZeroButDirtyGranulesAreRestored) {
   EXPECT_TRUE(mem.fenced_now.empty()) << "nothing is left fenced";
 }
 
-TEST(Pod, EmergencySweepGoesDownwardsFromWhereItStopped) {
+TEST(PodBatched, EmergencySweepGoesDownwardsFromWhereItStopped) {
   FakeMem mem;
   // 64 granules, target 48, batches of 8, limit 16. Everything populated is dirty except 10 and 3,
   // which are older than the eager ring (the last 32 populated: 16..47).
@@ -128,29 +134,120 @@ TEST(Pod, EmergencySweepGoesDownwardsFromWhereItStopped) {
 }
 
 TEST(Pod, OutOfPodMemoryWhenNothingIsZero) {
-  FakeMem mem;
-  Pod pod(params(32, 8), mem);
-  for (uint64_t g = 0; g < 8; g++) {
-    pod.on_fault(g);
-    mem.kind[g] = FakeMem::Dirty;
+  for (PodReclaim r : {PodReclaim::Xen, PodReclaim::Batched}) {
+    SCOPED_TRACE(pod_reclaim_name(r));
+    FakeMem mem;
+    Pod pod(params(32, 8, 16, 1024, r), mem);
+    for (uint64_t g = 0; g < 8; g++) {
+      pod.on_fault(g);
+      mem.kind[g] = FakeMem::Dirty;
+    }
+    EXPECT_EQ(pod.on_fault(20), Pod::Fault::OutOfMemory);
+    EXPECT_EQ(pod.stats().out_of_memory, 1u);
+    EXPECT_EQ(pod.populated(), 8u);
+    EXPECT_TRUE(mem.discarded.empty());
+    EXPECT_EQ(pod.stats().flushes, 0u) << "no entry changed: no flush";
   }
-  EXPECT_EQ(pod.on_fault(20), Pod::Fault::OutOfMemory);
-  EXPECT_EQ(pod.stats().out_of_memory, 1u);
-  EXPECT_EQ(pod.populated(), 8u);
-  EXPECT_TRUE(mem.discarded.empty());
 }
 
 TEST(Pod, PopulatedNeverExceedsTarget) {
-  FakeMem mem;
-  Pod pod(params(4096, 512, 16, 1024), mem);
-  // A Windows-like boot: touch every granule in order; each is zero, so reclaim keeps up.
-  for (uint64_t g = 0; g < 4096; g++) {
-    ASSERT_NE(pod.on_fault(g), Pod::Fault::OutOfMemory) << g;
-    ASSERT_LE(pod.populated(), 512u);
+  for (PodReclaim r : {PodReclaim::Xen, PodReclaim::Batched}) {
+    SCOPED_TRACE(pod_reclaim_name(r));
+    FakeMem mem;
+    Pod pod(params(4096, 512, 16, 1024, r), mem);
+    // A Windows-like boot: touch every granule in order; each is zero, so reclaim keeps up.
+    for (uint64_t g = 0; g < 4096; g++) {
+      ASSERT_NE(pod.on_fault(g), Pod::Fault::OutOfMemory) << g;
+      ASSERT_LE(pod.populated(), 512u);
+      ASSERT_EQ(pod.count() + pod.populated(), 512u)
+          << "the cache and the populated are the target";
+      ASSERT_EQ(pod.entry_count() + pod.populated(), 4096u);
+    }
+    EXPECT_EQ(pod.stats().populates, 4096u);
+    EXPECT_EQ(pod.stats().reclaimed, 4096u - pod.populated());
   }
-  EXPECT_EQ(pod.stats().max_populated, 512u);
-  EXPECT_EQ(pod.stats().populates, 4096u);
-  EXPECT_EQ(pod.stats().reclaimed, 4096u - pod.populated());
+}
+
+// --pod-reclaim xen (the default): p2m_pod_demand_populate / pod_eager_reclaim of Xen 4.7.
+TEST(PodXen, EveryPopulateZeroChecksTheOldestRingSlotWhileEntriesOutnumberTheCache) {
+  FakeMem mem;
+  Pod pod(params(1000, 100, 16, 1024, PodReclaim::Xen), mem);
+  for (uint64_t g = 0; g < 32; g++) ASSERT_EQ(pod.on_fault(g), Pod::Fault::Populate);
+  EXPECT_EQ(pod.stats().eager_checks, 32u) << "entry_count > count on every populate";
+  EXPECT_EQ(pod.stats().scanned, 0u) << "the ring had no entry yet";
+  for (uint64_t g = 32; g < 232; g++) {
+    ASSERT_EQ(pod.on_fault(g), Pod::Fault::Populate);
+    // One zero check per populate, of the granule populated 32 populates ago, one flush each.
+    ASSERT_EQ(pod.stats().scanned, g - 31);
+    ASSERT_EQ(pod.entry(g - 32), Pod::Entry::Pod) << "the oldest ring slot was reclaimed";
+    ASSERT_EQ(pod.stats().flushes, g - 31) << "about one flush per populate";
+    ASSERT_EQ(pod.count() + pod.populated(), 100u);
+  }
+  EXPECT_EQ(pod.populated(), 32u) << "the cache never ran dry";
+  EXPECT_GT(pod.count(), 0u);
+  EXPECT_EQ(pod.stats().sweeps, 0u) << "no sweep while the cache has pages";
+  EXPECT_EQ(pod.stats().zero_checks, pod.stats().scanned) << "one granule per zero check";
+}
+
+TEST(PodXen, ADirtyOldestSlotCostsNoFlush) {
+  FakeMem mem;
+  Pod pod(params(1000, 100, 16, 1024, PodReclaim::Xen), mem);
+  for (uint64_t g = 0; g < 32; g++) pod.on_fault(g);
+  mem.kind[0] = FakeMem::Dirty;
+  pod.on_fault(40);
+  EXPECT_EQ(pod.stats().quick_rejected, 1u);
+  EXPECT_EQ(pod.stats().flushes, 0u) << "p2m_tlb_flush_sync flushes only when an entry changed";
+  EXPECT_EQ(pod.entry(0), Pod::Entry::Populated);
+  pod.on_fault(41);
+  EXPECT_EQ(pod.entry(1), Pod::Entry::Pod) << "the next populate checks the next oldest";
+  EXPECT_EQ(pod.stats().flushes, 1u);
+}
+
+TEST(PodXen, GoesOnThroughTheRingOnlyWhileTheCacheIsEmpty) {
+  FakeMem mem;
+  Pod pod(params(1000, 40, 16, 1024, PodReclaim::Xen), mem);
+  for (uint64_t g = 0; g < 40; g++) {
+    mem.kind[g] = FakeMem::Dirty;
+    ASSERT_EQ(pod.on_fault(g), Pod::Fault::Populate);
+  }
+  ASSERT_EQ(pod.count(), 0u);
+  // The ring holds 8..39, oldest first; only 20 is zero.
+  mem.kind[20] = FakeMem::Zero;
+  const uint64_t scanned = pod.stats().scanned;
+  EXPECT_EQ(pod.on_fault(100), Pod::Fault::Populate);
+  EXPECT_EQ(pod.stats().scanned - scanned, 13u) << "8..20: stop as soon as the cache has a page";
+  EXPECT_EQ(pod.stats().flushes, 1u);
+  EXPECT_EQ(pod.stats().sweeps, 0u);
+  EXPECT_EQ(pod.entry(20), Pod::Entry::Pod);
+  EXPECT_EQ(pod.entry(21), Pod::Entry::Populated) << "21 stays in the ring, unchecked";
+}
+
+TEST(PodXen, EmergencySweepOnlyWithAnEmptyCacheBatchesOfStrideOneFlushEach) {
+  FakeMem mem;
+  Pod pod(params(4096, 2048, 16, 1024, PodReclaim::Xen), mem);
+  for (uint64_t g = 0; g < 2048; g++) {
+    mem.kind[g] = FakeMem::Dirty;
+    ASSERT_EQ(pod.on_fault(g), Pod::Fault::Populate);
+  }
+  ASSERT_EQ(pod.stats().sweeps, 0u);
+  mem.kind[1500] = FakeMem::Zero;
+  mem.kind[1700] = FakeMem::TailDirty;  // passes the quick check: its batch flushes too
+  mem.kind[1000] = FakeMem::Zero;       // more than `limit` below the start
+  const uint64_t scanned = pod.stats().scanned, checks = pod.stats().zero_checks;
+  EXPECT_EQ(pod.on_fault(3000), Pod::Fault::Populate);
+  EXPECT_EQ(pod.stats().sweeps, 1u) << "the whole ring was dirty and the cache empty";
+  // From max_guest 2047 downwards to limit 1023, then one more step once the cache had a page.
+  EXPECT_EQ(pod.stats().scanned - scanned, 32u + (2047u - 1022u + 1u));
+  EXPECT_EQ(mem.discarded, std::set<uint64_t>{1500});
+  EXPECT_EQ(pod.stats().restored, 1u);
+  EXPECT_EQ(pod.stats().flushes, 2u) << "two batches changed an entry: one flush each";
+  EXPECT_EQ(pod.stats().zero_checks - checks, 32u + 65u)
+      << "32 single-granule checks of the ring, then 1026 granules in batches of 16";
+  // The next sweep continues below where this one stopped.
+  mem.kind[3000] = FakeMem::Dirty;
+  EXPECT_EQ(pod.on_fault(3001), Pod::Fault::Populate);
+  EXPECT_EQ(pod.stats().sweeps, 2u);
+  EXPECT_TRUE(mem.discarded.count(1000));
 }
 
 TEST(Pod, RejectsBadParameters) {
@@ -160,47 +257,77 @@ TEST(Pod, RejectsBadParameters) {
   EXPECT_THROW(Pod(params(10, 5, 0), mem), std::invalid_argument);
 }
 
-// The software TLB with p2m epochs: a reclaim without the flush leaves a stale entry that the
-// next lookup reports; with the flush (a cross-call to every pCPU, one of them stalled in a
-// fault and excused) there is none.
-TEST(SoftTlb, MissedFlushIsDetectedAndTheFlushPreventsIt) {
+// The software TLB's stale-hit detection, through GuestView (the code exit handlers use), with
+// the p2m epochs of PodVm's protocol: odd = fenced, even again = the flush completed.
+namespace {
+struct FakeEpochs : P2mEpochs {
+  std::map<uint64_t, uint32_t> by_gfn;
+  uint32_t epoch(uint64_t gpa) const override {
+    auto it = by_gfn.find(gpa / 4096);
+    return it == by_gfn.end() ? 0 : it->second;
+  }
+};
+}  // namespace
+
+TEST(GuestView, AUseAfterTheFenceButBeforeTheFlushCompletedIsNotStale) {
+  GuestMemory mem(8ull << 20);
+  SoftTlb tlb;
+  FakeEpochs ep;
+  GuestView view(mem, 1, &tlb, nullptr, &ep);
+  const uint64_t gpa = 5ull << 20;
+  ASSERT_NE(view.translate(gpa, 8), nullptr);  // cached at epoch 0
+  ep.by_gfn[gpa / 4096] = 1;                   // fenced; the flush has not reached us yet
+  view.translate(gpa, 8);
+  EXPECT_EQ(tlb.stale_hits(), 0u) << "Xen allows this use: the flush is still on its way";
+  ep.by_gfn[gpa / 4096] = 2;  // the flush completed, but it never invalidated this TLB
+  view.translate(gpa, 8);
+  EXPECT_EQ(tlb.stale_hits(), 1u) << "a use after the flush that should have removed it";
+  view.translate(gpa, 8);
+  EXPECT_EQ(tlb.stale_hits(), 1u) << "refilled: counted once";
+}
+
+TEST(GuestView, NoTranslationOfAFencedPageIsCached) {
+  GuestMemory mem(8ull << 20);
+  SoftTlb tlb;
+  FakeEpochs ep;
+  GuestView view(mem, 1, &tlb, nullptr, &ep);
+  const uint64_t gpa = 5ull << 20;
+  ep.by_gfn[gpa / 4096] = 1;  // fenced
+  view.translate(gpa, 8);
+  ep.by_gfn[gpa / 4096] = 2;  // reclaimed and flushed: a translation from the fenced time
+  view.translate(gpa, 8);     // would be stale now
+  EXPECT_EQ(tlb.stale_hits(), 0u);
+}
+
+// A flush through the cross-call to two contexts, one stalled in a fault and excused: the stalled
+// one applies it at its next safe point, which GuestView passes before translating, so neither
+// uses a stale translation. Without the flush both would.
+TEST(GuestView, TheCrossCallFlushLeavesNoStaleTranslationEvenForAnExcusedContext) {
   using kvmscale::locks::LockPolicy;
   using kvmscale::locks::LockRegistry;
   using kvmscale::sched::CallLockMode;
   using kvmscale::sched::CpuSet;
   using kvmscale::sched::CrossCall;
-  uint32_t epoch = 0;  // of page 7
-  auto stale = [&](SoftTlb& t) {
-    const SoftTlb::Entry* e = t.lookup(1, 7);
-    if (e && e->epoch != epoch) t.record_stale_hit();
-    return e;
-  };
-  std::vector<SoftTlb> tlbs(2);
-  uint8_t page[16];
-  for (auto& t : tlbs) {
-    EXPECT_EQ(t.lookup(1, 7), nullptr);
-    t.insert(1, 7, page, epoch);
-    ASSERT_NE(t.lookup(1, 7), nullptr);
-    EXPECT_EQ(t.lookup(1, 7)->hva, page);
-  }
-  EXPECT_EQ(tlbs[0].stale_hits(), 0u);
-
-  epoch++;  // reclaimed, but nobody flushed
-  stale(tlbs[0]);
-  EXPECT_EQ(tlbs[0].stale_hits(), 1u) << "a missed invalidation is caught";
-
-  LockRegistry locks(LockPolicy::parse("ticket", {}));
-  CrossCall cc(2, CallLockMode::Global, locks, [](uint32_t) {});
-  cc.set_stalled(1, true);  // pCPU 1 is in a fault: it gets the flush at its next safe point
-  cc.on_selected_cpus(
-      CpuSet(2, true), [&tlbs](uint32_t p) { tlbs[p].invalidate_vm(1); }, 0);
-  cc.set_stalled(1, false);
-  cc.serve(1);
-  for (auto& t : tlbs) {
-    uint64_t before = t.stale_hits();
-    EXPECT_EQ(stale(t), nullptr);
-    EXPECT_EQ(t.stale_hits(), before);
-    EXPECT_EQ(t.flushes(), 1u);
+  for (bool flush : {true, false}) {
+    SCOPED_TRACE(flush ? "flushed" : "flush skipped");
+    GuestMemory mem(8ull << 20);
+    FakeEpochs ep;
+    LockRegistry locks(LockPolicy::parse("ticket", {}));
+    CrossCall cc(2, CallLockMode::Global, locks, [](uint32_t) {});
+    std::vector<SoftTlb> tlbs(2);
+    std::vector<std::function<void()>> safe;
+    for (uint32_t c = 0; c < 2; c++) safe.push_back([&cc, c] { cc.serve(c); });
+    const uint64_t gpa = 6ull << 20;
+    for (uint32_t c = 0; c < 2; c++) GuestView(mem, 1, &tlbs[c], &safe[c], &ep).translate(gpa, 8);
+    ep.by_gfn[gpa / 4096] = 1;  // fence
+    cc.set_stalled(1, true);    // context 1 is in a fault: excused, serves later
+    if (flush)
+      cc.on_selected_cpus(
+          CpuSet(2, true), [&tlbs](uint32_t c) { tlbs[c].invalidate_vm(1); }, 0);
+    ep.by_gfn[gpa / 4096] = 2;  // the flush completed
+    cc.set_stalled(1, false);
+    for (uint32_t c = 0; c < 2; c++) GuestView(mem, 1, &tlbs[c], &safe[c], &ep).translate(gpa, 8);
+    for (uint32_t c = 0; c < 2; c++) EXPECT_EQ(tlbs[c].stale_hits(), flush ? 0u : 1u) << c;
   }
 }
 

@@ -88,10 +88,17 @@ void add_run_flags(CLI::App& cmd, RunConfig& cfg, RunFlags& f) {
       ->capture_default_str();
   cmd.add_option("--sweep-limit", cfg.sweep_limit, "PoD emergency sweep scan limit")
       ->capture_default_str();
+  cmd.add_option("--pod-reclaim", cfg.pod_reclaim,
+                 "PoD reclaim rule: xen (4.7: zero-check the oldest recent page on every "
+                 "populate, about one flush each) or batched (only when the cache is empty, "
+                 "--sweep-stride pages per flush)")
+      ->capture_default_str();
   cmd.add_option("--call-lock", cfg.call_lock,
                  "cross-call locking: global (one call lock, as Xen) or percpu (lock the targets)")
       ->capture_default_str();
-  cmd.add_option("--fault-threads", cfg.fault_threads, "threads serving userfaultfd (io_uring)")
+  cmd.add_option("--fault-threads", cfg.fault_threads,
+                 "threads serving userfaultfd (io_uring); 0 = one per pCPU, each acting as the "
+                 "flush initiator for the pCPU whose fault it serves")
       ->capture_default_str();
   std::string classes;
   for (const auto& c : lock_classes()) classes += (classes.empty() ? "" : " ") + c;

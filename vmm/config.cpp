@@ -317,9 +317,11 @@ void RunConfig::validate() const {
     throw ConfigError("--pod-granule must be 4K or 2M");
   if (sweep_stride < 1 || sweep_stride > 4096) throw ConfigError("--sweep-stride must be 1-4096");
   if (sweep_limit < 1) throw ConfigError("--sweep-limit must be positive");
+  if (pod_reclaim != "xen" && pod_reclaim != "batched")
+    throw ConfigError("unknown --pod-reclaim '" + pod_reclaim + "' (available: xen, batched)");
   if (call_lock != "global" && call_lock != "percpu")
     throw ConfigError("unknown --call-lock '" + call_lock + "' (available: global, percpu)");
-  if (fault_threads < 1 || fault_threads > 64) throw ConfigError("--fault-threads must be 1-64");
+  if (fault_threads > 64) throw ConfigError("--fault-threads must be 0 (one per pCPU) or 1-64");
   pod_target_granules();  // validates --pod-target
   try {
     locks::LockPolicy::parse(lock, lock_classes());
@@ -351,6 +353,7 @@ nlohmann::json RunConfig::to_json() const {
           {"pod_granule", pod_granule},
           {"sweep_stride", sweep_stride},
           {"sweep_limit", sweep_limit},
+          {"pod_reclaim", pod_reclaim},
           {"call_lock", call_lock},
           {"fault_threads", fault_threads},
           {"lock", lock},
@@ -385,6 +388,8 @@ RunConfig RunConfig::from_json(const nlohmann::json& j) {
     c.pod_granule = j.value("pod_granule", uint64_t{4096});
     c.sweep_stride = j.value("sweep_stride", 16u);
     c.sweep_limit = j.value("sweep_limit", 1024u);
+    // Records from before --pod-reclaim existed reclaimed in batches: re-run them that way.
+    c.pod_reclaim = j.value("pod_reclaim", std::string("batched"));
     c.call_lock = j.value("call_lock", std::string("global"));
     c.fault_threads = j.value("fault_threads", 1u);
     c.lock = j.value("lock", std::string("ticket"));

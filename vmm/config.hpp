@@ -44,8 +44,9 @@ struct RunConfig {
   std::string pod_target;       // "" = fully populated; SIZE (e.g. 8M) or PERCENT (e.g. 50%)
   uint64_t pod_granule = 4096;  // 4K or 2M
   uint32_t sweep_stride = 16, sweep_limit = 1024;
+  std::string pod_reclaim = "xen";   // xen (4.7's rule) | batched (reclaim only when empty)
   std::string call_lock = "global";  // global | percpu
-  uint32_t fault_threads = 1;
+  uint32_t fault_threads = 0;   // 0: one per pCPU (each acts for the pCPU whose fault it serves)
   std::string lock = "ticket";  // --lock: strategy, or CLASS=NAME overrides (locks::LockPolicy)
   bool lock_profile = true;
   std::string out = "results";

@@ -11,14 +11,12 @@
 #include <thread>
 
 #include "locks/registry.hpp"
-#include "mm/fault_service.hpp"
-#include "mm/pod_vm.hpp"
-#include "mm/userfaultfd.hpp"
 #include "sched/executor.hpp"
 #include "vmm/clock.hpp"
 #include "vmm/guest_images.hpp"
 #include "vmm/host_info.hpp"
 #include "vmm/kvm.hpp"
+#include "vmm/pod_runtime.hpp"
 #include "vmm/record.hpp"
 
 namespace kvmscale::vmm {
@@ -92,8 +90,6 @@ std::vector<std::unique_ptr<Vm>> create_vms(const RunConfig& cfg, const KvmSyste
   return vms;
 }
 
-// Populate-on-demand for every VM of a run: one userfaultfd, the FaultService threads, each VM's
-// PodVm, and the cross-calls its flushes go through. Built after the executor, before it starts.
 // The software TLBs of every context (pCPU, or vCPU thread with --sched host), after stop().
 nlohmann::json tlb_stats(sched::Executor& ex) {
   uint64_t hits = 0, misses = 0, stale = 0;
@@ -112,107 +108,6 @@ nlohmann::json tlb_stats(sched::Executor& ex) {
           {"flushes_received", flushes}};
 }
 
-class PodRuntime {
- public:
-  PodRuntime(const RunConfig& cfg, const std::vector<Vm*>& vms, sched::Executor& ex,
-             locks::LockRegistry& locks)
-      : ex_(ex),
-        cc_(ex.contexts(),
-            cfg.call_lock == "percpu" ? sched::CallLockMode::PerCpu : sched::CallLockMode::Global,
-            locks, [&ex](uint32_t c) { ex.kick_context(c); }) {
-    ex.set_cross_call(&cc_);
-    mm::PodParams pp;
-    pp.target = cfg.pod_target_granules();
-    pp.stride = cfg.sweep_stride;
-    pp.limit = cfg.sweep_limit;
-    for (Vm* vm : vms) {
-      uint8_t* ram = vm->memory().host_base() + KS_RAM_GPA;
-      auto flush = [this, vm] {
-        // The EPT-like flush: every pCPU that ran the VM drops its TLB entries for it (the
-        // function runs on each target's own thread).
-        const uint32_t id = vm->index();
-        cc_.on_selected_cpus(
-            ex_.dirty_mask(*vm), [this, id](uint32_t c) { ex_.tlb(c).invalidate_vm(id); }, -1);
-      };
-      pods_.push_back(std::make_unique<VmPod>(
-          vm, std::make_unique<mm::PodVm>(
-                  ram, vm->memory().size() - KS_RAM_GPA, cfg.pod_granule, pp, uffd_,
-                  locks.make("pod", "pod[vm" + std::to_string(vm->index()) + "]"), flush)));
-      vm->set_p2m_epochs(pods_.back().get());
-    }
-    faults_ = std::make_unique<mm::FaultService>(
-        uffd_, int(cfg.fault_threads), [this](const mm::FaultEvent& ev) { on_fault(ev); });
-  }
-  ~PodRuntime() { stop(); }
-  // Stops serving faults (joins the service threads); reports are exact only after this.
-  void stop() {
-    if (faults_) fault_events_ = faults_->events();
-    faults_.reset();
-  }
-
-  nlohmann::json vm_report(const Vm& vm) const {
-    for (const auto& p : pods_)
-      if (p->vm == &vm) {
-        nlohmann::json r = p->pod->report();
-        r["fault_stall_ns"] = p->stall_ns.load();
-        r["fault_stall_max_ns"] = p->stall_max_ns.load();
-        return r;
-      }
-    return nullptr;
-  }
-  nlohmann::json report() const {
-    nlohmann::json r = cc_.report();
-    r["fault_events"] = fault_events_;
-    r["out_of_memory_vms"] = oom_.load();
-    return r;
-  }
-
- private:
-  // One VM's PoD, and its p2m epochs by guest-physical address for the TLB's stale-hit check
-  // (PoD covers RAM above KS_RAM_GPA).
-  struct VmPod final : mm::P2mEpochs {
-    VmPod(Vm* v, std::unique_ptr<mm::PodVm> p) : vm(v), pod(std::move(p)) {}
-    uint32_t epoch(uint64_t gpa) const override {
-      return gpa < KS_RAM_GPA ? 0 : pod->epoch_at(gpa - KS_RAM_GPA);
-    }
-    Vm* vm;
-    std::unique_ptr<mm::PodVm> pod;
-    // Time its vCPUs waited on faults while a service thread resolved them (from reading the
-    // fault to waking the vCPU; the kernel's delivery before that is not visible here).
-    std::atomic<uint64_t> stall_ns{0}, stall_max_ns{0};
-  };
-  void on_fault(const mm::FaultEvent& ev) {
-    for (auto& owned : pods_) {
-      VmPod& p = *owned;
-      if (!p.pod->contains(ev.address)) continue;
-      // The faulting context cannot answer cross-calls until its fault is resolved.
-      int ctx = ex_.context_of_thread(ev.tid);
-      if (ctx >= 0) cc_.set_stalled(uint32_t(ctx), true);
-      const uint64_t t0 = now_ns();
-      mm::PodVm::Outcome o = p.pod->handle(ev);
-      const uint64_t stalled = now_ns() - t0;
-      if (ctx >= 0) cc_.set_stalled(uint32_t(ctx), false);
-      p.stall_ns.fetch_add(stalled, std::memory_order_relaxed);
-      uint64_t prev = p.stall_max_ns.load(std::memory_order_relaxed);
-      while (stalled > prev && !p.stall_max_ns.compare_exchange_weak(prev, stalled)) {
-      }
-      if (o == mm::PodVm::Outcome::OutOfMemory && p.vm->crash("out of PoD memory")) {
-        oom_.fetch_add(1);
-        ex_.stop_vm(*p.vm);  // its faulting vCPU is kicked out of the fault wait (EINTR)
-      }
-      return;
-    }
-  }
-
-  sched::Executor& ex_;
-  mm::Userfaultfd uffd_;
-  sched::CrossCall cc_;
-  std::vector<std::unique_ptr<VmPod>> pods_;
-  std::unique_ptr<mm::FaultService> faults_;
-  std::atomic<uint64_t> oom_{0};
-  uint64_t fault_events_ = 0;
-};
-
 }  // namespace
 
 void block_stop_signals() {
@@ -228,7 +123,9 @@ void block_stop_signals() {
   pthread_sigmask(SIG_BLOCK, &s, nullptr);
 }
 
-nlohmann::json run_testbed(const RunConfig& cfg) {
+nlohmann::json run_testbed(const RunConfig& cfg) { return run_testbed_with_hooks(cfg, {}); }
+
+nlohmann::json run_testbed_with_hooks(const RunConfig& cfg, const TestHooks& hooks) {
   cfg.validate();
   RunTiming t;
   t.started_unix_ns = unix_now_ns();
@@ -339,7 +236,8 @@ nlohmann::json run_testbed(const RunConfig& cfg) {
     }
     if (!cfg.pod_target.empty()) {
       try {
-        pod = std::make_unique<PodRuntime>(cfg, vm_ptrs, *executor, lock_registry);
+        pod = std::make_unique<PodRuntime>(cfg, vm_ptrs, *executor, lock_registry,
+                                           hooks.skip_flushes);
       } catch (const std::system_error& e) {
         throw RunError(std::string("populate-on-demand set-up failed: ") + e.what());
       }

@@ -19,7 +19,15 @@ struct RunError : std::runtime_error {
 // interrupted.
 void block_stop_signals();
 
+// Faults injected by tests to prove that other tests can fail. Never set outside tests.
+struct TestHooks {
+  // PoD flushes do nothing (no invalidate marks, no cross-call): the software TLBs must then
+  // report stale hits.
+  bool skip_flushes = false;
+};
+
 // Runs the configured scenario and returns its run record (docs/run-record.md).
 nlohmann::json run_testbed(const RunConfig& cfg);
+nlohmann::json run_testbed_with_hooks(const RunConfig& cfg, const TestHooks& hooks);
 
 }  // namespace kvmscale::vmm

@@ -1,0 +1,172 @@
+// Populate-on-demand for every VM of a run: one userfaultfd, the FaultService threads (one per
+// pCPU by default, each acting as the flush initiator for the pCPU whose fault it serves), each
+// VM's PodVm, and the cross-calls its flushes go through (ept_sync_domain: the VM's P2mSync marks
+// every context and targets its dirty mask). Built after the executor, before it starts; stop()
+// before the executor goes. `skip_flushes` is a test hook (vmm::TestHooks).
+#pragma once
+
+#include <sys/types.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "guests/include/kvmscale_abi.h"
+#include "locks/registry.hpp"
+#include "mm/fault_service.hpp"
+#include "mm/pod_vm.hpp"
+#include "mm/userfaultfd.hpp"
+#include "sched/executor.hpp"
+#include "vmm/clock.hpp"
+#include "vmm/config.hpp"
+#include "vmm/vm.hpp"
+
+namespace kvmscale::vmm {
+
+class PodRuntime {
+ public:
+  PodRuntime(const RunConfig& cfg, const std::vector<Vm*>& vms, sched::Executor& ex,
+             locks::LockRegistry& locks, bool skip_flushes)
+      : ex_(ex),
+        cc_(ex.contexts(),
+            cfg.call_lock == "percpu" ? sched::CallLockMode::PerCpu : sched::CallLockMode::Global,
+            locks, [&ex](uint32_t c) { ex.kick_context(c); }) {
+    ex.set_cross_call(&cc_);
+    mm::PodParams pp;
+    pp.target = cfg.pod_target_granules();
+    pp.stride = cfg.sweep_stride;
+    pp.limit = cfg.sweep_limit;
+    mm::parse_pod_reclaim(cfg.pod_reclaim, pp.reclaim);  // validated by RunConfig
+    for (Vm* vm : vms) {
+      uint8_t* ram = vm->memory().host_base() + KS_RAM_GPA;
+      auto flush = [this, vm, skip = skip_flushes] {
+        if (skip) return;
+        // The EPT-like flush (ept_sync_domain): every context is marked to invalidate before
+        // its next entry of the VM; those in its dirty mask also drop its TLB entries at once,
+        // on their own threads, before they ack (exit handlers use the TLB between entries).
+        // The initiator is whoever populates: a context populating for a VMM-side access (it
+        // answers calls aimed at itself while it waits), or a fault thread acting for the
+        // context whose fault it serves (that context is blocked in the fault meanwhile: its
+        // run queue waits, as a Xen pCPU's does while it flushes).
+        const uint32_t id = vm->index();
+        const int self = ex_.context_of_thread(uint32_t(gettid()));
+        ex_.p2m_sync(*vm).flush(
+            cc_, [this, id](uint32_t c) { ex_.tlb(c).invalidate_vm(id); }, self,
+            self >= 0 ? self : acting_for);
+      };
+      pods_.push_back(std::make_unique<VmPod>(
+          *this, vm,
+          std::make_unique<mm::PodVm>(
+              ram, vm->memory().size() - KS_RAM_GPA, cfg.pod_granule, pp, uffd_,
+              locks.make("pod", "pod[vm" + std::to_string(vm->index()) + "]"), flush)));
+      vm->set_p2m_epochs(pods_.back().get());
+    }
+    // By default one fault thread per pCPU: as many initiators can flush at once as there are
+    // pCPUs that can fault at once, as in Xen where the faulting pCPU itself initiates.
+    const uint32_t threads =
+        cfg.fault_threads ? cfg.fault_threads : std::min(64u, cfg.effective_pcpus());
+    faults_ = std::make_unique<mm::FaultService>(
+        uffd_, int(threads), [this](const mm::FaultEvent& ev) { on_fault(ev); });
+  }
+  ~PodRuntime() { stop(); }
+  // Stops serving faults (joins the service threads); reports are exact only after this.
+  void stop() {
+    if (faults_) fault_events_ = faults_->events();
+    faults_.reset();
+  }
+
+  nlohmann::json vm_report(const Vm& vm) const {
+    for (const auto& p : pods_)
+      if (p->vm == &vm) {
+        nlohmann::json r = p->pod->report();
+        const sched::P2mSync& s = ex_.p2m_sync(vm);
+        r["flush_mask_mean"] = s.flushes() ? double(s.mask_total()) / double(s.flushes()) : 0.0;
+        r["flush_mask_max"] = s.mask_max();
+        r["fault_stall_ns"] = p->stall_ns.load();
+        r["fault_stall_max_ns"] = p->stall_max_ns.load();
+        return r;
+      }
+    return nullptr;
+  }
+  nlohmann::json report() const {
+    nlohmann::json r = cc_.report();
+    r["fault_events"] = fault_events_;
+    uint64_t flushes = 0, mask_total = 0, mask_max = 0;
+    for (const auto& p : pods_) {
+      const sched::P2mSync& s = ex_.p2m_sync(*p->vm);
+      flushes += s.flushes();
+      mask_total += s.mask_total();
+      mask_max = std::max(mask_max, s.mask_max());
+    }
+    r["flushes"] = flushes;  // including those with an empty mask (no call, marks only)
+    r["flush_mask_mean"] = flushes ? double(mask_total) / double(flushes) : 0.0;
+    r["flush_mask_max"] = mask_max;
+    r["out_of_memory_vms"] = oom_.load();
+    return r;
+  }
+
+ private:
+  // One VM's PoD, and its p2m epochs by guest-physical address for the TLB's stale-hit check
+  // (PoD covers RAM above KS_RAM_GPA).
+  struct VmPod final : mm::P2mEpochs {
+    VmPod(PodRuntime& r, Vm* v, std::unique_ptr<mm::PodVm> p) : rt(r), vm(v), pod(std::move(p)) {}
+    uint32_t epoch(uint64_t gpa) const override {
+      return gpa < KS_RAM_GPA ? 0 : pod->epoch_at(gpa - KS_RAM_GPA);
+    }
+    bool populate(uint64_t gpa, const std::function<void()>& poll) const override {
+      if (gpa < KS_RAM_GPA) return true;
+      if (pod->populate_here(gpa - KS_RAM_GPA, poll) == mm::PodVm::Outcome::Resolved) return true;
+      rt.out_of_memory(*vm);
+      return false;
+    }
+    PodRuntime& rt;
+    Vm* vm;
+    std::unique_ptr<mm::PodVm> pod;
+    // Time its vCPUs waited on faults while a service thread resolved them (from reading the
+    // fault to waking the vCPU; the kernel's delivery before that is not visible here).
+    std::atomic<uint64_t> stall_ns{0}, stall_max_ns{0};
+  };
+  void on_fault(const mm::FaultEvent& ev) {
+    for (auto& owned : pods_) {
+      VmPod& p = *owned;
+      if (!p.pod->contains(ev.address)) continue;
+      // The faulting context cannot answer cross-calls until its fault is resolved.
+      int ctx = ex_.context_of_thread(ev.tid);
+      if (ctx >= 0) cc_.set_stalled(uint32_t(ctx), true);
+      const uint64_t t0 = now_ns();
+      acting_for = ctx;
+      mm::PodVm::Outcome o = p.pod->handle(ev);
+      acting_for = -1;
+      const uint64_t stalled = now_ns() - t0;
+      if (ctx >= 0) cc_.set_stalled(uint32_t(ctx), false);
+      p.stall_ns.fetch_add(stalled, std::memory_order_relaxed);
+      uint64_t prev = p.stall_max_ns.load(std::memory_order_relaxed);
+      while (stalled > prev && !p.stall_max_ns.compare_exchange_weak(prev, stalled)) {
+      }
+      if (o == mm::PodVm::Outcome::OutOfMemory) out_of_memory(*p.vm);
+      return;
+    }
+  }
+  // Xen crashes the domain ("out of PoD memory"): only this VM stops.
+  void out_of_memory(Vm& vm) {
+    if (!vm.crash("out of PoD memory")) return;
+    oom_.fetch_add(1);
+    ex_.stop_vm(vm);  // kicks its vCPUs out of guest mode and wakes blocked ones
+  }
+
+  // The context whose fault this fault thread is serving (-1: none).
+  static inline thread_local int acting_for = -1;
+  sched::Executor& ex_;
+  mm::Userfaultfd uffd_;
+  sched::CrossCall cc_;
+  std::vector<std::unique_ptr<VmPod>> pods_;
+  std::unique_ptr<mm::FaultService> faults_;
+  std::atomic<uint64_t> oom_{0};
+  uint64_t fault_events_ = 0;
+};
+
+}  // namespace kvmscale::vmm
