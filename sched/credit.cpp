@@ -166,6 +166,7 @@ SchedVcpu& CreditScheduler::add_vcpu(SchedDomain& d, CpuSet affinity, void* owne
 void CreditScheduler::start(uint64_t now, std::function<uint32_t(const SchedVcpu&)> placement) {
   uint32_t rr = 0;
   for (auto& v : vcpus_) {
+    v->has_soft = has_soft_affinity(*v);  // once, not on every wake and balance step
     uint32_t p = placement ? placement(*v) : rr;
     if (!placement) {
       // Spread over allowed pCPUs: the first allowed one at or after a rotating start.
@@ -380,7 +381,7 @@ SchedVcpu* CreditScheduler::runq_steal(Pcpu& thief, Pcpu& peer, int min_pri, int
   if (peer.curr == nullptr) return nullptr;  // an idle peer is about to run its queue itself
   for (SchedVcpu* v : peer.runq) {
     if (v->pri.load(std::memory_order_relaxed) <= min_pri) break;
-    if (step == kSoft && !has_soft_affinity(*v)) continue;
+    if (step == kSoft && !v->has_soft) continue;
     const CpuSet& mask = step == kSoft ? v->soft_affinity : v->affinity;
     if (v == peer.curr || !mask.test(thief.index) || !v->affinity.test(thief.index)) continue;
     runq_remove(peer, *v);
@@ -643,7 +644,7 @@ void CreditScheduler::runq_tickle(Pcpu& pc, SchedVcpu& v) {
   }
   if (idlers_empty) return;
   for (int step = kSoft; step <= kHard; step++) {
-    if (step == kSoft && !has_soft_affinity(v)) continue;
+    if (step == kSoft && !v.has_soft) continue;
     CpuSet mask = step == kSoft ? v.soft_affinity : v.affinity;
     if (step == kSoft) mask &= v.affinity;
     mask &= idle;

@@ -86,6 +86,7 @@ struct SchedVcpu {
   SchedDomain* dom = nullptr;
   CpuSet affinity;        // hard affinity
   CpuSet soft_affinity;   // preferred pCPUs (all: none in particular)
+  bool has_soft = false;  // soft affinity matters (set at start(); affinities are fixed then)
   void* owner = nullptr;  // the executor's handle; opaque here
 
   // Protected by the schedule lock of `processor` (changed only with that lock held).

@@ -44,9 +44,11 @@ struct ExecVcpu {
 };
 
 // Block timeouts of the vCPUs that blocked on one pCPU, kept by that pCPU as Xen keeps timers
-// per CPU: only its own thread touches them, so firing one takes no lock but the run queue's (in
-// wake()). An entry goes stale when its vCPU blocks again (a newer generation); stale entries are
-// dropped when they come due or when they outnumber the live ones.
+// per CPU (do_poll arms v->poll_timer on the vCPU's processor, xen/common/schedule.c; Xen moves it
+// on migration, ours need not: a blocked vCPU is never stolen). Only the pCPU's own thread touches
+// them, so firing one takes no lock but the run queue's (in wake()). An entry goes stale when its
+// vCPU blocks again (a newer generation); stale entries are dropped when they come due or when they
+// outnumber the live ones.
 class BlockTimers {
  public:
   void add(uint64_t deadline, SchedVcpu* v, uint64_t gen, std::atomic<uint64_t>& latest) {

@@ -31,13 +31,16 @@ std::string stamp() {
   return b;
 }
 
-// CLI11 would read -1 into a uint64_t as 2^64-1: accept digits only.
+// CLI11 would read -1 into a uint64_t as 2^64-1: accept what --guest-arg accepts.
 CLI::Validator whole_number() {
   return CLI::Validator(
       [](std::string& v) {
-        return !v.empty() && v.find_first_not_of("0123456789") == std::string::npos
-                   ? std::string()
-                   : std::string("must be a whole number >= 0");
+        try {
+          vmm::parse_u64(v);
+          return std::string();
+        } catch (const vmm::ConfigError&) {
+          return std::string("must be a whole number >= 0");
+        }
       },
       "UINT");
 }
