@@ -140,7 +140,11 @@ std::vector<std::string> write_plots(const MatrixSpec& spec, const std::vector<R
           auto it = r.metrics.find(metric);
           if (it != r.metrics.end()) v.push_back(it->second);
         }
-        if (v.empty()) continue;
+        if (v.empty()) {
+          // Bars of one category line up by row: a series without this category gets a gap.
+          if (!x_numeric) dat << xi << " ? ? ? " << gp_quote(xs[xi]) << " 0\n";
+          continue;
+        }
         any = true;
         auto [mn, mx] = std::minmax_element(v.begin(), v.end());
         dat << (x_numeric ? xs[xi] : std::to_string(xi)) << " " << median(v) << " " << *mn << " "
@@ -172,16 +176,20 @@ std::vector<std::string> write_plots(const MatrixSpec& spec, const std::vector<R
       }
       gp << ")\n";
       if (pow2 && hi >= 4 * lo) gp << "set logscale x 2\nset offsets 0, 0, 0, 0\n";
+      gp << "set style data yerrorlines\n";
     } else {
-      gp << "set xtics ()\n";
+      // Categories are not a scale: grouped bars (one cluster per category, one bar per series)
+      // with min-max error bars, so equal series stay visible side by side.
+      gp << "set datafile missing \"?\"\nset style data histograms\n"
+         << "set style histogram errorbars gap 1 linewidth 1\n"
+         << "set style fill solid 0.5 border -1\nset boxwidth 0.9\nset offsets 0, 0, 0, 0\n";
     }
-    gp << "set style data yerrorlines\n";
     std::ostringstream plot;
     plot << "plot ";
     for (size_t i = 0; i < series.size(); i++) {
       plot << (i ? ", \\\n     " : "") << gp_quote(metric + ".dat") << " index " << i
-           << " using 1:2:3:4" << (x_numeric ? "" : ":xtic(5)") << " title " << gp_quote(series[i])
-           << " pointtype 7 linewidth 2";
+           << (x_numeric ? " using 1:2:3:4" : " using 2:3:4:xtic(5)") << " title "
+           << gp_quote(series[i]) << (x_numeric ? " pointtype 7 linewidth 2" : "");
     }
     plot << "\n";
     gp << "cd " << gp_quote(fs::absolute(plot_dir).string()) << "\n"

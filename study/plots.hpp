@@ -1,5 +1,7 @@
 // gnuplot plots of a matrix: one figure per metric, the median over repetitions with min-max
 // error bars, x = #VMs (or another numeric axis), one line per combination of the other axes.
+// When every axis is categorical (e.g. --vcpu-pin none,1:1), grouped bars: one cluster per value
+// of the first axis, one bar per combination of the others.
 #pragma once
 
 #include <string>

@@ -261,6 +261,35 @@ TEST(MatrixPlots, DataFilesHoldMediansAndGnuplotRendersPngAndSvg) {
   EXPECT_EQ(std::string(magic + 1, 3), "PNG");
 }
 
+// A categorical x axis (here --vcpu-pin) is drawn as grouped bars with error bars, not as lines
+// between categories; a series missing a category keeps its slot as a gap so clusters line up.
+TEST(MatrixPlots, CategoricalAxesAreGroupedBars) {
+  TempDir t;
+  MatrixSpec spec =
+      make_spec({{"vcpu-pin", "none,1:1"}, {"lock", "ticket,mcs"}, {"sched", "credit"}}, 1, 7);
+  std::vector<RunRow> rows;
+  for (const Cell& c : expand(spec)) {
+    const bool mcs = c.values.at("lock") == "mcs";
+    if (mcs && c.values.at("vcpu-pin") == "none") continue;  // a cell that did not finish
+    rows.push_back({c.id, c.values, c.rep, run_metrics(canned_record(mcs ? 30 : 10, 100)), ""});
+  }
+  auto warnings = write_plots(spec, rows, t.sub("plots"));
+  std::stringstream dat, gp;
+  dat << std::ifstream(t.sub("plots/boot_max_ms.dat")).rdbuf();
+  gp << std::ifstream(t.sub("plots/boot_max_ms.gp")).rdbuf();
+  EXPECT_NE(dat.str().find("# lock=mcs\n0 ? ? ? \"none\" 0\n1 30 30 30 \"1:1\" 1\n"),
+            std::string::npos)
+      << dat.str();
+  EXPECT_NE(gp.str().find("set style data histograms"), std::string::npos) << gp.str();
+  EXPECT_NE(gp.str().find("set style histogram errorbars"), std::string::npos) << gp.str();
+  EXPECT_NE(gp.str().find("using 2:3:4:xtic(5)"), std::string::npos) << gp.str();
+  EXPECT_EQ(gp.str().find("yerrorlines"), std::string::npos) << gp.str();
+  if (!warnings.empty() && warnings[0].find("not found") != std::string::npos)
+    GTEST_SKIP() << "gnuplot is not installed: " << warnings[0];
+  EXPECT_TRUE(warnings.empty()) << warnings[0];
+  EXPECT_GT(fs::file_size(t.sub("plots/boot_max_ms.png")), 1000u);
+}
+
 TEST(Stats, MedianOfOddAndEvenSamples) {
   EXPECT_EQ(median({3, 1, 2}), 2);
   EXPECT_EQ(median({4, 1, 3, 2}), 2.5);
