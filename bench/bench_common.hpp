@@ -6,9 +6,9 @@
 #include <memory>
 #include <vector>
 
+#include "app/testbed.hpp"
 #include "vmm/kick.hpp"
 #include "vmm/kvm.hpp"
-#include "vmm/testbed.hpp"
 
 namespace kvmscale::bench {
 

@@ -10,6 +10,8 @@
 #include <nlohmann/json.hpp>
 #include <vector>
 
+#include "app/record.hpp"
+#include "app/testbed.hpp"
 #include "bench/bench_common.hpp"
 #include "guests/include/ks_loop.h"
 #include "guests/include/kvmscale_abi.h"
@@ -17,8 +19,6 @@
 #include "vmm/clock.hpp"
 #include "vmm/guest_images.hpp"
 #include "vmm/kick.hpp"
-#include "vmm/record.hpp"
-#include "vmm/testbed.hpp"
 #include "vmm/vm.hpp"
 
 using namespace kvmscale;

@@ -8,12 +8,12 @@
 #include <cstdio>
 #include <memory>
 
+#include "app/testbed.hpp"
 #include "bench/bench_common.hpp"
 #include "guests/include/kvmscale_abi.h"
 #include "vmm/clock.hpp"
 #include "vmm/guest_images.hpp"
 #include "vmm/kick.hpp"
-#include "vmm/testbed.hpp"
 #include "vmm/vm.hpp"
 
 using namespace kvmscale;

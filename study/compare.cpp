@@ -7,10 +7,10 @@
 #include <set>
 #include <sstream>
 
+#include "app/config.hpp"
 #include "study/matrix.hpp"
 #include "study/metrics.hpp"
 #include "study/stats.hpp"
-#include "vmm/config.hpp"
 
 namespace kvmscale::study {
 

@@ -13,9 +13,9 @@
 #include <set>
 #include <sstream>
 
+#include "app/record.hpp"
 #include "study/metrics.hpp"
 #include "study/plots.hpp"
-#include "vmm/record.hpp"
 
 namespace kvmscale::study {
 

@@ -17,7 +17,7 @@
 #include <string>
 #include <vector>
 
-#include "vmm/config.hpp"
+#include "app/config.hpp"
 
 namespace kvmscale::study {
 

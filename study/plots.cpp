@@ -9,9 +9,9 @@
 #include <map>
 #include <sstream>
 
+#include "app/record.hpp"
 #include "study/metrics.hpp"
 #include "study/stats.hpp"
-#include "vmm/record.hpp"
 
 extern char** environ;
 

@@ -3,7 +3,7 @@
 #include <algorithm>
 #include <sstream>
 
-#include "vmm/config.hpp"
+#include "app/config.hpp"
 
 namespace kvmscale::study {
 

@@ -9,13 +9,13 @@
 #include <iostream>
 #include <random>
 
+#include "app/cli.hpp"
+#include "app/record.hpp"
+#include "app/testbed.hpp"
 #include "study/compare.hpp"
 #include "study/matrix.hpp"
 #include "study/scenario.hpp"
-#include "vmm/cli.hpp"
 #include "vmm/kick.hpp"
-#include "vmm/record.hpp"
-#include "vmm/testbed.hpp"
 
 namespace kvmscale::study {
 
@@ -333,6 +333,21 @@ int run_study_command(StudyCommands& st) {
   if (st.compare && *st.compare) return do_compare(st);
   if (st.scenario && *st.scenario) return do_scenario(st);
   return -1;
+}
+
+namespace {
+class StudySubcommands final : public vmm::Subcommand {
+ public:
+  void add_to(CLI::App& app) override { add_study_commands(app, st_); }
+  int run_if_selected() override { return run_study_command(st_); }
+
+ private:
+  StudyCommands st_;
+};
+}  // namespace
+
+std::unique_ptr<vmm::Subcommand> study_subcommands() {
+  return std::make_unique<StudySubcommands>();
 }
 
 }  // namespace kvmscale::study

@@ -3,8 +3,11 @@
 
 #include <CLI/CLI.hpp>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
+
+#include "app/cli.hpp"
 
 namespace kvmscale::study {
 
@@ -35,5 +38,8 @@ void add_study_commands(CLI::App& app, StudyCommands& st);
 // Runs the selected study command; returns -1 when none was selected. Throws vmm::ConfigError
 // for bad input.
 int run_study_command(StudyCommands& st);
+
+// The three as one vmm::Subcommand, for the kvmscale binary's entry point.
+std::unique_ptr<vmm::Subcommand> study_subcommands();
 
 }  // namespace kvmscale::study

@@ -6,9 +6,9 @@
 #include <string>
 #include <vector>
 
-#include "vmm/config.hpp"
+#include "app/config.hpp"
+#include "app/testbed.hpp"
 #include "vmm/kvm.hpp"
-#include "vmm/testbed.hpp"
 
 namespace kvmscale::test {
 

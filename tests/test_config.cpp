@@ -2,7 +2,7 @@
 
 #include <algorithm>
 
-#include "vmm/config.hpp"
+#include "app/config.hpp"
 
 using namespace kvmscale::vmm;
 

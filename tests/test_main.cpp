@@ -1,8 +1,8 @@
 // Test main: the kick and stop signals must be blocked before any thread exists, as in kvmscale.
 #include <gtest/gtest.h>
 
+#include "app/testbed.hpp"
 #include "vmm/kick.hpp"
-#include "vmm/testbed.hpp"
 
 int main(int argc, char** argv) {
   kvmscale::vmm::install_kick_signal();

@@ -4,7 +4,7 @@
 #include <filesystem>
 #include <fstream>
 
-#include "vmm/record.hpp"
+#include "app/record.hpp"
 
 using namespace kvmscale::vmm;
 namespace fs = std::filesystem;

@@ -8,14 +8,14 @@
 #include <fstream>
 #include <sstream>
 
+#include "app/cli.hpp"
+#include "app/testbed.hpp"
 #include "study/compare.hpp"
 #include "study/matrix.hpp"
 #include "study/metrics.hpp"
 #include "study/plots.hpp"
 #include "study/scenario.hpp"
 #include "study/stats.hpp"
-#include "vmm/cli.hpp"
-#include "vmm/testbed.hpp"
 
 namespace fs = std::filesystem;
 using namespace kvmscale::study;

@@ -7,7 +7,6 @@
 #include <cstring>
 
 #include "guests/include/kvmscale_abi.h"
-#include "vmm/config.hpp"
 
 namespace {
 struct GuestBlob {
@@ -36,7 +35,7 @@ std::vector<std::string> embedded_guest_names() {
 
 std::vector<uint8_t> load_guest_file(const std::string& path) {
   auto refuse = [&](const std::string& why) {
-    return ConfigError("--guest-file '" + path + "': " + why);
+    return GuestImageError("--guest-file '" + path + "': " + why);
   };
   // O_NONBLOCK: opening a FIFO must not wait for a writer; only regular files are read, so
   // /dev/zero, FIFOs and directories are refused before a byte is read.

@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "app/config.hpp"
 #include "guests/include/kvmscale_abi.h"
 #include "locks/registry.hpp"
 #include "mm/fault_service.hpp"
@@ -22,7 +23,6 @@
 #include "mm/userfaultfd.hpp"
 #include "sched/executor.hpp"
 #include "vmm/clock.hpp"
-#include "vmm/config.hpp"
 #include "vmm/vm.hpp"
 
 namespace kvmscale::vmm {

@@ -1,4 +1,4 @@
-#include "vmm/config.hpp"
+#include "app/config.hpp"
 
 #include <unistd.h>
 

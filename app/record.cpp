@@ -1,4 +1,4 @@
-#include "vmm/record.hpp"
+#include "app/record.hpp"
 
 #include <fcntl.h>
 #include <sys/stat.h>

@@ -1,4 +1,4 @@
-#include "vmm/host_info.hpp"
+#include "app/host_info.hpp"
 
 #include <fcntl.h>
 #include <linux/userfaultfd.h>
@@ -12,7 +12,7 @@
 #include <fstream>
 #include <sstream>
 
-#include "vmm/config.hpp"
+#include "app/config.hpp"
 #include "vmm/kvm.hpp"
 
 namespace kvmscale::vmm {

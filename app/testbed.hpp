@@ -5,7 +5,7 @@
 #include <nlohmann/json.hpp>
 #include <stdexcept>
 
-#include "vmm/config.hpp"
+#include "app/config.hpp"
 
 namespace kvmscale::vmm {
 

@@ -1,4 +1,4 @@
-#include "vmm/testbed.hpp"
+#include "app/testbed.hpp"
 
 #include <signal.h>
 
@@ -10,14 +10,14 @@
 #include <memory>
 #include <thread>
 
+#include "app/host_info.hpp"
+#include "app/pod_runtime.hpp"
+#include "app/record.hpp"
 #include "locks/registry.hpp"
 #include "sched/executor.hpp"
 #include "vmm/clock.hpp"
 #include "vmm/guest_images.hpp"
-#include "vmm/host_info.hpp"
 #include "vmm/kvm.hpp"
-#include "vmm/pod_runtime.hpp"
-#include "vmm/record.hpp"
 
 namespace kvmscale::vmm {
 namespace {
@@ -136,7 +136,11 @@ nlohmann::json run_testbed_with_hooks(const RunConfig& cfg, const TestHooks& hoo
   std::vector<std::span<const uint8_t>> images;
   for (const auto& g : cfg.guest_list()) {
     if (g.rfind("file:", 0) == 0) {
-      images.emplace_back(file_images.emplace_back(load_guest_file(g.substr(5))));
+      try {
+        images.emplace_back(file_images.emplace_back(load_guest_file(g.substr(5))));
+      } catch (const GuestImageError& e) {
+        throw ConfigError(e.what());
+      }
       continue;
     }
     images.push_back(builtin_guest_image(g));

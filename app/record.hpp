@@ -7,8 +7,8 @@
 #include <string>
 #include <vector>
 
-#include "vmm/config.hpp"
-#include "vmm/host_info.hpp"
+#include "app/config.hpp"
+#include "app/host_info.hpp"
 #include "vmm/vm.hpp"
 
 namespace kvmscale::vmm {

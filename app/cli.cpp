@@ -1,4 +1,4 @@
-#include "vmm/cli.hpp"
+#include "app/cli.hpp"
 
 #include <linux/userfaultfd.h>
 
@@ -8,16 +8,14 @@
 #include <filesystem>
 #include <iostream>
 
-#include "bench/lock_bench.hpp"
-#include "study/study_cli.hpp"
+#include "app/config.hpp"
+#include "app/host_info.hpp"
+#include "app/record.hpp"
+#include "app/testbed.hpp"
 #include "vmm/clock.hpp"
-#include "vmm/config.hpp"
 #include "vmm/guest_images.hpp"
-#include "vmm/host_info.hpp"
 #include "vmm/kick.hpp"
 #include "vmm/kvm.hpp"
-#include "vmm/record.hpp"
-#include "vmm/testbed.hpp"
 
 namespace kvmscale::vmm {
 namespace {
@@ -261,24 +259,6 @@ int do_info(bool json) {
   return kExitOk;
 }
 
-int do_bench_locks(bench::LockBenchOptions opt, bool quick, const std::string& json_out,
-                   const std::string& csv_out) {
-  if (quick) {
-    opt.reps = 3;
-    opt.uncontended_ops = 500000;
-    opt.throughput_ms = 50;
-    opt.handoffs = 300;
-  }
-  auto known = bench::lock_bench_lock_names();
-  for (const auto& n : opt.only)
-    if (std::find(known.begin(), known.end(), n) == known.end())
-      throw ConfigError("--locks: unknown lock '" + n + "'");
-  nlohmann::json r = bench::run_lock_bench(opt);
-  if (!json_out.empty()) write_file_atomically(json_out, r.dump(2) + "\n");
-  if (!csv_out.empty()) write_file_atomically(csv_out, bench::lock_bench_csv(r));
-  return kExitOk;
-}
-
 }  // namespace
 
 std::vector<RunFlagInfo> run_flag_infos() {
@@ -312,7 +292,7 @@ RunConfig parse_run_args(const std::vector<std::string>& args) {
   return cfg;
 }
 
-int cli_main(int argc, char** argv) {
+int cli_main(int argc, char** argv, const std::vector<Subcommand*>& more) {
   CLI::App app{"kvmscale: a scalability testbed for virtualization platforms on /dev/kvm"};
   app.require_subcommand(1);
   app.footer(
@@ -341,27 +321,7 @@ int cli_main(int argc, char** argv) {
   CLI::App* info = app.add_subcommand("info", "backend, capabilities, host CPUs and limits");
   info->add_flag("--json", info_json, "print JSON");
 
-  study::StudyCommands study_cmds;
-  study::add_study_commands(app, study_cmds);
-
-  bench::LockBenchOptions lb;
-  bool lb_quick = false;
-  std::string lb_json, lb_csv;
-  CLI::App* bl =
-      app.add_subcommand("bench-locks",
-                         "lock strategies vs Concurrency Kit and std::mutex: latency, throughput, "
-                         "fairness, handoff (ratios measured in one run)");
-  bl->add_option("--reps", lb.reps, "interleaved repetitions (medians)")->check(CLI::Range(1, 50));
-  bl->add_option("--threads", lb.threads, "thread counts, e.g. 1,2,8 (default 1,2,4.. 4x cores)")
-      ->delimiter(',')
-      ->check(CLI::Range(1, 4096));
-  bl->add_option("--ms", lb.throughput_ms, "duration of one throughput cell (ms)")
-      ->check(CLI::Range(10, 60000));
-  bl->add_option("--locks", lb.only, "only these (e.g. ticket,ck:ticket,mcs,ck:mcs)")
-      ->delimiter(',');
-  bl->add_flag("--quick", lb_quick, "short run (for smoke tests)");
-  bl->add_option("--json", lb_json, "write results as JSON");
-  bl->add_option("--csv", lb_csv, "write results as CSV");
+  for (Subcommand* sub : more) sub->add_to(app);
 
   try {
     app.parse(argc, argv);
@@ -383,8 +343,8 @@ int cli_main(int argc, char** argv) {
 
   try {
     if (*info) return do_info(info_json);
-    if (*bl) return do_bench_locks(lb, lb_quick, lb_json, lb_csv);
-    if (int rc = study::run_study_command(study_cmds); rc >= 0) return rc;
+    for (Subcommand* sub : more)
+      if (int rc = sub->run_if_selected(); rc >= 0) return rc;
     finish_run_flags(cfg, flags);
     install_kick_signal();
     block_stop_signals();

@@ -1,0 +1,63 @@
+#include "bench/lock_bench_cli.hpp"
+
+#include <CLI/CLI.hpp>
+#include <algorithm>
+
+#include "app/config.hpp"
+#include "app/record.hpp"
+#include "bench/lock_bench.hpp"
+
+namespace kvmscale::bench {
+namespace {
+
+class BenchLocks final : public vmm::Subcommand {
+ public:
+  void add_to(CLI::App& app) override {
+    cmd_ = app.add_subcommand("bench-locks",
+                              "lock strategies vs Concurrency Kit and std::mutex: latency, "
+                              "throughput, fairness, handoff (ratios measured in one run)");
+    cmd_->add_option("--reps", opt_.reps, "interleaved repetitions (medians)")
+        ->check(CLI::Range(1, 50));
+    cmd_->add_option("--threads", opt_.threads,
+                     "thread counts, e.g. 1,2,8 (default 1,2,4.. 4x cores)")
+        ->delimiter(',')
+        ->check(CLI::Range(1, 4096));
+    cmd_->add_option("--ms", opt_.throughput_ms, "duration of one throughput cell (ms)")
+        ->check(CLI::Range(10, 60000));
+    cmd_->add_option("--locks", opt_.only, "only these (e.g. ticket,ck:ticket,mcs,ck:mcs)")
+        ->delimiter(',');
+    cmd_->add_flag("--quick", quick_, "short run (for smoke tests)");
+    cmd_->add_option("--json", json_out_, "write results as JSON");
+    cmd_->add_option("--csv", csv_out_, "write results as CSV");
+  }
+
+  int run_if_selected() override {
+    if (!cmd_ || !*cmd_) return -1;
+    if (quick_) {
+      opt_.reps = 3;
+      opt_.uncontended_ops = 500000;
+      opt_.throughput_ms = 50;
+      opt_.handoffs = 300;
+    }
+    auto known = lock_bench_lock_names();
+    for (const auto& n : opt_.only)
+      if (std::find(known.begin(), known.end(), n) == known.end())
+        throw vmm::ConfigError("--locks: unknown lock '" + n + "'");
+    nlohmann::json r = run_lock_bench(opt_);
+    if (!json_out_.empty()) vmm::write_file_atomically(json_out_, r.dump(2) + "\n");
+    if (!csv_out_.empty()) vmm::write_file_atomically(csv_out_, lock_bench_csv(r));
+    return vmm::kExitOk;
+  }
+
+ private:
+  CLI::App* cmd_ = nullptr;
+  LockBenchOptions opt_;
+  bool quick_ = false;
+  std::string json_out_, csv_out_;
+};
+
+}  // namespace
+
+std::unique_ptr<vmm::Subcommand> bench_locks_subcommand() { return std::make_unique<BenchLocks>(); }
+
+}  // namespace kvmscale::bench
