@@ -7,10 +7,12 @@
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
+#include <map>
 
 #include "app/config.hpp"
 #include "app/host_info.hpp"
 #include "app/record.hpp"
+#include "app/settings.hpp"
 #include "app/testbed.hpp"
 #include "vmm/clock.hpp"
 #include "vmm/guest_images.hpp"
@@ -20,138 +22,55 @@
 namespace kvmscale::vmm {
 namespace {
 
-// Flags as typed, before unit parsing: so that the error names the flag.
+// The `run` flags, generated from the settings table (app/settings.hpp). Values are taken as
+// typed and read into the RunConfig afterwards, so that an error names the flag.
 struct RunFlags {
-  std::string mem = "16M", duration = "30s", lock_profile = "on", tslice = "30ms",
-              ratelimit = "1ms", pod_granule = "4K";
-  std::vector<std::string> guest_args;
+  std::map<std::string, std::string> one;
+  std::map<std::string, std::vector<std::string>> many;
+  std::map<std::string, bool> set;
+  std::map<std::string, CLI::Option*> options;
   bool force = false;  // overwrite an existing --out FILE.json
-  std::string guest;   // empty: not given
+  bool given(const std::string& flag) const { return options.at(flag)->count() > 0; }
 };
 
-void add_run_flags(CLI::App& cmd, RunConfig& cfg, RunFlags& f) {
-  cmd.add_option("--vms", cfg.vms, "number of VMs")->capture_default_str();
-  cmd.add_option("--vcpus", cfg.vcpus, "vCPUs per VM (1-64)")->capture_default_str();
-  cmd.add_option("--mem", f.mem, "guest memory per VM, e.g. 16M, 1G (multiple of 2M, >= 8M)")
-      ->capture_default_str();
-  std::string guests;
-  for (const auto& g : builtin_guest_names()) guests += " " + g;
-  cmd.add_option("--guest", f.guest,
-                 "guests, round-robin over VMs: built-in names (" + guests.substr(1) +
-                     ") or file:PATH images, e.g. hello,file:my.bin")
-      ->default_str(cfg.guest);
-  cmd.add_option("--guest-file", cfg.guest_file,
-                 "run a custom flat image (linked at 0x100000) in every VM; to mix it with "
-                 "built-in guests use --guest NAME,file:PATH");
-  cmd.add_option("--guest-arg", f.guest_args,
-                 "guest parameter(s), comma-separated (boot-info args): whole numbers up to "
-                 "2^64-1, decimal or 0x hex")
-      ->delimiter(',');
-  cmd.add_option("--duration", f.duration,
-                 "upper bound on the run, e.g. 500ms, 10s, 2m (the run ends earlier when every "
-                 "guest has exited)")
-      ->capture_default_str();
-  cmd.add_option("--sched", cfg.sched,
-                 "vCPU scheduling: host (a thread per vCPU, Linux schedules), credit (Xen credit1 "
-                 "over --pcpus threads), rr (round-robin over --pcpus threads)")
-      ->capture_default_str();
-  cmd.add_option("--pcpus", cfg.pcpus, "pCPU threads for credit/rr (default: host online CPUs)");
-  cmd.add_flag("--pcpu-bind", cfg.pcpu_bind, "bind pCPU i to the i-th allowed host CPU");
-  cmd.add_flag("--numa", cfg.numa,
-               "bind each VM's memory to the NUMA nodes of the pCPUs its vCPUs may run on "
-               "(needs --pcpu-bind)");
-  cmd.add_option("--vcpu-pin", cfg.vcpu_pin,
-                 "hard affinity: none, 1:1 (vCPU k on pCPU k mod P) or a pCPU list (vCPU k on "
-                 "LIST[k mod len])")
-      ->capture_default_str();
-  cmd.add_option("--balance", cfg.balance,
-                 "load balancing: xen (4.7: try-lock busy peers), affinity (skip peers whose "
-                 "queued vCPUs may not run here), counted (skip peers with <2 runnable), hybrid "
-                 "(counted, then the bitmap of restricted vCPUs only), none")
-      ->capture_default_str();
-  cmd.add_option("--tslice", f.tslice, "credit timeslice and accounting period (1ms-1000ms)")
-      ->capture_default_str();
-  cmd.add_option("--ratelimit", f.ratelimit, "minimum run before preemption")
-      ->capture_default_str();
-  cmd.add_option("--weight", cfg.weight, "credit weight of every VM")->capture_default_str();
-  cmd.add_option("--cap", cfg.cap, "credit cap of every VM, % of one pCPU (0 = none)")
-      ->capture_default_str();
-  cmd.add_option("--vm", cfg.vm_opts,
-                 "per-VM settings, e.g. vm0:weight=512 or vm1:cap=50,weight=128");
-  cmd.add_option("--pod-target", cfg.pod_target,
-                 "populate-on-demand: the free RAM a VM may have populated, SIZE or PERCENT "
-                 "(e.g. 50%); zero pages are reclaimed over it (default: fully populated)");
-  cmd.add_option("--pod-granule", f.pod_granule, "PoD granule: 4K or 2M")->capture_default_str();
-  cmd.add_option("--sweep-stride", cfg.sweep_stride, "PoD zero-check batch (one flush each)")
-      ->capture_default_str();
-  cmd.add_option("--sweep-limit", cfg.sweep_limit, "PoD emergency sweep scan limit")
-      ->capture_default_str();
-  cmd.add_option("--pod-reclaim", cfg.pod_reclaim,
-                 "PoD reclaim rule: xen (4.7: zero-check the oldest recent page on every "
-                 "populate, about one flush each) or batched (only when the cache is empty, "
-                 "--sweep-stride pages per flush)")
-      ->capture_default_str();
-  cmd.add_option("--call-lock", cfg.call_lock,
-                 "cross-call locking: global (one call lock, as Xen) or percpu (lock the targets)")
-      ->capture_default_str();
-  cmd.add_option("--fault-threads", cfg.fault_threads,
-                 "threads serving userfaultfd (io_uring); 0 = one per pCPU, each acting as the "
-                 "flush initiator for the pCPU whose fault it serves")
-      ->capture_default_str();
-  std::string classes;
-  for (const auto& c : lock_classes()) classes += (classes.empty() ? "" : " ") + c;
-  cmd.add_option("--lock", cfg.lock,
-                 "lock strategy for every lock (ticket mcs clh ttas pthread spin-yield), or per "
-                 "class: call=mcs,runq=ticket (classes: " +
-                     classes + ")")
-      ->capture_default_str();
-  cmd.add_option("--lock-profile", f.lock_profile, "lock profiling: on or off")
-      ->check(CLI::IsMember({"on", "off"}))
-      ->capture_default_str();
-  cmd.add_option("--out", cfg.out, "record file (*.json) or directory for run-<time>.json")
-      ->capture_default_str();
-  cmd.add_flag("--json", cfg.json, "print only the JSON record on stdout (logs go to stderr)");
+void add_run_flags(CLI::App& cmd, RunFlags& f) {
+  using Arity = Setting::Arity;
+  for (const Setting& s : run_settings()) {
+    const std::string name = "--" + s.flag;
+    CLI::Option* o = nullptr;
+    switch (s.arity) {
+      case Arity::One: o = cmd.add_option(name, f.one[s.flag], s.help); break;
+      case Arity::Flag: o = cmd.add_flag(name, f.set[s.flag], s.help); break;
+      case Arity::Repeated: o = cmd.add_option(name, f.many[s.flag], s.help); break;
+      case Arity::CommaList:
+        o = cmd.add_option(name, f.many[s.flag], s.help)->delimiter(',');
+        break;
+    }
+    if (!s.default_text.empty()) o->default_str(s.default_text);
+    if (s.arity != Arity::Flag) o->type_name(s.type_name);
+    f.options[s.flag] = o;
+  }
   cmd.add_flag("--force", f.force, "overwrite an existing --out FILE.json");
-  cmd.add_flag("--console", cfg.echo_console, "echo guest console output to stderr");
 }
 
 void finish_run_flags(RunConfig& cfg, const RunFlags& f) {
-  if (!f.guest.empty() && !cfg.guest_file.empty())
+  if (f.given("guest") && f.given("guest-file"))
     throw ConfigError(
         "--guest-file runs one image in every VM; to mix it with --guest use "
         "--guest " +
-        f.guest + ",file:" + cfg.guest_file);
-  if (!f.guest.empty()) cfg.guest = f.guest;
-  try {
-    cfg.mem = parse_size(f.mem);
-  } catch (const ConfigError& e) {
-    throw ConfigError(std::string("--mem: ") + e.what());
-  }
-  try {
-    cfg.duration_ns = parse_duration_ns(f.duration);
-  } catch (const ConfigError& e) {
-    throw ConfigError(std::string("--duration: ") + e.what());
-  }
-  cfg.lock_profile = f.lock_profile == "on";
-  try {
-    cfg.pod_granule = parse_size(f.pod_granule);
-  } catch (const ConfigError& e) {
-    throw ConfigError(std::string("--pod-granule: ") + e.what());
-  }
-  for (auto [flag, text, out] : {std::tuple{"--tslice", &f.tslice, &cfg.tslice_ns},
-                                 std::tuple{"--ratelimit", &f.ratelimit, &cfg.ratelimit_ns}}) {
-    try {
-      *out = parse_duration_ns(*text);
-    } catch (const ConfigError& e) {
-      throw ConfigError(std::string(flag) + ": " + e.what());
+        f.one.at("guest") + ",file:" + f.one.at("guest-file"));
+  for (const Setting& s : run_settings()) {
+    if (!f.given(s.flag)) continue;
+    std::vector<std::string> values;
+    switch (s.arity) {
+      case Setting::Arity::One: values = {f.one.at(s.flag)}; break;
+      case Setting::Arity::Flag: values = {"true"}; break;
+      default: values = f.many.at(s.flag); break;
     }
-  }
-  cfg.guest_args.clear();
-  for (const auto& a : f.guest_args) {
     try {
-      cfg.guest_args.push_back(parse_u64(a));
+      s.parse(cfg, values);
     } catch (const ConfigError& e) {
-      throw ConfigError(std::string("--guest-arg: ") + e.what());
+      throw ConfigError("--" + s.flag + ": " + e.what());
     }
   }
   cfg.validate();
@@ -262,18 +181,9 @@ int do_info(bool json) {
 }  // namespace
 
 std::vector<RunFlagInfo> run_flag_infos() {
-  CLI::App app;
-  RunConfig cfg;
-  RunFlags f;
-  add_run_flags(app, cfg, f);
   std::vector<RunFlagInfo> out;
-  for (const CLI::Option* o : app.get_options()) {
-    if (o->get_lnames().empty()) continue;
-    const std::string name = o->get_lnames().front();
-    if (name == "help" || name == "out" || name == "json" || name == "console" || name == "force")
-      continue;
-    out.push_back({name, o->get_expected_max() == 0, o->get_description()});  // flags expect 0
-  }
+  for (const Setting& s : run_settings())
+    if (s.axis != AxisSplit::None) out.push_back({s.flag, s.arity == Setting::Arity::Flag, s.help});
   return out;
 }
 
@@ -281,7 +191,7 @@ RunConfig parse_run_args(const std::vector<std::string>& args) {
   CLI::App app;
   RunConfig cfg;
   RunFlags f;
-  add_run_flags(app, cfg, f);
+  add_run_flags(app, f);
   std::vector<std::string> reversed(args.rbegin(), args.rend());  // CLI11 wants them reversed
   try {
     app.parse(reversed);
@@ -316,7 +226,7 @@ int cli_main(int argc, char** argv, const std::vector<Subcommand*>& more) {
   RunConfig cfg;
   RunFlags flags;
   CLI::App* run = app.add_subcommand("run", "launch VMs, run them, write a run record");
-  add_run_flags(*run, cfg, flags);
+  add_run_flags(*run, flags);
   bool info_json = false;
   CLI::App* info = app.add_subcommand("info", "backend, capabilities, host CPUs and limits");
   info->add_flag("--json", info_json, "print JSON");

@@ -10,6 +10,7 @@
 #include <map>
 #include <set>
 
+#include "app/settings.hpp"
 #include "guests/include/kvmscale_abi.h"
 #include "locks/registry.hpp"
 #include "vmm/boot.hpp"
@@ -331,72 +332,22 @@ void RunConfig::validate() const {
 }
 
 nlohmann::json RunConfig::to_json() const {
-  return {{"vms", vms},
-          {"vcpus", vcpus},
-          {"mem", mem},
-          {"guest", guest},
-          {"guest_file", guest_file},
-          {"guest_args", guest_args},
-          {"duration_ns", duration_ns},
-          {"sched", sched},
-          {"pcpus", pcpus},
-          {"pcpu_bind", pcpu_bind},
-          {"numa", numa},
-          {"vcpu_pin", vcpu_pin},
-          {"balance", balance},
-          {"tslice_ns", tslice_ns},
-          {"ratelimit_ns", ratelimit_ns},
-          {"weight", weight},
-          {"cap", cap},
-          {"vm_opts", vm_opts},
-          {"pod_target", pod_target},
-          {"pod_granule", pod_granule},
-          {"sweep_stride", sweep_stride},
-          {"sweep_limit", sweep_limit},
-          {"pod_reclaim", pod_reclaim},
-          {"call_lock", call_lock},
-          {"fault_threads", fault_threads},
-          {"lock", lock},
-          {"lock_profile", lock_profile},
-          {"out", out},
-          {"json", json},
-          {"echo_console", echo_console}};
+  nlohmann::json j = nlohmann::json::object();
+  for (const Setting& s : run_settings()) j[s.key] = s.to_json(*this);
+  return j;
 }
 
 RunConfig RunConfig::from_json(const nlohmann::json& j) {
   RunConfig c;
   try {
-    c.vms = j.at("vms").get<uint32_t>();
-    c.vcpus = j.at("vcpus").get<uint32_t>();
-    c.mem = j.at("mem").get<uint64_t>();
-    c.guest = j.at("guest").get<std::string>();
-    c.guest_file = j.value("guest_file", std::string{});
-    c.guest_args = j.value("guest_args", std::vector<uint64_t>{});
-    c.duration_ns = j.at("duration_ns").get<uint64_t>();
-    c.sched = j.value("sched", std::string("host"));
-    c.pcpus = j.value("pcpus", 0u);
-    c.pcpu_bind = j.value("pcpu_bind", false);
-    c.numa = j.value("numa", false);
-    c.vcpu_pin = j.value("vcpu_pin", std::string("none"));
-    c.balance = j.value("balance", std::string("xen"));
-    c.tslice_ns = j.value("tslice_ns", uint64_t{30'000'000});
-    c.ratelimit_ns = j.value("ratelimit_ns", uint64_t{1'000'000});
-    c.weight = j.value("weight", 256u);
-    c.cap = j.value("cap", 0u);
-    c.vm_opts = j.value("vm_opts", std::vector<std::string>{});
-    c.pod_target = j.value("pod_target", std::string{});
-    c.pod_granule = j.value("pod_granule", uint64_t{4096});
-    c.sweep_stride = j.value("sweep_stride", 16u);
-    c.sweep_limit = j.value("sweep_limit", 1024u);
-    // Records from before --pod-reclaim existed reclaimed in batches: re-run them that way.
-    c.pod_reclaim = j.value("pod_reclaim", std::string("batched"));
-    c.call_lock = j.value("call_lock", std::string("global"));
-    c.fault_threads = j.value("fault_threads", 1u);
-    c.lock = j.value("lock", std::string("ticket"));
-    c.lock_profile = j.value("lock_profile", true);
-    c.out = j.value("out", std::string("results"));
-    c.json = j.value("json", false);
-    c.echo_console = j.value("echo_console", false);
+    for (const Setting& s : run_settings()) {
+      if (j.contains(s.key))
+        s.from_json(c, j.at(s.key));
+      else if (s.required_in_json)
+        throw ConfigError("invalid config: '" + s.key + "' is missing");
+      else if (!s.legacy.is_null())
+        s.from_json(c, s.legacy);
+    }
   } catch (const nlohmann::json::exception& e) {
     throw ConfigError(std::string("invalid config: ") + e.what());
   }

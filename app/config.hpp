@@ -14,6 +14,9 @@ struct ConfigError : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// Our own unit parsers, not CLI11's AsSizeValue/AsNumberWithUnit: those read the number as the
+// result's type, so "1.5G" or "12.5ms" (fractions of a unit into a whole count) are refused, and
+// CLI11's "m" cannot mean minutes for durations.
 // "64M", "1G", "4096K", "2M", "65536" (bytes). Binary units. Throws ConfigError.
 uint64_t parse_size(const std::string& text);
 // A whole number in 0 .. 2^64-1, decimal or 0x-hexadecimal, nothing else (guest arguments).

@@ -14,6 +14,7 @@
 #include <sstream>
 
 #include "app/record.hpp"
+#include "app/settings.hpp"
 #include "study/metrics.hpp"
 #include "study/plots.hpp"
 
@@ -93,13 +94,16 @@ void MatrixSpec::validate() const {
 }
 
 std::vector<std::string> split_axis(const std::string& flag, const std::string& text) {
-  if (flag == "guest-arg" || flag == "vm") return {text};
+  const vmm::Setting* setting = vmm::find_setting(flag);
+  const vmm::AxisSplit rule = setting ? setting->axis : vmm::AxisSplit::Commas;
+  if (rule == vmm::AxisSplit::Whole) return {text};
   if (text.find(';') != std::string::npos) return vmm::split_list(text, ';');
   std::vector<std::string> parts = vmm::split_list(text);
   auto any_of_parts = [&](auto pred) { return std::any_of(parts.begin(), parts.end(), pred); };
-  if (flag == "lock" && any_of_parts([](const std::string& p) { return p.find('=') != p.npos; }))
+  if (rule == vmm::AxisSplit::LockPolicy &&
+      any_of_parts([](const std::string& p) { return p.find('=') != p.npos; }))
     return {text};
-  if (flag == "vcpu-pin" && !any_of_parts([](const std::string& p) {
+  if (rule == vmm::AxisSplit::PcpuList && !any_of_parts([](const std::string& p) {
         return p.empty() || p.find_first_not_of("0123456789") != p.npos;
       }))
     return {text};  // a pCPU list such as 0,1

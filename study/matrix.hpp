@@ -44,10 +44,10 @@ struct MatrixSpec {
   uint64_t run_count() const;  // cells x repeat, saturating (computed without expanding)
 };
 
-// Splits a flag's command-line value into axis values. Commas separate values, except where one
-// value itself holds commas: a `--lock` with CLASS=NAME parts and a `--vcpu-pin` pCPU list stay
-// whole; a ';' anywhere makes ';' the separator (e.g. "--lock call=mcs,runq=ticket;ticket").
-// `--guest-arg` and `--vm` are never split.
+// Splits a flag's command-line value into axis values by the flag's AxisSplit rule in the settings
+// table (app/settings.hpp): commas separate values, except where one value itself holds commas
+// (a `--lock` with CLASS=NAME parts, a `--vcpu-pin` pCPU list); a ';' anywhere makes ';' the
+// separator (e.g. "--lock call=mcs,runq=ticket;ticket"); `--guest-arg` and `--vm` are never split.
 std::vector<std::string> split_axis(const std::string& flag, const std::string& text);
 
 // Builds a spec from flag -> value as typed (boolean flags map to "").

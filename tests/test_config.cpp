@@ -1,8 +1,12 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <set>
 
+#include "app/cli.hpp"
 #include "app/config.hpp"
+#include "app/settings.hpp"
+#include "study/matrix.hpp"
 
 using namespace kvmscale::vmm;
 
@@ -149,4 +153,58 @@ TEST(RunConfig, AVmSettingGivenTwiceIsRefused) {
   EXPECT_THROW(c.validate(), ConfigError);
   c.vm_opts = {"vm0:weight=512", "vm0:cap=50", "vm1:weight=128"};
   EXPECT_NO_THROW(c.validate());
+}
+
+// A run setting is one entry of the settings table: its flag reads into its RunConfig field, the
+// record's config carries it under its key, and reading the record back restores it.
+TEST(Settings, EachEntryReadsItsFlagAndRoundTripsThroughTheRecord) {
+  const nlohmann::json defaults = RunConfig{}.to_json();
+  for (const Setting& s : run_settings()) {
+    SCOPED_TRACE("--" + s.flag);
+    ASSERT_FALSE(s.example.empty()) << "every entry gives an example value";
+    RunConfig c;
+    s.parse(c, s.arity == Setting::Arity::CommaList ? split_list(s.example)
+                                                    : std::vector<std::string>{s.example});
+    const nlohmann::json j = c.to_json();
+    EXPECT_NE(j.at(s.key), defaults.at(s.key)) << "the flag did not reach its field";
+    RunConfig d;
+    s.from_json(d, j.at(s.key));
+    EXPECT_EQ(d.to_json(), j);
+  }
+}
+
+// The run flags, the matrix's axes and the record's config keys are the table's, and nothing else.
+TEST(Settings, RunFlagsMatrixAxesAndRecordKeysComeFromTheTable) {
+  std::set<std::string> keys, axes;
+  for (const Setting& s : run_settings()) {
+    EXPECT_TRUE(keys.insert(s.key).second) << s.key << " twice";
+    if (s.axis != AxisSplit::None) axes.insert(s.flag);
+  }
+  std::set<std::string> record_keys;
+  const nlohmann::json record_config = RunConfig{}.to_json();
+  for (const auto& [k, v] : record_config.items()) record_keys.insert(k);
+  EXPECT_EQ(record_keys, keys);
+  std::set<std::string> matrix_flags;
+  for (const auto& f : kvmscale::vmm::run_flag_infos()) matrix_flags.insert(f.name);
+  EXPECT_EQ(matrix_flags, axes);
+  EXPECT_EQ(kvmscale::study::split_axis("lock", "call=mcs,runq=ticket").size(), 1u);
+  EXPECT_EQ(kvmscale::study::split_axis("vcpu-pin", "none,1:1").size(), 2u);
+  EXPECT_EQ(kvmscale::study::split_axis("guest-arg", "1,2").size(), 1u);
+}
+
+// A value a flag cannot take names the flag.
+TEST(Settings, ABadValueNamesItsFlag) {
+  auto message = [](std::vector<std::string> args) {
+    try {
+      kvmscale::vmm::parse_run_args(args);
+    } catch (const ConfigError& e) {
+      return std::string(e.what());
+    }
+    return std::string("accepted");
+  };
+  EXPECT_EQ(message({"--vms", "abc"}).rfind("--vms: ", 0), 0u) << message({"--vms", "abc"});
+  EXPECT_EQ(message({"--tslice", "3 parsecs"}).rfind("--tslice: ", 0), 0u);
+  EXPECT_EQ(message({"--lock-profile", "maybe"}).rfind("--lock-profile: ", 0), 0u);
+  EXPECT_EQ(message({"--guest-arg", "1,x"}).rfind("--guest-arg: ", 0), 0u);
+  EXPECT_EQ(message({"--vms", "8", "--guest-arg", "1,0x10"}), "accepted");
 }
