@@ -180,13 +180,6 @@ int do_info(bool json) {
 
 }  // namespace
 
-std::vector<RunFlagInfo> run_flag_infos() {
-  std::vector<RunFlagInfo> out;
-  for (const Setting& s : run_settings())
-    if (s.axis != AxisSplit::None) out.push_back({s.flag, s.arity == Setting::Arity::Flag, s.help});
-  return out;
-}
-
 RunConfig parse_run_args(const std::vector<std::string>& args) {
   CLI::App app;
   RunConfig cfg;

@@ -25,14 +25,6 @@ class Subcommand {
 
 int cli_main(int argc, char** argv, const std::vector<Subcommand*>& more = {});
 
-// The `run` flags, for commands that pass them through (matrix): long name without dashes,
-// whether it is a boolean flag, and its help text. Excludes --out, --json and --console.
-struct RunFlagInfo {
-  std::string name;
-  bool boolean;
-  std::string help;
-};
-std::vector<RunFlagInfo> run_flag_infos();
 // Parses `run` flags (e.g. {"--vms", "4", "--pcpu-bind"}) exactly as `kvmscale run` does.
 // Throws ConfigError (app/config.hpp) with the offending flag named.
 struct RunConfig;

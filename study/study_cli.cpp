@@ -11,6 +11,7 @@
 
 #include "app/cli.hpp"
 #include "app/record.hpp"
+#include "app/settings.hpp"
 #include "app/testbed.hpp"
 #include "study/compare.hpp"
 #include "study/matrix.hpp"
@@ -60,16 +61,20 @@ uint32_t allowed_host_cpus() {
 }
 
 void add_matrix_options(CLI::App& m, StudyCommands& st) {
-  for (const auto& f : vmm::run_flag_infos()) {
+  using Arity = vmm::Setting::Arity;
+  for (const vmm::Setting& f : vmm::run_settings()) {  // the run's settings that can be axes
+    if (f.axis == vmm::AxisSplit::None) continue;
+    const std::string name = "--" + f.flag;
     CLI::Option* o;
-    if (f.boolean)
-      o = m.add_flag("--" + f.name, st.run_bools[f.name], f.help);
-    else if (f.name == "vm")
-      o = m.add_option("--vm", st.vm_opts, f.help + " (fixed, may repeat)");
+    if (f.arity == Arity::Flag)
+      o = m.add_flag(name, st.run_bools[f.flag], f.help);
+    else if (f.arity == Arity::Repeated)  // --vm
+      o = m.add_option(name, st.vm_opts, f.help + " (fixed, may repeat)");
     else
-      o = m.add_option("--" + f.name, st.run_values[f.name],
-                       f.help + (f.name == "guest-arg" ? " (fixed)" : " [axis: a,b,...]"));
-    st.run_opts.emplace_back(f.name, o);
+      o = m.add_option(
+          name, st.run_values[f.flag],
+          f.help + (f.axis == vmm::AxisSplit::Whole ? " (fixed)" : " [axis: a,b,...]"));
+    st.run_opts.emplace_back(f.flag, o);
   }
   m.add_option("--repeat", st.repeat, "runs per cell")
       ->check(CLI::Range(1u, kMaxRepeat))
@@ -88,7 +93,7 @@ std::vector<std::pair<std::string, std::string>> given_flags(const StudyCommands
   std::vector<std::pair<std::string, std::string>> flags;
   for (const auto& [name, opt] : st.run_opts) {
     if (opt->count() == 0) continue;
-    if (name == "vm") continue;  // below, one entry per occurrence
+    if (name == "vm") continue;  // in vm_opts, one entry per occurrence
     auto b = st.run_bools.find(name);
     flags.emplace_back(name, b != st.run_bools.end() ? "" : st.run_values.at(name));
   }
