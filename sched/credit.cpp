@@ -50,9 +50,9 @@ struct CreditScheduler::Pcpu {
   PcpuSchedStats stats;                  // counters of decisions taken under `lock`
   // Read without the lock.
   std::atomic<bool> need_resched{false};
-  std::atomic<uint32_t> nr_runnable{0};              // queued + running (4.9's nr_runnable)
-  std::vector<std::atomic<uint64_t>> affinity_bits;  // bit q: affinity_count[q] > 0
-  std::atomic<uint32_t> unrestricted{0};             // hybrid: queued vCPUs that may run anywhere
+  std::atomic<uint32_t> nr_runnable{0};   // queued + running (4.9's nr_runnable)
+  AtomicCpuSet affinity_bits;             // q is a member: affinity_count[q] > 0
+  std::atomic<uint32_t> unrestricted{0};  // hybrid: queued vCPUs that may run anywhere
 
   void held() const {
 #ifndef NDEBUG
@@ -108,7 +108,7 @@ class CreditScheduler::RunqGuard {
 
 CreditScheduler::CreditScheduler(uint32_t npcpus, CreditParams params, locks::LockRegistry& locks,
                                  PcpuSignals& signals, std::vector<int> pcpu_node)
-    : params_(params), signals_(signals), idle_mask_((npcpus + 63) / 64) {
+    : params_(params), signals_(signals), idle_mask_(npcpus) {
   pcpu_node.resize(npcpus, 0);
   nodes_ = pcpu_node;
   std::sort(nodes_.begin(), nodes_.end());
@@ -122,7 +122,7 @@ CreditScheduler::CreditScheduler(uint32_t npcpus, CreditParams params, locks::Lo
         uint32_t(std::lower_bound(nodes_.begin(), nodes_.end(), pc->node) - nodes_.begin());
     pc->lock = locks.make("runq", "runq[" + std::to_string(p) + "]");
     pc->affinity_count.assign(npcpus, 0);
-    pc->affinity_bits = std::vector<std::atomic<uint64_t>>((npcpus + 63) / 64);
+    pc->affinity_bits = AtomicCpuSet(npcpus);
     pc->last_tickle = p;
     pcpus_.push_back(std::move(pc));
   }
@@ -230,10 +230,9 @@ void CreditScheduler::track_affinity(Pcpu& pc, const SchedVcpu& v, bool queued) 
     return;
   }
   for (uint32_t q : v.affinity.members()) {
-    if (queued && pc.affinity_count[q]++ == 0)
-      pc.affinity_bits[q / 64].fetch_or(1ull << (q % 64), std::memory_order_relaxed);
+    if (queued && pc.affinity_count[q]++ == 0) pc.affinity_bits.set(q, std::memory_order_relaxed);
     if (!queued && --pc.affinity_count[q] == 0)
-      pc.affinity_bits[q / 64].fetch_and(~(1ull << (q % 64)), std::memory_order_relaxed);
+      pc.affinity_bits.clear(q, std::memory_order_relaxed);
   }
 }
 
@@ -259,17 +258,12 @@ std::vector<SchedVcpu*> CreditScheduler::queued(uint32_t p) const {
 
 void CreditScheduler::set_idle(uint32_t p, bool idle) {
   if (idle)
-    idle_mask_[p / 64].fetch_or(1ull << (p % 64), std::memory_order_relaxed);
+    idle_mask_.set(p, std::memory_order_relaxed);
   else
-    idle_mask_[p / 64].fetch_and(~(1ull << (p % 64)), std::memory_order_relaxed);
+    idle_mask_.clear(p, std::memory_order_relaxed);
 }
 
-CpuSet CreditScheduler::idlers() const {
-  CpuSet s(npcpus());
-  for (uint32_t p = 0; p < npcpus(); p++)
-    if ((idle_mask_[p / 64].load(std::memory_order_relaxed) >> (p % 64)) & 1) s.set(p);
-  return s;
-}
+CpuSet CreditScheduler::idlers() const { return idle_mask_.snapshot(std::memory_order_relaxed); }
 
 // burn_credits: 10 credits per ms of running; the sub-credit remainder carries to the next burn.
 void CreditScheduler::burn(SchedVcpu& v, uint64_t now) {
@@ -347,8 +341,7 @@ bool CreditScheduler::has_soft_affinity(const SchedVcpu& v) const {
 
 bool CreditScheduler::peer_worth_trying(Pcpu& thief, const Pcpu& peer) {
   const uint32_t q = thief.index;
-  const bool in_bitmap =
-      (peer.affinity_bits[q / 64].load(std::memory_order_relaxed) >> (q % 64)) & 1;
+  const bool in_bitmap = peer.affinity_bits.test(q, std::memory_order_relaxed);
   switch (params_.balance) {
     case Balance::Affinity:
       if (in_bitmap) return true;

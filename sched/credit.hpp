@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "locks/registry.hpp"
+#include "sched/atomic_cpuset.hpp"
 #include "sched/cpuset.hpp"
 
 namespace kvmscale::sched {
@@ -210,7 +211,7 @@ class CreditScheduler {
   std::vector<std::unique_ptr<SchedVcpu>> vcpus_;
   std::vector<int> nodes_;                           // distinct NUMA nodes of the pCPUs, sorted
   std::vector<std::atomic<uint32_t>> balance_bias_;  // per node: 4.9's start (counted only)
-  std::vector<std::atomic<uint64_t>> idle_mask_;     // Xen's prv->idlers
+  AtomicCpuSet idle_mask_;                           // Xen's prv->idlers
   std::atomic<uint64_t> acct_gen_{0};                // Xen's prv->runq_sort
   uint64_t next_acct_ns_ = 0;                        // master pCPU only
 

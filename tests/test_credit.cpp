@@ -631,3 +631,22 @@ TEST(CreditRule, RatelimitCountsFromWhenTheVcpuStartedRunning) {
   ASSERT_TRUE(f.s.need_resched(0));
   EXPECT_EQ(f.s.schedule(0, 30 * ms + ms / 5).next, &a) << "b has run 30 ms, not 0.2 ms";
 }
+
+// The one atomic bitmap type (idle mask, affinity bitmaps, p2m masks): members past the first
+// word, fill() of a size that is not a multiple of 64, and test_and_clear's one winner.
+TEST(AtomicCpuSet, MembersFillAndTestAndClear) {
+  using kvmscale::sched::AtomicCpuSet;
+  constexpr auto mo = std::memory_order_seq_cst;
+  AtomicCpuSet s(130);
+  s.set(0, mo);
+  s.set(129, mo);
+  s.set(64, mo);
+  EXPECT_EQ(s.snapshot(mo).to_string(), "0,64,129");
+  s.clear(64, mo);
+  EXPECT_FALSE(s.test(64, mo));
+  EXPECT_TRUE(s.test_and_clear(129, mo));
+  EXPECT_FALSE(s.test_and_clear(129, mo)) << "only one caller clears a member";
+  s.fill(mo);
+  EXPECT_EQ(s.snapshot(mo).count(), 130u) << "fill sets no index past the size";
+  EXPECT_EQ(s.snapshot(mo).to_string(), "0-129");
+}
