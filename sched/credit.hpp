@@ -27,10 +27,10 @@
 #include "locks/registry.hpp"
 #include "sched/atomic_cpuset.hpp"
 #include "sched/cpuset.hpp"
+#include "sched/credit_vcpu.hpp"
 
 namespace kvmscale::sched {
 
-enum class Prio : int { Boost = 0, Under = -1, Over = -2, Idle = -64 };
 // xen: 4.7, try-lock every busy peer, from the first. affinity: the study's bitmap on top of 4.7,
 // skip peers none of whose queued vCPUs may run on the thief. counted: upstream 4.9, skip peers
 // with < 2 runnable and start each node's visit after the last peer stolen from.
@@ -46,86 +46,6 @@ struct CreditParams {
   uint64_t ratelimit_ns = 1'000'000;  // a vCPU that ran less than this is not descheduled
   Balance balance = Balance::Xen;
   bool round_robin = false;  // --sched rr: same machinery, no credits or priorities
-};
-
-inline constexpr int kCreditsPerMs = 10;  // 1 credit = 100 us of pCPU time
-
-// A vCPU's scheduling state (under the schedule lock of its `processor`):
-//
-//   Runnable --schedule()--> Running --block()--> Blocked --wake()--> Runnable
-//      ^                      |   ^                  |
-//      +--schedule() (slice,--+   +--wake() while it-+   (still current on its pCPU: not queued)
-//         yield, preempt)            is still current
-//   any --finish()--> Done
-//
-// A Runnable vCPU is queued on its processor's run queue unless it is parked (over its cap; not
-// runnable, as Xen's vcpu_pause) or still current there. A queued vCPU is never current anywhere:
-// that is what keeps one vCPU off two pCPUs.
-enum class VState { Runnable, Running, Blocked, Done };
-
-struct SchedVcpu;
-
-struct SchedDomain {
-  uint32_t index = 0;
-  uint32_t weight = 256;
-  uint32_t cap = 0;  // % of one pCPU, 0 = none
-  std::vector<SchedVcpu*> vcpus;
-  // Under the accounting lock (Xen's sdom->active_vcpu, active_sdom_elem).
-  std::list<SchedVcpu*> active;
-  bool in_active_doms = false;
-  std::list<SchedDomain*>::iterator active_pos;
-};
-
-struct VcpuSchedStats {
-  uint64_t run_ns = 0, wait_ns = 0;  // running / runnable-but-waiting
-  uint64_t schedules = 0, migrations = 0, boosts = 0, wakes = 0, parks = 0, preemptions = 0;
-  CpuSet pcpus_used;
-};
-
-struct SchedVcpu {
-  uint32_t id = 0;  // global index over the run
-  SchedDomain* dom = nullptr;
-  CpuSet affinity;        // hard affinity
-  CpuSet soft_affinity;   // preferred pCPUs (all: none in particular)
-  bool has_soft = false;  // soft affinity matters (set at start(); affinities are fixed then)
-  void* owner = nullptr;  // the executor's handle; opaque here
-
-  // Protected by the schedule lock of `processor` (changed only with that lock held).
-  std::atomic<uint32_t> processor{0};
-  VState state = VState::Runnable;
-  bool queued = false;
-  std::list<SchedVcpu*>::iterator pos;  // in its run queue while queued
-  bool yield_flag = false;              // CSCHED_FLAG_VCPU_YIELD
-  bool wake_pending = false;  // a wake that came while not blocked: the next block returns at once
-  uint64_t block_gen = 0;     // bumps at every block; a timeout for an older block is stale
-  int64_t block_result = 0;   // 0 woken, 1 timed out
-  bool block_result_due = false;  // the executor must hand block_result to the guest
-  uint64_t since_ns = 0;          // running: credit burned up to here; runnable: queued since
-  uint64_t slice_start_ns = 0;
-  uint64_t credit_residual_ns = 0;
-  VcpuSchedStats stats;
-
-  // Accounting state: atomics, written by accounting without run-queue locks.
-  std::atomic<int> credit{0};
-  std::atomic<int> pri{int(Prio::Under)};
-  std::atomic<bool> parked{false};  // CSCHED_FLAG_VCPU_PARKED; changed under the runq lock
-  std::atomic<bool> done{false};    // finish() was called: never (re)activated
-  // Written under the accounting lock; tick() peeks without it (activation re-checks).
-  std::atomic<bool> active{false};
-  std::list<SchedVcpu*>::iterator active_pos;  // in dom->active, under the accounting lock
-};
-
-struct BalanceStats {
-  uint64_t attempts_idle = 0, attempts_over = 0;
-  uint64_t peers_visited = 0, skipped_bitmap = 0, skipped_count = 0;
-  uint64_t trylocks = 0, trylock_failures = 0, steals = 0;
-  uint64_t balance_ns = 0;
-};
-
-struct PcpuSchedStats {
-  uint64_t schedules = 0, ticks = 0, idle_picks = 0, context_switches = 0;
-  uint64_t tickles = 0, tickle_preempts = 0;  // sent from here; of which preempted a vCPU
-  BalanceStats balance;
 };
 
 // How the scheduler asks its executor to act on pCPUs.
