@@ -226,6 +226,7 @@ nlohmann::json run_testbed_with_hooks(const RunConfig& cfg, const TestHooks& hoo
       o.npcpus = cfg.effective_pcpus();
       o.bind = cfg.pcpu_bind;
       o.params.tslice_ns = cfg.tslice_ns;
+      o.params.tick_ns = sched::tick_period_ns(cfg.tslice_ns);
       o.params.ratelimit_ns = cfg.ratelimit_ns;
       o.params.round_robin = cfg.sched == "rr";
       sched::parse_balance(cfg.balance, o.params.balance);

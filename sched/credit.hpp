@@ -40,9 +40,15 @@ enum class Balance { Xen, Affinity, Counted, Hybrid, None };
 const char* balance_name(Balance b);
 bool parse_balance(const std::string& s, Balance& out);
 
+// __csched_set_tslice: three ticks per timeslice (CSCHED_TICKS_PER_TSLICE), one when the slice
+// is under 3 ms.
+inline uint64_t tick_period_ns(uint64_t tslice_ns) {
+  return tslice_ns < 3'000'000 ? tslice_ns : tslice_ns / 3;
+}
+
 struct CreditParams {
-  uint64_t tick_ns = 10'000'000;      // credit burn, BOOST end, activation (csched_tick)
-  uint64_t tslice_ns = 30'000'000;    // timeslice and accounting period
+  uint64_t tslice_ns = 30'000'000;               // timeslice and accounting period
+  uint64_t tick_ns = tick_period_ns(tslice_ns);  // credit burn, BOOST end, activation (csched_tick)
   uint64_t ratelimit_ns = 1'000'000;  // a vCPU that ran less than this is not descheduled
   Balance balance = Balance::Xen;
   bool round_robin = false;  // --sched rr: same machinery, no credits or priorities

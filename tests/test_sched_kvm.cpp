@@ -38,6 +38,19 @@ TEST(CreditKvm, WeightsSplitOnePcpuTwoToOne) {
   EXPECT_NEAR(work, ratio, 0.3);
 }
 
+// Xen 4.7's __csched_set_tslice: the tick is a third of the timeslice (the whole slice below
+// 3 ms), so --tslice 3ms ticks every 1 ms; it used to stay at 10 ms whatever the slice.
+TEST(CreditKvm, TickPeriodFollowsTheTimeslice) {
+  SKIP_WITHOUT_KVM();
+  auto c = credit("spin", 1, 1, 1, 1);
+  c.tslice_ns = 3'000'000;
+  json r = vmm::run_testbed(c);
+  EXPECT_EQ(r["sched"]["tick_ns"].get<uint64_t>(), 1'000'000u);
+  const uint64_t ticks = r["sched"]["pcpus"][0]["ticks"].get<uint64_t>();
+  std::printf("--tslice 3ms: %llu ticks in 1 s\n", (unsigned long long)ticks);
+  EXPECT_GT(ticks, 300u) << "about 1000 at 1 ms; 100 at the old fixed 10 ms";
+}
+
 TEST(CreditKvm, CapHoldsAtFiftyPercent) {
   SKIP_WITHOUT_KVM();
   auto c = credit("spin", 1, 1, 1, 3);
