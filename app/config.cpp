@@ -224,6 +224,7 @@ std::vector<std::string> RunConfig::ineffective_settings() const {
     unused(balance != d.balance, "--balance");
     unused(tslice_ns != d.tslice_ns, "--tslice");
     unused(ratelimit_ns != d.ratelimit_ns, "--ratelimit");
+    unused(migration_delay_ns != d.migration_delay_ns, "--migration-delay");
     unused(weight != d.weight, "--weight");
     unused(cap != d.cap, "--cap");
     unused(!vm_opts.empty(), "--vm");
@@ -298,6 +299,7 @@ void RunConfig::validate() const {
   if (tslice_ns < 1'000'000 || tslice_ns > 1'000'000'000)
     throw ConfigError("--tslice must be between 1ms and 1000ms");
   if (ratelimit_ns > tslice_ns) throw ConfigError("--ratelimit must not exceed --tslice");
+  if (migration_delay_ns > 1'000'000'000) throw ConfigError("--migration-delay must be at most 1s");
   if (weight < 1 || weight > 65535) throw ConfigError("--weight must be between 1 and 65535");
   if (cap > 100 * KS_MAX_VCPUS) throw ConfigError("--cap is a % of one pCPU, at most 6400");
   std::set<std::pair<uint32_t, std::string>> set_once;  // a VM's setting given twice is ambiguous

@@ -41,6 +41,7 @@ struct RunConfig {
   std::string vcpu_pin = "none";  // none | 1:1 | LIST of pCPUs (vCPU k -> LIST[k % len])
   std::string balance = "xen";    // xen | affinity | counted | hybrid | none
   uint64_t tslice_ns = 30'000'000, ratelimit_ns = 1'000'000;
+  uint64_t migration_delay_ns = 0;  // Xen's vcpu_migration_delay
   uint32_t weight = 256, cap = 0;
   std::vector<std::string> vm_opts;  // "vm3:weight=512,cap=50"
   // Populate-on-demand of each VM's free RAM (everything above the VMM's low 4 MiB).

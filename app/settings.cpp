@@ -167,6 +167,11 @@ std::vector<Setting> make_table() {
       duration("ratelimit", "ratelimit_ns", "minimum run before preemption",
                &RunConfig::ratelimit_ns)
           .eg("500us"),
+      duration("migration-delay", "migration_delay_ns",
+               "a vCPU switched out less than this ago is cache-hot: the balancer leaves it (Xen's "
+               "vcpu_migration_delay)",
+               &RunConfig::migration_delay_ns)
+          .eg("1ms"),
       count("weight", "weight", "credit weight of every VM", &RunConfig::weight).eg("512"),
       count("cap", "cap", "credit cap of every VM, % of one pCPU (0 = none)", &RunConfig::cap)
           .eg("50"),

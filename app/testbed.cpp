@@ -228,6 +228,7 @@ nlohmann::json run_testbed_with_hooks(const RunConfig& cfg, const TestHooks& hoo
       o.params.tslice_ns = cfg.tslice_ns;
       o.params.tick_ns = sched::tick_period_ns(cfg.tslice_ns);
       o.params.ratelimit_ns = cfg.ratelimit_ns;
+      o.params.migration_delay_ns = cfg.migration_delay_ns;
       o.params.round_robin = cfg.sched == "rr";
       sched::parse_balance(cfg.balance, o.params.balance);
       o.weight_of = [&](uint32_t vm) { return cfg.weight_of(vm); };

@@ -306,7 +306,7 @@ CreditScheduler::Decision CreditScheduler::schedule(uint32_t p, uint64_t now) {
   int best = next ? next->pri.load(std::memory_order_relaxed) : int(Prio::Idle);
   if (best > int(Prio::Over) || params_.balance == Balance::None) {
     if (next) runq_remove(pc, *next);
-  } else if (SchedVcpu* stolen = load_balance(pc, best)) {
+  } else if (SchedVcpu* stolen = load_balance(pc, best, now)) {
     next = stolen;  // already off the peer's queue, and now ours
   } else if (next) {
     runq_remove(pc, *next);
@@ -324,6 +324,7 @@ CreditScheduler::Decision CreditScheduler::schedule(uint32_t p, uint64_t now) {
   } else {
     pc.stats.idle_picks++;
   }
+  if (cur && next != cur) cur->last_run_ns = now;  // schedule.c: prev->last_run_time = now
   pc.curr = next;
   update_runnable(pc);
   set_idle(p, next == nullptr);
@@ -366,17 +367,24 @@ bool CreditScheduler::peer_worth_trying(Pcpu& thief, const Pcpu& peer) {
 }
 
 // csched_runq_steal: caller holds the peer's lock. Walk its queue from the head, stop at the first
-// vCPU not better than ours, take the first one that may run here in this balance step and is not
-// running (__csched_vcpu_is_migrateable; vcpu_migration_delay is 0 by default, so nothing is
-// cache-hot).
-SchedVcpu* CreditScheduler::runq_steal(Pcpu& thief, Pcpu& peer, int min_pri, int step) {
+// vCPU not better than ours, take the first one that may run here in this balance step, is not
+// running and is not cache-hot (__csched_vcpu_is_migrateable, __csched_vcpu_is_cache_hot: switched
+// out less than --migration-delay ago; the delay is 0 by default, as vcpu_migration_delay).
+SchedVcpu* CreditScheduler::runq_steal(Pcpu& thief, Pcpu& peer, int min_pri, int step,
+                                       uint64_t now) {
   peer.held();
   if (peer.curr == nullptr) return nullptr;  // an idle peer is about to run its queue itself
   for (SchedVcpu* v : peer.runq) {
     if (v->pri.load(std::memory_order_relaxed) <= min_pri) break;
     if (step == kSoft && !v->has_soft) continue;
     const CpuSet& mask = step == kSoft ? v->soft_affinity : v->affinity;
-    if (v == peer.curr || !mask.test(thief.index) || !v->affinity.test(thief.index)) continue;
+    if (v == peer.curr) continue;
+    // (a peer's clock may be a little ahead of ours: switched out "after now" is hot too)
+    if (params_.migration_delay_ns && now < v->last_run_ns + params_.migration_delay_ns) {
+      thief.stats.balance.skipped_hot++;
+      continue;
+    }
+    if (!mask.test(thief.index) || !v->affinity.test(thief.index)) continue;
     runq_remove(peer, *v);
     v->processor.store(thief.index, std::memory_order_release);
     v->stats.migrations++;
@@ -385,7 +393,7 @@ SchedVcpu* CreditScheduler::runq_steal(Pcpu& thief, Pcpu& peer, int min_pri, int
   return nullptr;
 }
 
-SchedVcpu* CreditScheduler::load_balance(Pcpu& pc, int local_pri) {
+SchedVcpu* CreditScheduler::load_balance(Pcpu& pc, int local_pri, uint64_t now) {
   uint64_t t0 = locks::lock_clock_ns();
   BalanceStats& st = pc.stats.balance;
   if (local_pri == int(Prio::Idle))
@@ -421,7 +429,7 @@ SchedVcpu* CreditScheduler::load_balance(Pcpu& pc, int local_pri) {
           st.trylock_failures++;
           continue;
         }
-        found = runq_steal(pc, peer, local_pri, step);
+        found = runq_steal(pc, peer, local_pri, step, now);
         if (found) {
           st.steals++;
           if (rotate) balance_bias_[ni].store(peer.index, std::memory_order_relaxed);
@@ -728,6 +736,7 @@ nlohmann::json CreditScheduler::report() const {
                        {"skipped_count", b.skipped_count},
                        {"trylocks", b.trylocks},
                        {"trylock_failures", b.trylock_failures},
+                       {"skipped_hot", b.skipped_hot},
                        {"steals", b.steals},
                        {"balance_ns", b.balance_ns}}}});
   }
@@ -752,6 +761,7 @@ nlohmann::json CreditScheduler::report() const {
           {"tick_ns", params_.tick_ns},
           {"tslice_ns", params_.tslice_ns},
           {"ratelimit_ns", params_.ratelimit_ns},
+          {"migration_delay_ns", params_.migration_delay_ns},
           {"credits_per_tslice", credits_per_tslice()},
           {"accounting_passes", accounting_passes_},
           {"pcpus", pcpus},

@@ -50,6 +50,8 @@ struct CreditParams {
   uint64_t tslice_ns = 30'000'000;               // timeslice and accounting period
   uint64_t tick_ns = tick_period_ns(tslice_ns);  // credit burn, BOOST end, activation (csched_tick)
   uint64_t ratelimit_ns = 1'000'000;  // a vCPU that ran less than this is not descheduled
+  // vcpu_migration_delay: a vCPU switched out less than this ago is cache-hot and not stolen.
+  uint64_t migration_delay_ns = 0;
   Balance balance = Balance::Xen;
   bool round_robin = false;  // --sched rr: same machinery, no credits or priorities
 };
@@ -119,8 +121,8 @@ class CreditScheduler {
   void track_affinity(Pcpu& pc, const SchedVcpu& v, bool queued);
   void runq_tickle(Pcpu& pc, SchedVcpu& v);
   void tickle(Pcpu& from, uint32_t q, bool preempt);
-  SchedVcpu* load_balance(Pcpu& pc, int local_pri);
-  SchedVcpu* runq_steal(Pcpu& thief, Pcpu& peer, int min_pri, int step);
+  SchedVcpu* load_balance(Pcpu& pc, int local_pri, uint64_t now);
+  SchedVcpu* runq_steal(Pcpu& thief, Pcpu& peer, int min_pri, int step, uint64_t now);
   bool peer_worth_trying(Pcpu& thief, const Pcpu& peer);
   bool has_soft_affinity(const SchedVcpu& v) const;
   void acct_start(SchedVcpu& v);

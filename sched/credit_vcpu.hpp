@@ -67,6 +67,7 @@ struct SchedVcpu {
   bool block_result_due = false;  // the executor must hand block_result to the guest
   uint64_t since_ns = 0;          // running: credit burned up to here; runnable: queued since
   uint64_t slice_start_ns = 0;
+  uint64_t last_run_ns = 0;  // when it was last switched out (Xen's last_run_time)
   uint64_t credit_residual_ns = 0;
   VcpuSchedStats stats;
 
@@ -84,6 +85,7 @@ struct BalanceStats {
   uint64_t attempts_idle = 0, attempts_over = 0;
   uint64_t peers_visited = 0, skipped_bitmap = 0, skipped_count = 0;
   uint64_t trylocks = 0, trylock_failures = 0, steals = 0;
+  uint64_t skipped_hot = 0;  // queued vCPUs left alone as cache-hot (Xen's vcpu_hot)
   uint64_t balance_ns = 0;
 };
 

@@ -548,6 +548,34 @@ TEST(CreditBalance, XenStartsAtTheFirstBusyPeer) {
   EXPECT_EQ(second, on0[2]) << "the second steal starts from pCPU 0 again";
 }
 
+// __csched_vcpu_is_migrateable: a queued vCPU switched out less than vcpu_migration_delay ago is
+// cache-hot and stays on its pCPU; once the delay has passed it can be stolen.
+TEST(CreditRule, MigrationDelayKeepsACacheHotVcpuOnItsPcpu) {
+  CreditParams p = no_ratelimit(Balance::Xen);
+  p.migration_delay_ns = 5 * ms;
+  Fixture f(2, p);
+  auto& d = f.s.add_domain(256, 0);
+  auto& a = f.vcpu(d);
+  auto& b = f.vcpu(d);
+  f.s.start(0, [](const SchedVcpu&) { return 0u; });  // both queued on pCPU 0
+  ASSERT_EQ(f.s.schedule(0, 0).next, &a);
+  ASSERT_EQ(f.s.schedule(0, 30 * ms).next, &b) << "a's slice ended: a is queued, just switched out";
+  EXPECT_EQ(f.s.schedule(1, 31 * ms).next, nullptr) << "1 ms after it ran, a is cache-hot";
+  EXPECT_EQ(f.s.pcpu_stats(1).balance.skipped_hot, 1u) << "in the hard-affinity step";
+  EXPECT_EQ(f.s.schedule(1, 36 * ms).next, &a) << "6 ms after, it is not";
+  EXPECT_EQ(a.processor.load(), 1u);
+
+  Fixture g(2, no_ratelimit(Balance::Xen));  // the default delay, 0: nothing is hot
+  auto& e = g.s.add_domain(256, 0);
+  auto& c = g.vcpu(e);
+  auto& h = g.vcpu(e);
+  g.s.start(0, [](const SchedVcpu&) { return 0u; });
+  ASSERT_EQ(g.s.schedule(0, 0).next, &c);
+  ASSERT_EQ(g.s.schedule(0, 30 * ms).next, &h);
+  EXPECT_EQ(g.s.schedule(1, 31 * ms).next, &c);
+  EXPECT_EQ(g.s.pcpu_stats(1).balance.skipped_hot, 0u);
+}
+
 // Weights on a virtual clock: one pCPU, two always-running vCPUs of weights 512 and 256, ticks
 // every 10 ms and a reschedule at every slice end, for 3 s: a 2:1 split of pCPU time.
 TEST(CreditRule, WeightsSplitAPcpuTwoToOne) {
