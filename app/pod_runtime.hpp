@@ -58,12 +58,13 @@ class PodRuntime {
             cc_, [this, id](uint32_t c) { ex_.tlb(c).invalidate_vm(id); }, self,
             self >= 0 ? self : acting_for);
       };
+      // PoD covers RAM above KS_RAM_GPA; exit handlers see its p2m through the PodVm.
       pods_.push_back(std::make_unique<VmPod>(
-          *this, vm,
-          std::make_unique<mm::PodVm>(
-              ram, vm->memory().size() - KS_RAM_GPA, cfg.pod_granule, pp, uffd_,
-              locks.make("pod", "pod[vm" + std::to_string(vm->index()) + "]"), flush)));
-      vm->set_p2m_epochs(pods_.back().get());
+          vm, std::make_unique<mm::PodVm>(
+                  ram, vm->memory().size() - KS_RAM_GPA, cfg.pod_granule, pp, uffd_,
+                  locks.make("pod", "pod[vm" + std::to_string(vm->index()) + "]"), flush,
+                  KS_RAM_GPA, [this, vm] { out_of_memory(*vm); })));
+      vm->set_p2m_epochs(pods_.back()->pod.get());
     }
     // By default one fault thread per pCPU: as many initiators can flush at once as there are
     // pCPUs that can fault at once, as in Xen where the faulting pCPU itself initiates.
@@ -110,20 +111,9 @@ class PodRuntime {
   }
 
  private:
-  // One VM's PoD, and its p2m epochs by guest-physical address for the TLB's stale-hit check
-  // (PoD covers RAM above KS_RAM_GPA).
-  struct VmPod final : mm::P2mEpochs {
-    VmPod(PodRuntime& r, Vm* v, std::unique_ptr<mm::PodVm> p) : rt(r), vm(v), pod(std::move(p)) {}
-    uint32_t epoch(uint64_t gpa) const override {
-      return gpa < KS_RAM_GPA ? 0 : pod->epoch_at(gpa - KS_RAM_GPA);
-    }
-    bool populate(uint64_t gpa, const std::function<void()>& poll) const override {
-      if (gpa < KS_RAM_GPA) return true;
-      if (pod->populate_here(gpa - KS_RAM_GPA, poll) == mm::PodVm::Outcome::Resolved) return true;
-      rt.out_of_memory(*vm);
-      return false;
-    }
-    PodRuntime& rt;
+  // One VM's PoD.
+  struct VmPod {
+    VmPod(Vm* v, std::unique_ptr<mm::PodVm> p) : vm(v), pod(std::move(p)) {}
     Vm* vm;
     std::unique_ptr<mm::PodVm> pod;
     // Time its vCPUs waited on faults while a service thread resolved them (from reading the

@@ -23,13 +23,13 @@ class P2mEpochs {
  public:
   virtual ~P2mEpochs() = default;
   virtual uint32_t epoch(uint64_t gpa) const = 0;
-  // Makes the page at gpa present for a VMM-side access, on the calling thread, as Xen's
-  // get_gfn(P2M_ALLOC) runs p2m_pod_demand_populate for a PoD entry a hypercall touches. `poll`
-  // answers the caller's cross-calls while it waits for locks or acks. False: out of PoD
-  // memory (the VM has been crashed).
-  virtual bool populate(uint64_t /*gpa*/, const std::function<void()>& /*poll*/) const {
-    return true;
-  }
+  // Makes the page at gpa present for a VMM-side access, on the calling thread, and keeps it
+  // so until put_page(gpa): Xen's get_page_from_gfn(P2M_ALLOC) runs p2m_pod_demand_populate for
+  // a PoD entry a hypercall touches and holds a page reference, which p2m_pod_zero_check
+  // respects. `poll` answers the caller's cross-calls while it waits for locks or acks. False:
+  // out of PoD memory (the VM has been crashed; no reference taken).
+  virtual bool get_page(uint64_t /*gpa*/, const std::function<void()>& /*poll*/) { return true; }
+  virtual void put_page(uint64_t /*gpa*/) {}
 };
 
 class GuestView {
@@ -37,11 +37,17 @@ class GuestView {
   static constexpr uint64_t kPage = 4096;
   // tlb, safe_point and epochs may be null (no TLB: direct translation).
   GuestView(const GuestMemory& mem, uint32_t vm, SoftTlb* tlb,
-            const std::function<void()>* safe_point, const P2mEpochs* epochs)
+            const std::function<void()>* safe_point, P2mEpochs* epochs)
       : mem_(mem), vm_(vm), tlb_(tlb), safe_point_(safe_point), epochs_(epochs) {}
+  // Pointers it returned are valid (their pages held) until it goes: one exit's handling.
+  ~GuestView() {
+    for (uint64_t gpa : held_) epochs_->put_page(gpa);
+  }
+  GuestView(const GuestView&) = delete;
+  GuestView& operator=(const GuestView&) = delete;
 
   // Host pointer for [gpa, gpa+len), nullptr unless it is all guest memory (or the VM ran out
-  // of PoD memory populating it).
+  // of PoD memory populating it). Its pages stay present while this view lives.
   uint8_t* translate(uint64_t gpa, uint64_t len) const {
     uint8_t* p = mem_.translate(gpa, len);
     if (p && len) {
@@ -63,27 +69,18 @@ class GuestView {
   }
 
  private:
-  // Populates the range's PoD pages here, on the accessing thread, so that the access itself
-  // cannot block in a userfaultfd fault: a fault thread flushing on another page would wait for
-  // this context's ack while this context waited for a fault thread (ARCHITECTURE.md §3). Once
-  // present, a page stays so until a flush this context must ack, and it acks only at its next
-  // safe point, after the access. Populating page 2 may serve a flush that reclaimed page 1:
-  // repeat until a pass saw no epoch move (bounded; a miss then faults the ordinary way).
+  // Populates the range's PoD pages here, on the accessing thread, and holds them until the view
+  // goes, so that the access itself cannot fault: a fault thread flushing on another page would
+  // wait for this context's ack while this context waited for a fault thread (ARCHITECTURE.md
+  // §3), and a context waiting for a lock this one holds (the console's) could not ack either.
+  // A held page is never zero-checked, so populating page 2 cannot reclaim page 1 under us.
   bool populate(uint64_t gpa, uint64_t len) const {
     if (!epochs_) return true;
     const std::function<void()> none;
     const std::function<void()>& poll = safe_point_ ? *safe_point_ : none;
-    const uint64_t first = gpa / kPage, last = (gpa + len - 1) / kPage;
-    for (int pass = 0; pass < 4; pass++) {
-      std::vector<uint32_t> seen;
-      for (uint64_t gfn = first; gfn <= last; gfn++) {
-        if (!epochs_->populate(gfn * kPage, poll)) return false;
-        seen.push_back(epochs_->epoch(gfn * kPage));
-      }
-      bool moved = false;
-      for (uint64_t gfn = first; gfn <= last; gfn++)
-        moved |= epochs_->epoch(gfn * kPage) != seen[gfn - first];
-      if (!moved) return true;
+    for (uint64_t gfn = gpa / kPage; gfn <= (gpa + len - 1) / kPage; gfn++) {
+      if (!epochs_->get_page(gfn * kPage, poll)) return false;
+      held_.push_back(gfn * kPage);
     }
     return true;
   }
@@ -113,7 +110,8 @@ class GuestView {
   uint32_t vm_;
   SoftTlb* tlb_;
   const std::function<void()>* safe_point_;
-  const P2mEpochs* epochs_;
+  P2mEpochs* epochs_;
+  mutable std::vector<uint64_t> held_;  // pages got by populate(), put back by the destructor
 };
 
 }  // namespace kvmscale::mm

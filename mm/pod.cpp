@@ -84,6 +84,10 @@ uint64_t Pod::zero_check(const std::vector<uint64_t>& candidates) {
   for (uint64_t g : candidates) {
     stats_.scanned++;
     if (entries_[g] != Entry::Populated) continue;
+    if (backend_.referenced(g)) {
+      stats_.referenced_skipped++;
+      continue;
+    }
     if (!backend_.quick_zero(g)) {
       stats_.quick_rejected++;
       continue;
@@ -205,6 +209,7 @@ nlohmann::json Pod::report() const {
           {"sweeps", s.sweeps},
           {"zero_checks", s.zero_checks},
           {"scanned", s.scanned},
+          {"referenced_skipped", s.referenced_skipped},
           {"quick_rejected", s.quick_rejected},
           {"fenced", s.fenced},
           {"restored", s.restored},

@@ -16,10 +16,11 @@
 //            the cache is empty; then the whole ring newest first in batches of `stride`, then a
 //            sweep that wraps once. About one flush per `stride` populates.
 //
-// A zero check (p2m_pod_zero_check) of one granule or a batch: quick check (first 128 bytes,
-// Xen's 16 words) of each; fence the survivors (the entry is PoD again: no guest access from
-// here); ONE flush if anything was fenced (p2m_tlb_flush_sync flushes only when an entry
-// changed); full check of each; zero granules are discarded to the cache, the others restored.
+// A zero check (p2m_pod_zero_check) of one granule or a batch: skip granules a VMM-side access
+// holds (Xen skips pages whose count_info is above max_ref); quick check (first 128 bytes, Xen's
+// 16 words) of each; fence the survivors (the entry is PoD again: no guest access from here);
+// ONE flush if anything was fenced (p2m_tlb_flush_sync flushes only when an entry changed); full
+// check of each; zero granules are discarded to the cache, the others restored.
 //
 // Pure policy over a PodBackend, so the rules are unit-tested with fake memory. Not thread-safe:
 // callers serialise per VM (the VM's "pod" lock).
@@ -37,6 +38,9 @@ namespace kvmscale::mm {
 class PodBackend {
  public:
   virtual ~PodBackend() = default;
+  // A VMM-side access holds it (Xen: a page reference beyond the domain's own, which
+  // p2m_pod_zero_check skips): not a candidate.
+  virtual bool referenced(uint64_t /*g*/) { return false; }
   virtual bool quick_zero(uint64_t g) = 0;  // first 128 bytes are zero
   virtual bool full_zero(uint64_t g) = 0;   // the whole granule is zero
   virtual void fence(uint64_t g) = 0;       // guest can no longer access it (write-protect)
@@ -61,7 +65,8 @@ struct PodParams {
 struct PodStats {
   uint64_t populates = 0, faults = 0, duplicate_faults = 0;
   uint64_t eager_checks = 0, sweeps = 0, zero_checks = 0;
-  uint64_t scanned = 0, quick_rejected = 0, fenced = 0, restored = 0, reclaimed = 0;
+  uint64_t scanned = 0, referenced_skipped = 0, quick_rejected = 0, fenced = 0, restored = 0,
+           reclaimed = 0;
   uint64_t flushes = 0, out_of_memory = 0;
   uint64_t max_populated = 0;
 };

@@ -40,16 +40,20 @@ PodParams with_granules(PodParams p, uint64_t len, uint64_t granule) {
 }  // namespace
 
 PodVm::PodVm(uint8_t* ram, uint64_t len, uint64_t granule, PodParams params, Userfaultfd& uffd,
-             std::unique_ptr<locks::AnyLock> lock, std::function<void()> flush)
+             std::unique_ptr<locks::AnyLock> lock, std::function<void()> flush, uint64_t gpa_base,
+             std::function<void()> out_of_memory)
     : base_(reinterpret_cast<uint64_t>(ram)),
       len_(len),
       granule_(granule),
+      gpa_base_(gpa_base),
       uffd_(uffd),
       lock_(std::move(lock)),
       flush_(std::move(flush)),
+      out_of_memory_(std::move(out_of_memory)),
       pod_(with_granules(params, len, granule), *this),
       granules_(len / granule),
-      epochs_(std::make_unique<std::atomic<uint32_t>[]>(len / granule)) {
+      epochs_(std::make_unique<std::atomic<uint32_t>[]>(len / granule)),
+      refs_(std::make_unique<std::atomic<uint32_t>[]>(len / granule)) {
   uffd_.register_range(ram, len);
 }
 
@@ -83,24 +87,31 @@ PodVm::Outcome PodVm::handle(const FaultEvent& ev) {
   return Outcome::OutOfMemory;
 }
 
-PodVm::Outcome PodVm::populate_here(uint64_t offset, const std::function<void()>& poll) {
-  const uint64_t g = offset / granule_;
-  if (g >= granules_) return Outcome::Resolved;
+bool PodVm::get_page(uint64_t gpa, const std::function<void()>& poll) {
+  if (gpa < gpa_base_ || gpa - gpa_base_ >= len_) return true;  // not PoD: always present
+  const uint64_t g = (gpa - gpa_base_) / granule_;
   locks::AnyLock::Node node;
   lock_->lock(node, [&] {
     if (poll) poll();
   });
-  Outcome o = Outcome::Resolved;
+  bool ok = true;
   if (pod_.entry(g) == Pod::Entry::Pod) {
     if (pod_.on_fault(g) == Pod::Fault::Populate) {
       vmm_populates_++;
       if (int r = uffd_.zeropage(addr(g), granule_); r != 0 && r != -EEXIST) uffd_errors_++;
     } else {
-      o = Outcome::OutOfMemory;
+      ok = false;
     }
   }
+  if (ok) refs_[g].fetch_add(1, std::memory_order_acq_rel);
   lock_->unlock(node);
-  return o;
+  if (!ok && out_of_memory_) out_of_memory_();
+  return ok;
+}
+
+void PodVm::put_page(uint64_t gpa) {
+  if (gpa < gpa_base_ || gpa - gpa_base_ >= len_) return;
+  refs_[(gpa - gpa_base_) / granule_].fetch_sub(1, std::memory_order_acq_rel);
 }
 
 bool PodVm::quick_zero(uint64_t g) {

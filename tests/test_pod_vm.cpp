@@ -13,6 +13,8 @@
 
 #include "locks/any_lock.hpp"
 #include "mm/fault_service.hpp"
+#include "mm/guest_memory.hpp"
+#include "mm/guest_view.hpp"
 #include "mm/pod_vm.hpp"
 #include "mm/userfaultfd.hpp"
 
@@ -90,4 +92,48 @@ TEST(PodVm, AWriteBetweenTheQuickCheckAndTheFenceIsKept) {
 TEST(PodVm, AWriteBetweenTheFullCheckAndTheDiscardIsNeverLost) {
   EXPECT_EQ(boot_with_a_write_at(mm::Pod::HookPoint::BeforeDiscard, 96, 0x1234567ull), 0x1234567ull)
       << "a write that landed before MADV_DONTNEED would be thrown away";
+}
+
+// An exit handler's buffer stays present until its handling ends (mm::GuestView holds its pages,
+// as Xen's __hvm_copy holds a page reference that p2m_pod_zero_check respects). The handler
+// translates page A; another access populates page Z; the handler then translates page B with
+// the cache empty, so B's populate zero-checks the ring from its oldest slot: A, then Z. A is
+// skipped, Z reclaimed. Before, A was reclaimed under the handler, whose read of it then faulted
+// on its own thread (while holding the console lock: the --sched host hang of issue 11).
+TEST(PodVm, APageAnExitHandlerHoldsIsNeverReclaimedUnderIt) {
+  std::unique_ptr<mm::Userfaultfd> uffd;
+  try {
+    uffd = std::make_unique<mm::Userfaultfd>();
+  } catch (const std::exception& e) {
+    GTEST_SKIP() << "userfaultfd unavailable: " << e.what();
+  }
+  constexpr uint64_t kBase = 1ull << 20;  // PoD covers guest-physical [1M, 2M)
+  mm::GuestMemory mem(2ull << 20);
+  mm::PodParams pp;
+  pp.target = 2;
+  bool out_of_memory = false;
+  mm::PodVm pod(
+      mem.host_base() + kBase, kBase, kPage, pp, *uffd,
+      std::make_unique<locks::AnyLock>(locks::Strategy::Ticket), [] {}, kBase,
+      [&] { out_of_memory = true; });
+  const uint64_t a = kBase + 5 * kPage, z = kBase + 9 * kPage, b = kBase + 6 * kPage;
+  mm::SoftTlb tlb;
+  {
+    mm::GuestView handler(mem, 0, &tlb, nullptr, &pod);
+    const uint8_t* pa = handler.translate(a, 8);
+    ASSERT_NE(pa, nullptr);
+    ASSERT_NE(mm::GuestView(mem, 0, &tlb, nullptr, &pod).translate(z, 8), nullptr);
+    ASSERT_NE(handler.translate(b, 8), nullptr);
+    EXPECT_FALSE(out_of_memory) << "Z was there to reclaim";
+    EXPECT_EQ(pod.epoch(a), 0u) << "A was fenced (and reclaimed) while the handler held it";
+    EXPECT_EQ(pod.epoch(z), 2u) << "Z should have been reclaimed instead";
+    unsigned char present = 0;
+    ASSERT_EQ(mincore(const_cast<uint8_t*>(pa) - (a % kPage), kPage, &present), 0);
+    EXPECT_EQ(present & 1, 1) << "A is gone: reading it would fault";
+    EXPECT_EQ(pod.report()["referenced_skipped"], 1u);
+  }
+  // Released with the handler: Z's populate again reclaims B, the ring's one entry left.
+  ASSERT_NE(mm::GuestView(mem, 0, &tlb, nullptr, &pod).translate(z, 8), nullptr);
+  EXPECT_FALSE(out_of_memory);
+  EXPECT_EQ(pod.epoch(b), 2u) << "B, no longer held, is a candidate again";
 }

@@ -83,7 +83,7 @@ class Vm {
   // One KVM_RUN of `v` on the calling thread, and what to do about the exit.
   Action run_once(Vcpu& v, Kicker& kicker, PcpuAccess access = {});
   // PoD: the epochs of this VM's p2m, for the TLB's stale-hit check. Set before the run starts.
-  void set_p2m_epochs(const mm::P2mEpochs* e) { epochs_ = e; }
+  void set_p2m_epochs(mm::P2mEpochs* e) { epochs_ = e; }
 
   // Entries into KVM_RUN refused because another thread was inside it on the same vCPU. Always
   // 0 unless an executor hands one vCPU to two threads; Debug builds abort instead.
@@ -106,7 +106,7 @@ class Vm {
   VmFd fd_;
   std::vector<std::unique_ptr<Vcpu>> vcpus_;
   ConsoleLog console_;
-  const mm::P2mEpochs* epochs_ = nullptr;
+  mm::P2mEpochs* epochs_ = nullptr;
   uint64_t create_ns_ = 0;
   std::atomic<VmState> state_{VmState::Running};
   std::atomic<uint32_t> running_vcpus_;
