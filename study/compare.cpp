@@ -1,5 +1,6 @@
 #include "study/compare.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -85,6 +86,63 @@ std::map<std::string, RunSet> load_grouped(const std::string& dir,
     g.label = dir + " [" + key + "]";
     g.runs.push_back(r.metrics);
   }
+  return groups;
+}
+
+bool is_host_key(const std::string& key) { return key == "host" || key.rfind("host.", 0) == 0; }
+
+std::string host_fact(const json& host, const std::string& key) {
+  const json* v = &host;
+  std::string path = key == "host" ? "hostname" : key.substr(5);
+  for (size_t pos = 0; v && pos <= path.size();) {
+    size_t dot = path.find('.', pos);
+    std::string part = path.substr(pos, dot == std::string::npos ? std::string::npos : dot - pos);
+    auto it = v->is_object() ? v->find(part) : v->end();
+    v = v->is_object() && it != v->end() ? &*it : nullptr;
+    if (dot == std::string::npos) break;
+    pos = dot + 1;
+  }
+  if (!v || v->is_null()) return "(not recorded)";
+  return v->is_string() ? v->get<std::string>() : v->dump();
+}
+
+std::vector<std::pair<std::string, std::vector<RunSet>>> load_by_host(
+    const std::vector<std::string>& dirs, const std::vector<std::string>& keys,
+    std::vector<std::string>* left_out) {
+  std::vector<std::pair<std::string, std::vector<RunSet>>> groups;
+  for (const auto& dir : dirs) {
+    if (!holds_matrix(dir))
+      throw vmm::ConfigError("--by " + keys.front() + " needs matrix directories: " + dir +
+                             " has no matrix.json");
+    MatrixSpec spec = load_spec(dir);
+    for (const auto& k : keys) {
+      if (is_host_key(k)) continue;
+      bool known = false;
+      for (const auto& ax : spec.axes) known = known || ax.flag == k;
+      if (!known) throw vmm::ConfigError("--by " + k + ": not an axis of the matrix in " + dir);
+    }
+    std::vector<std::string> warnings;
+    for (const RunRow& r : load_rows(spec, dir, &warnings)) {
+      std::string group, host;
+      for (const auto& k : keys) {
+        std::string& into = is_host_key(k) ? host : group;
+        into += (into.empty() ? "" : " ") + k + "=" +
+                (is_host_key(k) ? host_fact(r.host, k) : r.values.at(k));
+      }
+      auto g = std::find_if(groups.begin(), groups.end(),
+                            [&](const auto& e) { return e.first == group; });
+      if (g == groups.end()) g = groups.insert(groups.end(), {group, {}});
+      auto s = std::find_if(g->second.begin(), g->second.end(),
+                            [&](const RunSet& rs) { return rs.label == host; });
+      if (s == g->second.end()) s = g->second.insert(g->second.end(), RunSet{host, {}, {}});
+      s->runs.push_back(r.metrics);
+    }
+    if (left_out)
+      for (const auto& w : warnings) left_out->push_back(dir + "/" + w);
+  }
+  std::erase_if(groups, [](const auto& g) { return g.second.size() < 2; });
+  if (groups.empty())
+    throw vmm::ConfigError("--by: no group holds runs of two different host values");
   return groups;
 }
 
