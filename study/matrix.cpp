@@ -346,6 +346,13 @@ size_t PreparedMatrix::pending() const {
   return size_t(std::count(done.begin(), done.end(), false));
 }
 
+std::vector<std::string> PreparedMatrix::pending_ids() const {
+  std::vector<std::string> ids;
+  for (size_t i : run_order(cells.size(), spec.seed))
+    if (!done[i]) ids.push_back(cells[i].id);
+  return ids;
+}
+
 namespace {
 
 // Whether `record` is the run of `want` (the file name alone proves nothing).
@@ -500,11 +507,11 @@ MatrixOutcome run_matrix(const MatrixSpec& spec_in, const MatrixOptions& opt,
 
 CellOutcome run_cell(const std::string& dir_text, const std::string& cell_id,
                      const std::string& digest, const ConfigFn& config, const RunFn& run,
-                     std::ostream& log) {
+                     std::ostream& log, std::chrono::milliseconds lock_wait) {
   const fs::path dir(dir_text);
   if (!holds_matrix(dir_text)) throw ConfigError(dir_text + " holds no matrix (no matrix.json)");
   // A submission releases its Exclusive lock right after sbatch: a task may start before that.
-  MatrixDirLock lock(dir_text, MatrixDirLock::Mode::Shared, std::chrono::seconds(30));
+  MatrixDirLock lock(dir_text, MatrixDirLock::Mode::Shared, lock_wait);
   const MatrixSpec spec = load_spec(dir_text);
   if (!digest.empty() && spec_digest(spec) != digest)
     throw ConfigError(dir_text + " now holds another matrix (" + spec_digest(spec) +
@@ -575,19 +582,21 @@ std::vector<RunRow> load_rows(const MatrixSpec& spec, const std::string& dir,
   // Runs on another KVM backend measure another machine: never mixed in silently.
   auto backend_of = [](const RunRow& r) {
     auto it = r.host.find("backend");
-    return it != r.host.end() && it->is_string() ? it->get<std::string>() : std::string("unknown");
+    std::string b = it != r.host.end() && it->is_string() ? it->get<std::string>() : "";
+    return b == "unknown" ? std::string() : b;
   };
   std::string want = matrix_backend(dir);
   if (want.empty()) {
     std::map<std::string, size_t> count;
-    for (const auto& r : rows) count[backend_of(r)]++;
+    for (const auto& r : rows)
+      if (!backend_of(r).empty()) count[backend_of(r)]++;
     size_t best = 0;
     for (const auto& [b, n] : count)
       if (n > best) best = n, want = b;
   }
   std::vector<RunRow> kept;
   for (auto& r : rows) {
-    if (backend_of(r) == want) {
+    if (backend_of(r).empty() || want.empty() || backend_of(r) == want) {
       kept.push_back(std::move(r));
       continue;
     }

@@ -136,6 +136,8 @@ struct PreparedMatrix {
   std::vector<bool> done;
   std::vector<std::string> warnings;
   size_t pending() const;
+  // Ids of the cells without a finished run, in run order (what a Slurm submission covers).
+  std::vector<std::string> pending_ids() const;
 };
 PreparedMatrix prepare_matrix(const MatrixSpec& spec, const MatrixOptions& opt,
                               const ConfigFn& config);
@@ -152,7 +154,8 @@ enum class CellOutcome { Ran, AlreadyDone, Interrupted };
 // (DIR/failed/<id>.txt, naming the host, when the run fails). Throws vmm::ConfigError for a wrong
 // cell, digest or backend, and what `run` throws when the run fails.
 CellOutcome run_cell(const std::string& dir, const std::string& cell_id, const std::string& digest,
-                     const ConfigFn& config, const RunFn& run, std::ostream& log);
+                     const ConfigFn& config, const RunFn& run, std::ostream& log,
+                     std::chrono::milliseconds lock_wait = std::chrono::seconds(30));
 
 // One finished run of a matrix, as read back from DIR/cells.
 struct RunRow {
@@ -164,7 +167,8 @@ struct RunRow {
   nlohmann::json host;      // the record's host facts (hostname, kernel, backend, ...)
 };
 // The finished runs of the matrix. Runs on a KVM backend other than the matrix's (matrix.json's,
-// or when that is unknown the most common one) are left out, each named in `warnings` if given.
+// or when that is unknown the most common one) are left out, each named in `warnings` if given;
+// records that name no backend are kept (nothing to tell them by).
 std::vector<RunRow> load_rows(const MatrixSpec& spec, const std::string& dir,
                               std::vector<std::string>* warnings = nullptr);
 // Metrics present in any row: built-in ones in definition order, then guest metrics.

@@ -262,9 +262,7 @@ int submit_matrix(const MatrixSpec& spec, const StudyCommands& st, const std::st
   }
   PreparedMatrix p = prepare_matrix(spec, {dir, st.resume, !st.no_plots}, vmm::parse_run_args);
   for (const auto& w : p.warnings) std::cerr << "warning: " << w << "\n";
-  std::vector<std::string> pending;
-  for (size_t i : run_order(p.cells.size(), p.spec.seed))
-    if (!p.done[i]) pending.push_back(p.cells[i].id);
+  const std::vector<std::string> pending = p.pending_ids();
   if (pending.empty()) {
     for (const auto& w : write_outputs(p.spec, dir, !st.no_plots))
       std::cerr << "warning: " << w << "\n";

@@ -113,34 +113,49 @@ wait_jobs() {  # until none of our jobs is queued or running (at most 3 minutes)
 }
 csv_rows() { tail -n +2 "$1/summary.csv" | wc -l; }
 
-# 2 x 2 cells x 1 repeat, one 1-VM or 2-VM spin run of 300 ms each; two tasks at once (shared lock).
+# 2 x 2 cells x 1 repeat of 1-VM or 2-VM spin runs of 3 s; two tasks at once (each takes the
+# directory's lock shared), so the last task is still pending when the first two run.
 m=$tmp/matrix
-args=(matrix --guest spin --mem 8M --vms 1,2 --sched credit,host --duration 300ms --repeat 1
+args=(matrix --guest spin --mem 8M --vms 1,2 --sched credit,host --duration 3s --repeat 1
       --out "$m" --no-plots --slurm --slurm-throttle 2)
 job=$("$kvmscale" "${args[@]}") || fail "submission failed"
 [[ $job =~ ^[0-9]+$ ]] || fail "no job id printed: $job"
-[[ -f $m/slurm/submit-1.sbatch ]] || fail "no script in $m/slurm"
-# Throttled to two tasks at a time: the last task is still pending, cancel it.
+script=$m/slurm/submit-1.sbatch
+[[ -f $script ]] || fail "no script in $m/slurm"
+cell_of() { sed -n '/^cells=(/,/^)/p' "$1" | sed -n "$(( $2 + 2 ))p" | tr -d " '"; }
+# Cancel task 3 while it is pending, and task 0 while it runs (SIGTERM: its run is not kept).
 scancel "${job}_3" || fail "scancel ${job}_3"
+for _ in $(seq 100); do
+  [[ $(squeue -h -j "${job}_0" -o %t 2>/dev/null) == R ]] && break
+  sleep 0.1
+done
+[[ $(squeue -h -j "${job}_0" -o %t 2>/dev/null) == R ]] || fail "task 0 never ran"
+sleep 1  # into its run
+scancel "${job}_0" || fail "scancel ${job}_0"
 wait_jobs
 echo "first job done after $(elapsed)"
 "$kvmscale" matrix --collect --out "$m" --no-plots || fail "collect"
-(( $(csv_rows "$m") == 3 )) || { cat "$m/summary.csv"; ls "$m/slurm/logs"; cat "$m"/slurm/logs/*; fail "expected 3 runs after the cancel"; }
-cancelled=$(sed -n '/^cells=(/,/^)/p' "$m/slurm/submit-1.sbatch" | sed -n "5p" | tr -d " '")
-[[ ! -f $m/cells/$cancelled.json ]] || fail "the cancelled cell $cancelled has a record"
+(( $(csv_rows "$m") == 2 )) || { cat "$m/summary.csv"; tail -n 3 "$m"/slurm/logs/*; fail "expected 2 runs after the cancels"; }
+for t in 0 3; do
+  [[ ! -f $m/cells/$(cell_of "$script" $t).json ]] || fail "cancelled task $t left a record"
+done
+grep -q "interrupted, its run is not kept" "$m/slurm/logs/${job}_0.out" ||
+  { cat "$m/slurm/logs/${job}_0.out"; fail "task 0 was not interrupted by scancel"; }
 
-# A second matrix in the same DIR is refused, even with the first one's tasks done.
+# A second matrix in the same DIR is refused.
 "$kvmscale" matrix --guest spin --vms 3,4 --out "$m" --slurm >/dev/null 2>&1 &&
   fail "a second matrix was accepted in $m"
 
 job2=$("$kvmscale" matrix --resume --slurm --out "$m" --no-plots) || fail "resubmission failed"
-grep -q -- "--array=0-0$" "$m/slurm/submit-2.sbatch" || fail "the resubmission is not one task"
-grep -q "'$cancelled'" "$m/slurm/submit-2.sbatch" || fail "the resubmission is not $cancelled"
+grep -q -- "--array=0-1$" "$m/slurm/submit-2.sbatch" || fail "the resubmission is not two tasks"
+for t in 0 3; do
+  grep -q "'$(cell_of "$script" $t)'" "$m/slurm/submit-2.sbatch" || fail "task $t not resubmitted"
+done
 wait_jobs
 "$kvmscale" matrix --collect --out "$m" --no-plots || fail "collect"
-(( $(csv_rows "$m") == 4 )) || { cat "$m/summary.csv"; cat "$m"/slurm/logs/*; fail "expected 4 runs"; }
-host=$(hostname)
-grep -q "\"hostname\": \"$host\"" "$m/cells/$cancelled.json" || fail "no hostname in the record"
+(( $(csv_rows "$m") == 4 )) || { cat "$m/summary.csv"; tail -n 3 "$m"/slurm/logs/*; fail "expected 4 runs"; }
+grep -q "\"hostname\": \"$(hostname)\"" "$m/cells/$(cell_of "$script" 0).json" ||
+  fail "no hostname in the record"
 "$kvmscale" matrix --resume --slurm --out "$m" --no-plots 2>&1 | grep -q "nothing to submit" ||
   fail "a finished matrix was submitted again"
-echo "OK: 4 of 4 runs through Slurm (jobs $job, $job2), one cancelled and resubmitted"
+echo "OK: 4 of 4 runs through Slurm (jobs $job, $job2): one pending and one running task cancelled, both resubmitted"
