@@ -37,7 +37,8 @@ RunSet load_run_set(const std::string& path) {
   if (!fs::exists(path, ec)) throw vmm::ConfigError(path + ": no such file or directory");
   if (!fs::is_directory(path, ec))
     throw vmm::ConfigError(path + " is not a run record or a directory of records");
-  fs::path root = holds_matrix(path) ? fs::path(path) / "cells" : fs::path(path);
+  const bool matrix = holds_matrix(path);
+  fs::path root = matrix ? fs::path(path) / "cells" : fs::path(path);
   std::vector<fs::path> files;
   fs::recursive_directory_iterator it(root, fs::directory_options::skip_permission_denied, ec), end;
   for (; !ec && it != end; it.increment(ec)) {
@@ -51,6 +52,12 @@ RunSet load_run_set(const std::string& path) {
   }
   if (ec) throw vmm::ConfigError(path + ": " + ec.message());
   std::sort(files.begin(), files.end());
+  struct Found {
+    std::string file, backend;
+    std::map<std::string, double> metrics;
+  };
+  std::vector<Found> found;
+  std::map<std::string, size_t> backends;
   for (const auto& f : files) {
     json r;
     std::string why;
@@ -59,17 +66,36 @@ RunSet load_run_set(const std::string& path) {
       continue;
     }
     try {
-      set.runs.push_back(run_metrics(r));
+      const json host = r.value("host", json::object());
+      std::string backend = host.is_object() ? host.value("backend", std::string()) : "";
+      if (backend == "unknown") backend.clear();
+      found.push_back({f.string(), backend, run_metrics(r)});
+      if (!backend.empty()) backends[backend]++;
     } catch (const std::invalid_argument& e) {
       set.skipped.push_back(f.string() + ": " + e.what());
     }
+  }
+  // A matrix's runs on another KVM backend than its own (as load_rows decides) are left out.
+  std::string want = matrix ? matrix_backend(path) : "";
+  if (matrix && want.empty()) {
+    size_t best = 0;
+    for (const auto& [b, n] : backends)
+      if (n > best) best = n, want = b;
+  }
+  for (auto& f : found) {
+    if (want.empty() || f.backend.empty() || f.backend == want)
+      set.runs.push_back(std::move(f.metrics));
+    else
+      set.skipped.push_back(f.file + ": ran on KVM backend " + f.backend + ", the matrix's is " +
+                            want);
   }
   if (set.runs.empty()) throw vmm::ConfigError(path + " holds no finished run records");
   return set;
 }
 
 std::map<std::string, RunSet> load_grouped(const std::string& dir,
-                                           const std::vector<std::string>& axes) {
+                                           const std::vector<std::string>& axes,
+                                           std::vector<std::string>* left_out) {
   if (!holds_matrix(dir))
     throw vmm::ConfigError("--by needs matrix directories: " + dir + " has no matrix.json");
   MatrixSpec spec = load_spec(dir);
@@ -79,13 +105,16 @@ std::map<std::string, RunSet> load_grouped(const std::string& dir,
     if (!known) throw vmm::ConfigError("--by " + a + ": not an axis of the matrix in " + dir);
   }
   std::map<std::string, RunSet> groups;
-  for (const RunRow& r : load_rows(spec, dir)) {
+  std::vector<std::string> warnings;
+  for (const RunRow& r : load_rows(spec, dir, &warnings)) {
     std::string key;
     for (const auto& a : axes) key += (key.empty() ? "" : " ") + a + "=" + r.values.at(a);
     RunSet& g = groups[key];
     g.label = dir + " [" + key + "]";
     g.runs.push_back(r.metrics);
   }
+  if (left_out)
+    for (auto& w : warnings) left_out->push_back(dir + "/" + w);
   return groups;
 }
 

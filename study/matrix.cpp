@@ -314,7 +314,7 @@ MatrixDirLock::MatrixDirLock(const std::string& dir_text, Mode mode,
     std::string holder;
     if (mode == Mode::Exclusive && ::flock(fd_, LOCK_SH | LOCK_NB) == 0) {
       ::flock(fd_, LOCK_UN);
-      holder = "cells of a Slurm job are running in it (squeue; or scancel them)";
+      holder = "tasks of a Slurm job or a --collect use it: see squeue";
     } else {
       char pid[64] = {};
       ssize_t n = ::pread(fd_, pid, sizeof pid - 1, 0);

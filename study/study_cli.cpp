@@ -384,7 +384,10 @@ int do_compare(StudyCommands& st) {
     return vmm::kExitOk;
   }
   // Cell by cell: the runs of each group of A against the same group of B.
-  auto ga = load_grouped(st.path_a, st.by), gb = load_grouped(st.path_b, st.by);
+  std::vector<std::string> left_out;
+  auto ga = load_grouped(st.path_a, st.by, &left_out),
+       gb = load_grouped(st.path_b, st.by, &left_out);
+  for (const auto& w : left_out) std::cerr << "compare: left out " << w << "\n";
   json groups = json::array();
   std::string text;
   std::vector<std::vector<MetricComparison>> all;

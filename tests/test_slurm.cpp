@@ -273,6 +273,15 @@ TEST(SlurmCollect, RunsOnAnotherBackendAreReportedNotMixedIn) {
   EXPECT_EQ(load_rows(p.spec, dir, &warnings).size(), 2u);
   EXPECT_EQ(warnings.size(), 1u);
   EXPECT_NE(write_outputs(p.spec, dir, false).size(), 0u) << "collect reports it too";
+  // compare too, pooled or by axis.
+  RunSet pooled = load_run_set(dir);
+  EXPECT_EQ(pooled.runs.size(), 2u);
+  ASSERT_EQ(pooled.skipped.size(), 1u);
+  EXPECT_NE(pooled.skipped[0].find("backend SVM"), std::string::npos) << pooled.skipped[0];
+  std::vector<std::string> left_out;
+  auto groups = load_grouped(dir, {"vms"}, &left_out);
+  EXPECT_EQ(groups.count("vms=3"), 0u);
+  EXPECT_EQ(left_out.size(), 1u);
 }
 
 TEST(SlurmSubmit, SbatchAndSqueueAreCalledAndAMissingSbatchIsNamed) {
