@@ -222,6 +222,7 @@ std::string active_jobs_note(const std::string& dir) {
 
 // `matrix --collect --out DIR`: CSV and plots from what finished, and what is still missing.
 int do_collect(const StudyCommands& st) {
+  if (!holds_matrix(st.out)) throw vmm::ConfigError(st.out + " holds no matrix (no matrix.json)");
   MatrixDirLock lock(st.out, MatrixDirLock::Mode::Shared);
   MatrixSpec spec = load_spec(st.out);
   std::vector<Cell> cells = expand(spec);

@@ -72,6 +72,7 @@ TEST(Cli, BadUsageExitsTwoWithAClearMessage) {
       {{"matrix", "--collect", "--out", "/nonexistent-m", "--vms", "1,2"}, "from --out"},
       {{"matrix", "--matrix-digest", "0", "--out", "/nonexistent-m"}, "needs --cell"},
       {{"matrix", "--cell", "vms-1_r0", "--out", "/nonexistent-m"}, "holds no matrix"},
+      {{"matrix", "--collect", "--out", "/nonexistent-m"}, "holds no matrix"},
       {{"matrix", "--vms", "1,2", "--slurm", "--out", "/tmp/a dir"}, "holds a blank"},
       {{"matrix", "--vms", "1,2", "--slurm", "--sbatch-arg", "big", "--out", "/nonexistent-m"},
        "not an sbatch option"},
@@ -83,6 +84,7 @@ TEST(Cli, BadUsageExitsTwoWithAClearMessage) {
     EXPECT_NE(r.err.find(c.message), std::string::npos) << r.err;
     EXPECT_TRUE(r.out.empty()) << r.out;
   }
+  EXPECT_FALSE(fs::exists("/nonexistent-m")) << "a refused command created its --out";
 }
 
 TEST(Cli, HelpShowsExamples) {

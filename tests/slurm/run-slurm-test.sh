@@ -8,7 +8,8 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 start=$(date +%s)
 kvmscale=$(realpath "${1:-build/kvmscale}")
-skip() { echo "SKIP: slurm test: $*"; exit 0; }
+skipped=0
+skip() { echo "SKIP: slurm test: $*"; skipped=1; exit 0; }
 fail() { echo "FAIL: slurm test: $*" >&2; exit 1; }
 elapsed() { echo $(( $(date +%s) - start ))s; }
 
@@ -29,7 +30,11 @@ chmod 700 "$tmp"
 pids=()
 cleanup() {
   local rc=$?
-  # Daemons first (their jobs die with slurmd's steps), then the files.
+  # Our jobs first (a failed check may leave some), then the daemons, then the files.
+  if [[ -n ${SLURM_CONF:-} ]] && squeue -h -o %i 2>/dev/null | grep -q .; then
+    scancel --user="$(id -un)" 2>/dev/null || true  # SLURM_CONF: only this test's cluster
+    for _ in $(seq 50); do [[ -z $(squeue -h -o %i 2>/dev/null) ]] && break; sleep 0.2; done
+  fi
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   for p in "${pids[@]}"; do
     for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
@@ -38,7 +43,10 @@ cleanup() {
   [[ $rc == 0 ]] || { echo "--- slurmctld log"; tail -20 "$tmp/slurmctld.log" 2>/dev/null || true;
                       echo "--- slurmd log"; tail -20 "$tmp/slurmd.log" 2>/dev/null || true; }
   rm -rf "$tmp"
-  echo "slurm test: $( ((rc == 0)) && echo done || echo FAILED) in $(elapsed)"
+  local how=done
+  ((rc == 0)) || how=FAILED
+  ((skipped)) && how=skipped
+  echo "slurm test: $how in $(elapsed)"
 }
 trap cleanup EXIT
 
@@ -53,7 +61,8 @@ munged --force --foreground --key-file="$tmp/munge/munge.key" --socket="$tmp/mun
   --seed-file="$tmp/munge/seed" >/dev/null 2>&1 &
 pids+=($!)
 
-# The node as slurmd sees it (real CPU count and memory), a little memory held back.
+# The node as slurmd sees it (real CPU count and memory), a little memory held back; addressed
+# as 127.0.0.1 so the host name need not resolve.
 node=$(slurmd -C | head -1) || skip "slurmd -C failed"
 name=$(sed -n 's/^NodeName=\([^ ]*\).*/\1/p' <<<"$node")
 mem=$(sed -n 's/.*RealMemory=\([0-9]*\).*/\1/p' <<<"$node")
@@ -62,7 +71,7 @@ node=${node/RealMemory=$mem/RealMemory=$((mem * 9 / 10))}
 port=$(( 20000 + RANDOM % 20000 ))
 cat >"$tmp/slurm.conf" <<CONF
 ClusterName=kvmscale-test
-SlurmctldHost=$name
+SlurmctldHost=$name(127.0.0.1)
 SlurmctldPort=$port
 SlurmdPort=$((port + 1))
 SlurmUser=root
@@ -86,7 +95,7 @@ ReturnToService=2
 KillWait=5
 JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/none
-$node State=UNKNOWN
+$node NodeAddr=127.0.0.1 State=UNKNOWN
 PartitionName=test Nodes=$name Default=YES MaxTime=INFINITE State=UP
 CONF
 export SLURM_CONF=$tmp/slurm.conf
