@@ -56,7 +56,10 @@ int64_t probe_uffd_features() {
 HostInfo probe_host(const KvmSystem* kvm) {
   HostInfo h;
   utsname u{};
-  if (uname(&u) == 0) h.kernel = std::string(u.sysname) + " " + u.release + " " + u.machine;
+  if (uname(&u) == 0) {
+    h.hostname = u.nodename;
+    h.kernel = std::string(u.sysname) + " " + u.release + " " + u.machine;
+  }
   h.cpu_model = cpu_model();
   h.online_cpus = static_cast<int>(sysconf(_SC_NPROCESSORS_ONLN));
   h.numa_nodes = numa_available() >= 0 ? numa_num_configured_nodes() : 1;
@@ -88,6 +91,7 @@ HostInfo probe_host(const KvmSystem* kvm) {
 
 nlohmann::json HostInfo::to_json() const {
   return {
+      {"hostname", hostname},
       {"kernel", kernel},
       {"cpu_model", cpu_model},
       {"online_cpus", online_cpus},

@@ -14,6 +14,7 @@ namespace kvmscale::vmm {
 class KvmSystem;
 
 struct HostInfo {
+  std::string hostname;  // tells the nodes of a Slurm matrix apart (compare --by host)
   std::string kernel;
   std::string cpu_model;
   int online_cpus = 0;

@@ -11,6 +11,7 @@ packages=(
   libck-dev                                      # Concurrency Kit: lock baselines in bench-locks
   clang-format                                   # formatting check
   gnuplot-nox                                    # plots
+  slurm-wlm munge                                # tests/slurm: a one-node Slurm cluster
 )
 missing=()
 for p in "${packages[@]}"; do

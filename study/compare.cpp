@@ -1,5 +1,6 @@
 #include "study/compare.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -36,7 +37,8 @@ RunSet load_run_set(const std::string& path) {
   if (!fs::exists(path, ec)) throw vmm::ConfigError(path + ": no such file or directory");
   if (!fs::is_directory(path, ec))
     throw vmm::ConfigError(path + " is not a run record or a directory of records");
-  fs::path root = holds_matrix(path) ? fs::path(path) / "cells" : fs::path(path);
+  const bool matrix = holds_matrix(path);
+  fs::path root = matrix ? fs::path(path) / "cells" : fs::path(path);
   std::vector<fs::path> files;
   fs::recursive_directory_iterator it(root, fs::directory_options::skip_permission_denied, ec), end;
   for (; !ec && it != end; it.increment(ec)) {
@@ -50,6 +52,12 @@ RunSet load_run_set(const std::string& path) {
   }
   if (ec) throw vmm::ConfigError(path + ": " + ec.message());
   std::sort(files.begin(), files.end());
+  struct Found {
+    std::string file, backend;
+    std::map<std::string, double> metrics;
+  };
+  std::vector<Found> found;
+  std::map<std::string, size_t> backends;
   for (const auto& f : files) {
     json r;
     std::string why;
@@ -58,17 +66,36 @@ RunSet load_run_set(const std::string& path) {
       continue;
     }
     try {
-      set.runs.push_back(run_metrics(r));
+      const json host = r.value("host", json::object());
+      std::string backend = host.is_object() ? host.value("backend", std::string()) : "";
+      if (backend == "unknown") backend.clear();
+      found.push_back({f.string(), backend, run_metrics(r)});
+      if (!backend.empty()) backends[backend]++;
     } catch (const std::invalid_argument& e) {
       set.skipped.push_back(f.string() + ": " + e.what());
     }
+  }
+  // A matrix's runs on another KVM backend than its own (as load_rows decides) are left out.
+  std::string want = matrix ? matrix_backend(path) : "";
+  if (matrix && want.empty()) {
+    size_t best = 0;
+    for (const auto& [b, n] : backends)
+      if (n > best) best = n, want = b;
+  }
+  for (auto& f : found) {
+    if (want.empty() || f.backend.empty() || f.backend == want)
+      set.runs.push_back(std::move(f.metrics));
+    else
+      set.skipped.push_back(f.file + ": ran on KVM backend " + f.backend + ", the matrix's is " +
+                            want);
   }
   if (set.runs.empty()) throw vmm::ConfigError(path + " holds no finished run records");
   return set;
 }
 
 std::map<std::string, RunSet> load_grouped(const std::string& dir,
-                                           const std::vector<std::string>& axes) {
+                                           const std::vector<std::string>& axes,
+                                           std::vector<std::string>* left_out) {
   if (!holds_matrix(dir))
     throw vmm::ConfigError("--by needs matrix directories: " + dir + " has no matrix.json");
   MatrixSpec spec = load_spec(dir);
@@ -78,13 +105,73 @@ std::map<std::string, RunSet> load_grouped(const std::string& dir,
     if (!known) throw vmm::ConfigError("--by " + a + ": not an axis of the matrix in " + dir);
   }
   std::map<std::string, RunSet> groups;
-  for (const RunRow& r : load_rows(spec, dir)) {
+  std::vector<std::string> warnings;
+  for (const RunRow& r : load_rows(spec, dir, &warnings)) {
     std::string key;
     for (const auto& a : axes) key += (key.empty() ? "" : " ") + a + "=" + r.values.at(a);
     RunSet& g = groups[key];
     g.label = dir + " [" + key + "]";
     g.runs.push_back(r.metrics);
   }
+  if (left_out)
+    for (auto& w : warnings) left_out->push_back(dir + "/" + w);
+  return groups;
+}
+
+bool is_host_key(const std::string& key) { return key == "host" || key.rfind("host.", 0) == 0; }
+
+std::string host_fact(const json& host, const std::string& key) {
+  const json* v = &host;
+  std::string path = key == "host" ? "hostname" : key.substr(5);
+  for (size_t pos = 0; v && pos <= path.size();) {
+    size_t dot = path.find('.', pos);
+    std::string part = path.substr(pos, dot == std::string::npos ? std::string::npos : dot - pos);
+    auto it = v->is_object() ? v->find(part) : v->end();
+    v = v->is_object() && it != v->end() ? &*it : nullptr;
+    if (dot == std::string::npos) break;
+    pos = dot + 1;
+  }
+  if (!v || v->is_null()) return "(not recorded)";
+  return v->is_string() ? v->get<std::string>() : v->dump();
+}
+
+std::vector<std::pair<std::string, std::vector<RunSet>>> load_by_host(
+    const std::vector<std::string>& dirs, const std::vector<std::string>& keys,
+    std::vector<std::string>* left_out) {
+  std::vector<std::pair<std::string, std::vector<RunSet>>> groups;
+  for (const auto& dir : dirs) {
+    if (!holds_matrix(dir))
+      throw vmm::ConfigError("--by " + keys.front() + " needs matrix directories: " + dir +
+                             " has no matrix.json");
+    MatrixSpec spec = load_spec(dir);
+    for (const auto& k : keys) {
+      if (is_host_key(k)) continue;
+      bool known = false;
+      for (const auto& ax : spec.axes) known = known || ax.flag == k;
+      if (!known) throw vmm::ConfigError("--by " + k + ": not an axis of the matrix in " + dir);
+    }
+    std::vector<std::string> warnings;
+    for (const RunRow& r : load_rows(spec, dir, &warnings)) {
+      std::string group, host;
+      for (const auto& k : keys) {
+        std::string& into = is_host_key(k) ? host : group;
+        into += (into.empty() ? "" : " ") + k + "=" +
+                (is_host_key(k) ? host_fact(r.host, k) : r.values.at(k));
+      }
+      auto g = std::find_if(groups.begin(), groups.end(),
+                            [&](const auto& e) { return e.first == group; });
+      if (g == groups.end()) g = groups.insert(groups.end(), {group, {}});
+      auto s = std::find_if(g->second.begin(), g->second.end(),
+                            [&](const RunSet& rs) { return rs.label == host; });
+      if (s == g->second.end()) s = g->second.insert(g->second.end(), RunSet{host, {}, {}});
+      s->runs.push_back(r.metrics);
+    }
+    if (left_out)
+      for (const auto& w : warnings) left_out->push_back(dir + "/" + w);
+  }
+  std::erase_if(groups, [](const auto& g) { return g.second.size() < 2; });
+  if (groups.empty())
+    throw vmm::ConfigError("--by: no group holds runs of two different host values");
   return groups;
 }
 

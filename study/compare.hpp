@@ -15,14 +15,32 @@ struct RunSet {
   std::vector<std::string> skipped;                 // "file: why" of files that were not used
 };
 
-// A run record file (one run) or a directory: a matrix (its cells/) or any directory of
+// A run record file (one run) or a directory: a matrix (its finished runs, as load_rows reads
+// them: runs on another KVM backend are left out and named in `skipped`) or any directory of
 // records (searched recursively). Throws vmm::ConfigError when nothing usable is found.
 RunSet load_run_set(const std::string& path);
 
 // The finished runs of a matrix directory grouped by their values of `axes` (e.g. {"vms"}):
 // "vms=4" -> its runs. Throws vmm::ConfigError when `dir` is no matrix or an axis is not one of it.
+// Runs load_rows leaves out (another KVM backend) are named in `left_out`.
 std::map<std::string, RunSet> load_grouped(const std::string& dir,
-                                           const std::vector<std::string>& axes);
+                                           const std::vector<std::string>& axes,
+                                           std::vector<std::string>* left_out = nullptr);
+
+// `--by` keys naming a recorded host fact rather than an axis: "host" (the hostname) or
+// "host.<field>" with dots into nested objects (host.kernel, host.kvm_caps.max_vcpus, ...).
+bool is_host_key(const std::string& key);
+// The fact's value in a record's "host" object, as text ("(not recorded)" when absent).
+std::string host_fact(const nlohmann::json& host, const std::string& key);
+
+// The runs of the matrix directories `dirs`, grouped by the axis keys of `keys`, each group split
+// by the values of its host keys in the order they are first met (dirs in order, then cells):
+// "vms=4" -> [{host=a}, {host=b}]. Throws vmm::ConfigError when a dir is no matrix, an axis key is
+// not an axis of every dir, or no group holds runs of two host values. Runs load_rows leaves out
+// (another KVM backend) are named in `left_out`.
+std::vector<std::pair<std::string, std::vector<RunSet>>> load_by_host(
+    const std::vector<std::string>& dirs, const std::vector<std::string>& keys,
+    std::vector<std::string>* left_out = nullptr);
 
 struct MetricComparison {
   std::string metric;

@@ -12,11 +12,13 @@
 #include <random>
 #include <set>
 #include <sstream>
+#include <thread>
 
 #include "app/record.hpp"
 #include "app/settings.hpp"
 #include "study/metrics.hpp"
 #include "study/plots.hpp"
+#include "vmm/backend.hpp"
 
 namespace kvmscale::study {
 
@@ -186,6 +188,23 @@ bool read_finished_record(const std::string& path, json& out, std::string* why) 
 
 bool holds_matrix(const std::string& dir) { return fs::exists(fs::path(dir) / "matrix.json"); }
 
+std::string matrix_backend(const std::string& dir) {
+  std::ifstream in(fs::path(dir) / "matrix.json");
+  json j = json::parse(in, nullptr, false);
+  if (j.is_discarded() || !j.is_object()) return {};
+  auto it = j.find("backend");
+  if (it == j.end() || !it->is_string() || *it == "unknown") return {};
+  return it->get<std::string>();
+}
+
+std::string spec_digest(const MatrixSpec& spec) {
+  uint64_t h = 0xcbf29ce484222325ull;  // FNV-1a 64
+  for (unsigned char c : spec.to_json().dump()) h = (h ^ c) * 0x100000001b3ull;
+  char b[17];
+  std::snprintf(b, sizeof b, "%016llx", static_cast<unsigned long long>(h));
+  return b;
+}
+
 MatrixSpec load_spec(const std::string& dir) {
   const fs::path file = fs::path(dir) / "matrix.json";
   std::ifstream in(file);
@@ -273,45 +292,98 @@ std::string describe(const MatrixSpec& spec, const Cell& c) {
 
 }  // namespace
 
-namespace {
-// One writer per matrix directory: an flock on DIR/.lock, held while the matrix runs (released by
-// the kernel however the process ends). A second matrix or --resume on DIR is refused.
-class DirLock {
- public:
-  explicit DirLock(const fs::path& dir) {
-    std::error_code ec;
-    fs::create_directories(dir, ec);
-    const std::string path = (dir / ".lock").string();
-    fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-    if (fd_ < 0) throw ConfigError("cannot use " + dir.string() + ": " + std::strerror(errno));
-    if (::flock(fd_, LOCK_EX | LOCK_NB) != 0) {
-      char pid[32] = {};
-      ssize_t n = ::pread(fd_, pid, sizeof pid - 1, 0);
-      ::close(fd_);
-      throw ConfigError(dir.string() + " is in use by another kvmscale (pid " +
-                        (n > 0 ? std::string(pid, size_t(n)) : std::string("?")) +
-                        "); wait for it or use another --out");
+MatrixDirLock::MatrixDirLock(const std::string& dir_text, Mode mode,
+                             std::chrono::milliseconds wait) {
+  const fs::path dir(dir_text);
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  const std::string path = (dir / ".lock").string();
+  fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (fd_ < 0) throw ConfigError("cannot use " + dir.string() + ": " + std::strerror(errno));
+  const int op = mode == Mode::Exclusive ? LOCK_EX : LOCK_SH;
+  const auto deadline = std::chrono::steady_clock::now() + wait;
+  while (::flock(fd_, op | LOCK_NB) != 0) {
+    const int err = errno;
+    if (err == EINTR) continue;
+    if (err == EWOULDBLOCK && std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      continue;
     }
-    std::string me = std::to_string(getpid());
+    if (err != EWOULDBLOCK) {
+      ::close(fd_);
+      throw ConfigError("cannot lock " + path + ": " + std::strerror(err) +
+                        " (a shared filesystem without flock: see docs/slurm.md)");
+    }
+    // Who holds it: shared holders are Slurm tasks; an exclusive one wrote its pid.
+    std::string holder;
+    if (mode == Mode::Exclusive && ::flock(fd_, LOCK_SH | LOCK_NB) == 0) {
+      ::flock(fd_, LOCK_UN);
+      holder = "tasks of a Slurm job or a --collect use it: see squeue";
+    } else {
+      char pid[64] = {};
+      ssize_t n = ::pread(fd_, pid, sizeof pid - 1, 0);
+      holder = "pid " + (n > 0 ? std::string(pid, size_t(n)) : std::string("?"));
+    }
+    ::close(fd_);
+    fd_ = -1;
+    throw ConfigError(dir.string() + " is in use by another kvmscale (" + holder +
+                      "); wait for it or use another --out");
+  }
+  if (mode == Mode::Exclusive) {
+    char host[256] = {};
+    ::gethostname(host, sizeof host - 1);
+    std::string me = std::to_string(getpid()) + " on " + host;
     if (::ftruncate(fd_, 0) == 0 && ::pwrite(fd_, me.data(), me.size(), 0) < 0) {
       // the pid is only a hint for the message above
     }
   }
-  ~DirLock() { ::close(fd_); }
-  DirLock(const DirLock&) = delete;
-  DirLock& operator=(const DirLock&) = delete;
+}
 
- private:
-  int fd_ = -1;
-};
+MatrixDirLock::~MatrixDirLock() { release(); }
+
+void MatrixDirLock::release() {
+  if (fd_ >= 0) ::close(fd_);
+  fd_ = -1;
+}
+
+size_t PreparedMatrix::pending() const {
+  return size_t(std::count(done.begin(), done.end(), false));
+}
+
+std::vector<std::string> PreparedMatrix::pending_ids() const {
+  std::vector<std::string> ids;
+  for (size_t i : run_order(cells.size(), spec.seed))
+    if (!done[i]) ids.push_back(cells[i].id);
+  return ids;
+}
+
+namespace {
+
+// Whether `record` is the run of `want` (the file name alone proves nothing).
+bool is_run_of(const json& record, vmm::RunConfig want) {
+  want.json = false;
+  json have = record.value("config", json());
+  have.erase("out");
+  json expect = want.to_json();
+  expect.erase("out");
+  return have == expect;
+}
+
+std::string this_host() {
+  char host[256] = {};
+  ::gethostname(host, sizeof host - 1);
+  return host;
+}
+
 }  // namespace
 
-MatrixOutcome run_matrix(const MatrixSpec& spec_in, const MatrixOptions& opt,
-                         const ConfigFn& config, const RunFn& run, const StopFn& stop,
-                         std::ostream& log) {
-  MatrixSpec spec = spec_in;
+PreparedMatrix prepare_matrix(const MatrixSpec& spec_in, const MatrixOptions& opt,
+                              const ConfigFn& config) {
+  PreparedMatrix p;
+  p.spec = spec_in;
+  MatrixSpec& spec = p.spec;
   const fs::path dir(opt.dir), spec_file = dir / "matrix.json";
-  DirLock lock(dir);
+  std::string backend = vmm::backend_name(vmm::detect_backend());
   if (holds_matrix(opt.dir)) {
     if (!opt.resume)
       throw ConfigError(opt.dir +
@@ -321,76 +393,84 @@ MatrixOutcome run_matrix(const MatrixSpec& spec_in, const MatrixOptions& opt,
       throw ConfigError("--resume: the flags differ from " + spec_file.string() +
                         " (resume with the same flags, or none)");
     spec.seed = old.seed;
+    if (std::string stored = matrix_backend(opt.dir); !stored.empty()) backend = stored;
   }
-  std::vector<Cell> cells = expand(spec);
+  p.cells = expand(spec);
   // Every cell must be a valid run before any runs: no half-done matrix because of a typo.
-  std::vector<vmm::RunConfig> configs;
-  for (const Cell& c : cells) {
+  for (const Cell& c : p.cells) {
     try {
-      configs.push_back(config(cell_args(spec, c)));
+      p.configs.push_back(config(cell_args(spec, c)));
     } catch (const ConfigError& e) {
       throw ConfigError("run " + c.id + ": " + e.what());
     }
+    p.configs.back().out = cell_file(opt.dir, c);
+    p.configs.back().json = false;
   }
   fs::create_directories(dir / "cells");
-  json meta = {{"spec", spec.to_json()}, {"tool", vmm::version_string()}, {"runs", cells.size()}};
+  json meta = {{"spec", spec.to_json()},
+               {"tool", vmm::version_string()},
+               {"runs", p.cells.size()},
+               {"backend", backend == "unknown" ? json() : json(backend)}};
   vmm::write_file_atomically(spec_file.string(), meta.dump(2) + "\n");
 
-  MatrixOutcome out;
-  out.total = cells.size();
-  // Temp files of writes a SIGKILL cut short (".<name>.tmp.<pid>"): nobody will finish them.
+  // Temp files of writes a SIGKILL cut short (".<name>.tmp.<pid>"): nobody will finish them (the
+  // Exclusive lock proves no task is writing).
   for (const auto& e : fs::directory_iterator(dir / "cells")) {
     const std::string name = e.path().filename().string();
     if (name.size() > 1 && name[0] == '.' && name.find(".tmp.") != std::string::npos)
       fs::remove(e.path());
   }
-  // Which runs are finished: read once (records can be large and matrices long). A record counts
-  // only if it is the run of its cell: same configuration (the file name alone proves nothing).
-  std::vector<bool> done(cells.size());
+  // Which runs are finished: read once (records can be large and matrices long).
+  p.done.assign(p.cells.size(), false);
   json record;
-  for (size_t i = 0; i < cells.size(); i++) {
-    const std::string path = cell_file(opt.dir, cells[i]);
+  for (size_t i = 0; i < p.cells.size(); i++) {
+    const std::string path = cell_file(opt.dir, p.cells[i]);
     if (!read_finished_record(path, record)) continue;
-    vmm::RunConfig want = configs[i];
-    want.out = path;
-    want.json = false;
-    json have = record.value("config", json());
-    have.erase("out");
-    json expect = want.to_json();
-    expect.erase("out");
-    if (have != expect) {
+    if (!is_run_of(record, p.configs[i])) {
       std::error_code ec;
       fs::create_directories(dir / "mismatched", ec);
-      fs::path to = dir / "mismatched" / (cells[i].id + ".json");
+      fs::path to = dir / "mismatched" / (p.cells[i].id + ".json");
       for (int n = 1; fs::exists(to, ec); n++)
-        to = dir / "mismatched" / (cells[i].id + "." + std::to_string(n) + ".json");
+        to = dir / "mismatched" / (p.cells[i].id + "." + std::to_string(n) + ".json");
       fs::rename(path, to, ec);
       if (ec) fs::remove(path, ec);  // it must not count as this cell's run either way
-      out.warnings.push_back("cells/" + cells[i].id +
-                             ".json held a run of another configuration: moved to mismatched/, "
-                             "the cell runs again");
+      p.warnings.push_back("cells/" + p.cells[i].id +
+                           ".json held a run of another configuration: moved to mismatched/, "
+                           "the cell runs again");
       continue;
     }
-    done[i] = true;
+    p.done[i] = true;
   }
-  out.skipped = size_t(std::count(done.begin(), done.end(), true));
-  const size_t todo = cells.size() - out.skipped;
+  return p;
+}
+
+MatrixOutcome run_matrix(const MatrixSpec& spec_in, const MatrixOptions& opt,
+                         const ConfigFn& config, const RunFn& run, const StopFn& stop,
+                         std::ostream& log) {
+  const fs::path dir(opt.dir);
+  MatrixDirLock lock(opt.dir, MatrixDirLock::Mode::Exclusive);
+  PreparedMatrix p = prepare_matrix(spec_in, opt, config);
+  const MatrixSpec& spec = p.spec;
+  const std::vector<Cell>& cells = p.cells;
+  MatrixOutcome out;
+  out.total = cells.size();
+  out.warnings = p.warnings;
+  out.skipped = cells.size() - p.pending();
+  const size_t todo = p.pending();
   if (out.skipped) log << "resuming: " << out.skipped << " of " << cells.size() << " runs done\n";
   using clock = std::chrono::steady_clock;
   const auto t0 = clock::now();
   size_t k = 0;
   for (size_t i : run_order(cells.size(), spec.seed)) {
     const Cell& c = cells[i];
-    if (done[i]) continue;
+    if (p.done[i]) continue;
     const std::string path = cell_file(opt.dir, c);
     if (stop && stop()) {
       out.interrupted = true;
       break;
     }
     k++;
-    vmm::RunConfig cfg = configs[i];
-    cfg.out = path;
-    cfg.json = false;
+    const vmm::RunConfig& cfg = p.configs[i];
     const auto r0 = clock::now();
     std::string result;
     try {
@@ -429,18 +509,107 @@ MatrixOutcome run_matrix(const MatrixSpec& spec_in, const MatrixOptions& opt,
   return out;
 }
 
-std::vector<RunRow> load_rows(const MatrixSpec& spec, const std::string& dir) {
+CellOutcome run_cell(const std::string& dir_text, const std::string& cell_id,
+                     const std::string& digest, const ConfigFn& config, const RunFn& run,
+                     std::ostream& log, std::chrono::milliseconds lock_wait) {
+  const fs::path dir(dir_text);
+  if (!holds_matrix(dir_text)) throw ConfigError(dir_text + " holds no matrix (no matrix.json)");
+  // A submission releases its Exclusive lock right after sbatch: a task may start before that.
+  MatrixDirLock lock(dir_text, MatrixDirLock::Mode::Shared, lock_wait);
+  const MatrixSpec spec = load_spec(dir_text);
+  if (!digest.empty() && spec_digest(spec) != digest)
+    throw ConfigError(dir_text + " now holds another matrix (" + spec_digest(spec) +
+                      ", this task was submitted for " + digest + "): nothing run");
+  const std::vector<Cell> cells = expand(spec);
+  auto it =
+      std::find_if(cells.begin(), cells.end(), [&](const Cell& c) { return c.id == cell_id; });
+  if (it == cells.end()) throw ConfigError("--cell " + cell_id + ": no such cell in " + dir_text);
+  vmm::RunConfig cfg = config(cell_args(spec, *it));
+  const std::string path = cell_file(dir_text, *it);
+  cfg.out = path;
+  cfg.json = false;
+  const std::string host = this_host();
+  auto record_failure = [&](const std::string& why) {
+    std::error_code ec;
+    fs::create_directories(dir / "failed", ec);
+    vmm::write_file_atomically((dir / "failed" / (cell_id + ".txt")).string(),
+                               why + " (host " + host + ")\n");
+  };
+  const std::string want = matrix_backend(dir_text);
+  const std::string have = vmm::backend_name(vmm::detect_backend());
+  if (!want.empty() && have != want) {
+    std::string why = "host " + host + " has KVM backend " + have + ", the matrix's is " + want +
+                      ": not run (exclude this node, e.g. --sbatch-arg=--exclude=" + host + ")";
+    record_failure(why);
+    throw ConfigError(why);
+  }
+  json record;
+  if (read_finished_record(path, record) && is_run_of(record, cfg)) {
+    log << "cell " << cell_id << ": already finished, nothing to do\n";
+    return CellOutcome::AlreadyDone;
+  }
+  log << "cell " << cell_id << " on " << host << ":";
+  for (const auto& a : cell_args(spec, *it)) log << " " << a;
+  log << "\n" << std::flush;
+  try {
+    record = run(cfg);
+  } catch (const ConfigError&) {
+    throw;
+  } catch (const std::exception& e) {
+    record_failure(e.what());
+    throw;
+  }
+  if (record["run"].value("interrupted", false)) {
+    log << "cell " << cell_id << ": interrupted, its run is not kept\n";
+    return CellOutcome::Interrupted;
+  }
+  vmm::write_file_atomically(path, record.dump(2) + "\n");
+  std::error_code ec;
+  fs::remove(dir / "failed" / (cell_id + ".txt"), ec);
+  log << "cell " << cell_id << ": written to " << path << "\n";
+  return CellOutcome::Ran;
+}
+
+std::vector<RunRow> load_rows(const MatrixSpec& spec, const std::string& dir,
+                              std::vector<std::string>* warnings) {
   std::vector<RunRow> rows;
   for (const Cell& c : expand(spec)) {
     json record;
     if (!read_finished_record(cell_file(dir, c), record)) continue;
     try {
-      rows.push_back({c.id, c.values, c.rep, run_metrics(record), "cells/" + c.id + ".json"});
+      rows.push_back({c.id, c.values, c.rep, run_metrics(record), "cells/" + c.id + ".json",
+                      record.value("host", json::object())});
     } catch (const std::invalid_argument&) {
       // a badly typed record is not a finished run of this cell: left out of CSV and compare
     }
   }
-  return rows;
+  // Runs on another KVM backend measure another machine: never mixed in silently.
+  auto backend_of = [](const RunRow& r) {
+    auto it = r.host.find("backend");
+    std::string b = it != r.host.end() && it->is_string() ? it->get<std::string>() : "";
+    return b == "unknown" ? std::string() : b;
+  };
+  std::string want = matrix_backend(dir);
+  if (want.empty()) {
+    std::map<std::string, size_t> count;
+    for (const auto& r : rows)
+      if (!backend_of(r).empty()) count[backend_of(r)]++;
+    size_t best = 0;
+    for (const auto& [b, n] : count)
+      if (n > best) best = n, want = b;
+  }
+  std::vector<RunRow> kept;
+  for (auto& r : rows) {
+    if (backend_of(r).empty() || want.empty() || backend_of(r) == want) {
+      kept.push_back(std::move(r));
+      continue;
+    }
+    if (warnings)
+      warnings->push_back(r.record_file + " ran on KVM backend " + backend_of(r) + " (host " +
+                          r.host.value("hostname", std::string("?")) + "), the matrix's is " +
+                          want + ": left out (delete it to run the cell again)");
+  }
+  return kept;
 }
 
 namespace {
@@ -492,10 +661,13 @@ std::string summary_csv(const MatrixSpec& spec, const std::vector<RunRow>& rows)
 }
 
 std::vector<std::string> write_outputs(const MatrixSpec& spec, const std::string& dir, bool plots) {
-  std::vector<RunRow> rows = load_rows(spec, dir);
+  std::vector<std::string> warnings;
+  std::vector<RunRow> rows = load_rows(spec, dir, &warnings);
   vmm::write_file_atomically((fs::path(dir) / "summary.csv").string(), summary_csv(spec, rows));
-  if (!plots || rows.empty()) return {};
-  return write_plots(spec, rows, (fs::path(dir) / "plots").string());
+  if (!plots || rows.empty()) return warnings;
+  for (auto& w : write_plots(spec, rows, (fs::path(dir) / "plots").string()))
+    warnings.push_back(std::move(w));
+  return warnings;
 }
 
 }  // namespace kvmscale::study

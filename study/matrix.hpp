@@ -2,13 +2,17 @@
 // run in a shuffled order, every finished run kept as a record so an interrupted matrix resumes.
 //
 // On disk (DIR = --out):
-//   DIR/matrix.json        the spec (axes, fixed flags, repeat, seed) and the tool version
+//   DIR/matrix.json        the spec (axes, fixed flags, repeat, seed), the tool version and the
+//                          KVM backend of the host that created it
+//   DIR/.lock              flock: exclusive for a matrix run or submission, shared for cell tasks
 //   DIR/cells/<id>.json    one run record per finished run (written atomically)
 //   DIR/failed/<id>.txt    why a run could not start (retried by --resume)
 //   DIR/summary.csv        one row per run, one column per axis and per metric
 //   DIR/plots/*.{dat,gp,png,svg}
+//   DIR/slurm/             sbatch scripts, jobs.txt (job ids), logs/ (see study/slurm.hpp)
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -68,6 +72,32 @@ std::string record_problem(const nlohmann::json& r);
 // DIR/matrix.json exists / its spec (throws vmm::ConfigError when missing or malformed).
 bool holds_matrix(const std::string& dir);
 MatrixSpec load_spec(const std::string& dir);
+// The KVM backend recorded in DIR/matrix.json ("" when unknown: created on a host without KVM).
+std::string matrix_backend(const std::string& dir);
+// Identifies a matrix (its spec with the seed), so a Slurm task can tell that DIR still holds
+// the matrix it was submitted for: 16 hex digits (FNV-1a 64 of the spec's JSON).
+std::string spec_digest(const MatrixSpec& spec);
+
+// Who uses a matrix directory at once: an flock on DIR/.lock, released by the kernel however the
+// process ends. A matrix run, --resume or a Slurm submission takes it Exclusive; the tasks of a
+// Slurm job (one cell each, possibly on many nodes) and --collect take it Shared, so they run side
+// by side but never while a local run or submission writes the directory. Which matrix a task
+// belongs to is checked with spec_digest, not with the lock. A Shared request waits up to `wait`
+// for an Exclusive holder to finish (a submission releases it right after sbatch returns).
+// Throws vmm::ConfigError when refused.
+class MatrixDirLock {
+ public:
+  enum class Mode { Exclusive, Shared };
+  MatrixDirLock(const std::string& dir, Mode mode,
+                std::chrono::milliseconds wait = std::chrono::milliseconds(0));
+  ~MatrixDirLock();
+  MatrixDirLock(const MatrixDirLock&) = delete;
+  MatrixDirLock& operator=(const MatrixDirLock&) = delete;
+  void release();
+
+ private:
+  int fd_ = -1;
+};
 
 // Every run of the matrix in canonical order (axes vary last-fastest, repetitions innermost).
 std::vector<Cell> expand(const MatrixSpec& spec);
@@ -95,10 +125,37 @@ using RunFn = std::function<nlohmann::json(const vmm::RunConfig&)>;
 // Polled between runs: true stops the matrix (SIGINT).
 using StopFn = std::function<bool()>;
 
+// A matrix directory made ready to run or submit (under an Exclusive MatrixDirLock): the spec
+// checked against DIR/matrix.json (the stored seed kept), every cell validated, matrix.json
+// written, and which cells hold a finished run of their configuration (records of another
+// configuration are moved to DIR/mismatched/).
+struct PreparedMatrix {
+  MatrixSpec spec;
+  std::vector<Cell> cells;
+  std::vector<vmm::RunConfig> configs;  // one per cell, `out` set to its record file
+  std::vector<bool> done;
+  std::vector<std::string> warnings;
+  size_t pending() const;
+  // Ids of the cells without a finished run, in run order (what a Slurm submission covers).
+  std::vector<std::string> pending_ids() const;
+};
+PreparedMatrix prepare_matrix(const MatrixSpec& spec, const MatrixOptions& opt,
+                              const ConfigFn& config);
+
 // Validates every cell before running any (throws vmm::ConfigError), then runs what is missing.
 // Progress goes to `log` (one line per run: k of n, elapsed, ETA).
 MatrixOutcome run_matrix(const MatrixSpec& spec, const MatrixOptions& opt, const ConfigFn& config,
                          const RunFn& run, const StopFn& stop, std::ostream& log);
+
+enum class CellOutcome { Ran, AlreadyDone, Interrupted };
+// One cell of the matrix in DIR, as a Slurm array task runs it: under a Shared lock, checks that
+// DIR still holds the matrix of `digest` ("" skips the check) and that this host's KVM backend is
+// the matrix's, runs the cell unless it is already finished, and writes its record atomically
+// (DIR/failed/<id>.txt, naming the host, when the run fails). Throws vmm::ConfigError for a wrong
+// cell, digest or backend, and what `run` throws when the run fails.
+CellOutcome run_cell(const std::string& dir, const std::string& cell_id, const std::string& digest,
+                     const ConfigFn& config, const RunFn& run, std::ostream& log,
+                     std::chrono::milliseconds lock_wait = std::chrono::seconds(30));
 
 // One finished run of a matrix, as read back from DIR/cells.
 struct RunRow {
@@ -107,14 +164,19 @@ struct RunRow {
   uint32_t rep = 0;
   std::map<std::string, double> metrics;
   std::string record_file;  // relative to DIR
+  nlohmann::json host;      // the record's host facts (hostname, kernel, backend, ...)
 };
-std::vector<RunRow> load_rows(const MatrixSpec& spec, const std::string& dir);
+// The finished runs of the matrix. Runs on a KVM backend other than the matrix's (matrix.json's,
+// or when that is unknown the most common one) are left out, each named in `warnings` if given;
+// records that name no backend are kept (nothing to tell them by).
+std::vector<RunRow> load_rows(const MatrixSpec& spec, const std::string& dir,
+                              std::vector<std::string>* warnings = nullptr);
 // Metrics present in any row: built-in ones in definition order, then guest metrics.
 std::vector<std::string> metric_columns(const std::vector<RunRow>& rows);
 // The CSV text: id, rep, one column per axis, one per metric present in any row (built-in
 // metrics in definition order, then guest metrics), record file.
 std::string summary_csv(const MatrixSpec& spec, const std::vector<RunRow>& rows);
-// Writes summary.csv and the plots; returns warnings (e.g. gnuplot missing).
+// Writes summary.csv and the plots; returns warnings (e.g. gnuplot missing, runs left out).
 std::vector<std::string> write_outputs(const MatrixSpec& spec, const std::string& dir, bool plots);
 
 }  // namespace kvmscale::study

@@ -16,6 +16,7 @@
 #include "study/compare.hpp"
 #include "study/matrix.hpp"
 #include "study/scenario.hpp"
+#include "study/slurm.hpp"
 #include "vmm/kick.hpp"
 
 namespace kvmscale::study {
@@ -87,6 +88,23 @@ void add_matrix_options(CLI::App& m, StudyCommands& st) {
   m.add_flag("--dry-run", st.dry_run, "list the runs in execution order and exit");
   m.add_flag("--force", st.force,
              "run a matrix of more than " + std::to_string(kMaxRuns) + " runs");
+  m.add_flag("--slurm", st.slurm,
+             "submit the runs not finished yet as one Slurm job array (one task per run) instead "
+             "of running them here; with --resume, submit what is missing");
+  m.add_option("--sbatch-arg", st.sbatch_args,
+               "--slurm: an sbatch option for every task, e.g. --sbatch-arg=--partition=big "
+               "(may repeat)")
+      ->allow_extra_args(false);
+  m.add_option("--slurm-throttle", st.slurm_throttle,
+               "--slurm: at most N tasks at once (the array's %N; 0: no limit)")
+      ->check(CLI::Range(0u, 1000000u));
+  m.add_flag("--no-submit", st.no_submit, "--slurm: write DIR/slurm/ but do not call sbatch");
+  m.add_flag("--collect", st.collect,
+             "write the CSV and plots of --out DIR from the runs finished so far and say what is "
+             "missing (while Slurm tasks still run)");
+  m.add_option("--cell", st.cell, "run only this cell of the matrix in --out (a Slurm task)");
+  m.add_option("--matrix-digest", st.matrix_digest,
+               "--cell: refuse unless --out still holds the matrix of this digest");
 }
 
 std::vector<std::pair<std::string, std::string>> given_flags(const StudyCommands& st) {
@@ -185,8 +203,114 @@ void write_verdict(const ScenarioPlan& plan, const std::string& dir) {
   std::cout << v.text << "verdict: " << dir << "/verdict.txt\n";
 }
 
+// `matrix --cell ID --out DIR`: one run of the matrix in DIR, as a Slurm array task runs it.
+int do_cell(const StudyCommands& st) {
+  vmm::install_kick_signal();
+  vmm::block_stop_signals();
+  CellOutcome o =
+      run_cell(st.out, st.cell, st.matrix_digest, vmm::parse_run_args, vmm::run_testbed, std::cerr);
+  return o == CellOutcome::Interrupted ? vmm::kExitInterrupted : vmm::kExitOk;
+}
+
+// The Slurm jobs of DIR still queued or running, "" when none or when squeue is not at hand.
+std::string active_jobs_note(const std::string& dir) {
+  std::vector<std::string> jobs = submitted_jobs(dir);
+  if (jobs.empty()) return {};
+  try {
+    std::string s;
+    for (const auto& j : active_jobs(jobs)) s += (s.empty() ? "" : ", ") + j;
+    return s;
+  } catch (const std::exception& e) {
+    return {};
+  }
+}
+
+// `matrix --collect --out DIR`: CSV and plots from what finished, and what is still missing.
+int do_collect(const StudyCommands& st) {
+  if (!holds_matrix(st.out)) throw vmm::ConfigError(st.out + " holds no matrix (no matrix.json)");
+  MatrixDirLock lock(st.out, MatrixDirLock::Mode::Shared);
+  MatrixSpec spec = load_spec(st.out);
+  std::vector<Cell> cells = expand(spec);
+  std::vector<std::string> warnings = write_outputs(spec, st.out, !st.no_plots);
+  size_t in_csv = load_rows(spec, st.out).size(), failed = 0;
+  for (const Cell& c : cells) failed += fs::exists(fs::path(st.out) / "failed" / (c.id + ".txt"));
+  for (const auto& w : warnings) std::cerr << "warning: " << w << "\n";
+  std::cerr << "collect: " << in_csv << " of " << cells.size() << " runs in " << st.out
+            << "/summary.csv";
+  if (failed) std::cerr << ", " << failed << " failed (see " << st.out << "/failed/)";
+  std::cerr << "\n";
+  if (std::string active = active_jobs_note(st.out); !active.empty())
+    std::cerr << "collect: Slurm job(s) " << active << " still queued or running\n";
+  else if (in_csv < cells.size())
+    std::cerr << "collect: submit the missing runs with: kvmscale matrix --resume --slurm --out "
+              << st.out << "\n";
+  return vmm::kExitOk;
+}
+
+// `matrix ... --slurm`: validate the whole matrix, then one array task per run not finished.
+int submit_matrix(const MatrixSpec& spec, const StudyCommands& st, const std::string& dir_in) {
+  if (spec.run_count() > kMaxRuns && !st.force)
+    throw vmm::ConfigError("the matrix has " + std::to_string(spec.run_count()) +
+                           " runs, over the limit of " + std::to_string(kMaxRuns) +
+                           "; use --force if you mean it");
+  const std::string dir = fs::absolute(dir_in).lexically_normal().string();
+  const std::string exe = fs::canonical("/proc/self/exe").string();
+  SbatchOptions so{st.sbatch_args, st.slurm_throttle};
+  check_sbatch_inputs(dir, exe, so);
+  MatrixDirLock lock(dir, MatrixDirLock::Mode::Exclusive);
+  // Held through sbatch: no second submission races this one; tasks wait for it (run_cell).
+  if (std::vector<std::string> jobs = submitted_jobs(dir); !jobs.empty() && !st.no_submit) {
+    std::vector<std::string> active = active_jobs(jobs);
+    if (!active.empty())
+      throw vmm::ConfigError("Slurm job " + active.front() + " of " + dir +
+                             " is still queued or running: wait for it (squeue) or scancel it, "
+                             "then submit what is missing");
+  }
+  PreparedMatrix p = prepare_matrix(spec, {dir, st.resume, !st.no_plots}, vmm::parse_run_args);
+  for (const auto& w : p.warnings) std::cerr << "warning: " << w << "\n";
+  const std::vector<std::string> pending = p.pending_ids();
+  if (pending.empty()) {
+    for (const auto& w : write_outputs(p.spec, dir, !st.no_plots))
+      std::cerr << "warning: " << w << "\n";
+    std::cerr << "matrix: all " << p.cells.size() << " runs are finished, nothing to submit; "
+              << "summary: " << dir << "/summary.csv\n";
+    return vmm::kExitOk;
+  }
+  Submission sub = submit_cells(dir, exe, pending, spec_digest(p.spec), so, !st.no_submit);
+  std::cerr << "matrix: " << pending.size() << " of " << p.cells.size() << " runs in " << sub.script
+            << "\n";
+  if (sub.job_id.empty())
+    std::cerr << "not submitted (--no-submit): sbatch " << sub.script << "\n";
+  else
+    std::cout << sub.job_id << "\n";
+  std::cerr << (sub.job_id.empty() ? "" : "submitted as Slurm job " + sub.job_id + "; ")
+            << "when it is done: kvmscale matrix --collect --out " << dir << "\n";
+  return vmm::kExitOk;
+}
+
+// --cell, --collect and the Slurm-only flags each belong to one mode of `matrix`.
+void check_matrix_modes(const StudyCommands& st, bool run_flags_given) {
+  auto used = [&](const char* name) { return st.matrix->count(name) > 0; };
+  const bool slurm_only = used("--sbatch-arg") || used("--slurm-throttle") || used("--no-submit");
+  if (slurm_only && !st.slurm)
+    throw vmm::ConfigError("--sbatch-arg, --slurm-throttle and --no-submit need --slurm");
+  if (used("--matrix-digest") && st.cell.empty())
+    throw vmm::ConfigError("--matrix-digest needs --cell");
+  if (!st.cell.empty() || st.collect) {
+    const char* mode = st.collect ? "--collect" : "--cell";
+    if (st.out.empty()) throw vmm::ConfigError(std::string(mode) + " needs --out DIR");
+    if (run_flags_given || st.resume || st.slurm || st.dry_run || (st.collect && !st.cell.empty()))
+      throw vmm::ConfigError(std::string(mode) +
+                             " takes the matrix from --out: no run flags, --resume, --slurm, "
+                             "--dry-run or other mode");
+  }
+}
+
 int do_matrix(StudyCommands& st) {
   auto flags = given_flags(st);
+  check_matrix_modes(st, !flags.empty() || !st.vm_opts.empty());
+  if (!st.cell.empty()) return do_cell(st);
+  if (st.collect) return do_collect(st);
   if (st.resume && st.out.empty()) throw vmm::ConfigError("--resume needs --out DIR");
   const std::string dir = st.out.empty() ? "results/matrix-" + stamp() : st.out;
   MatrixSpec spec;
@@ -196,6 +320,7 @@ int do_matrix(StudyCommands& st) {
     spec = make_spec(flags, st.repeat, st.seed ? st.seed : random_seed());
     for (const auto& v : st.vm_opts) spec.fixed.emplace_back("vm", v);
   }
+  if (st.slurm && !st.dry_run) return submit_matrix(spec, st, dir);
   int rc = execute_matrix(spec, st, dir);
   std::string scenario;
   ScenarioOptions so;
@@ -215,8 +340,42 @@ void check_metrics(const std::vector<std::string>& wanted,
   }
 }
 
+// compare --by host[.FACT][,axis...]: within each group of axis values, the runs of each host
+// value against those of the first one met (A's before B's).
+int compare_hosts(const StudyCommands& st) {
+  std::vector<std::string> dirs = {st.path_a};
+  if (!st.path_b.empty()) dirs.push_back(st.path_b);
+  std::vector<std::string> left_out;
+  auto groups = load_by_host(dirs, st.by, &left_out);
+  for (const auto& w : left_out) std::cerr << "compare: left out " << w << "\n";
+  json out = json::array();
+  std::string text;
+  std::vector<std::vector<MetricComparison>> all;
+  for (const auto& [key, sets] : groups) {
+    for (size_t i = 1; i < sets.size(); i++) {
+      auto rows = compare_sets(sets[0], sets[i], st.metrics);
+      all.push_back(rows);
+      text += "== " + (key.empty() ? std::string() : key + ": ") + sets[0].label + " vs " +
+              sets[i].label + "\n" + comparison_text(sets[0], sets[i], rows) + "\n";
+      json j = comparison_json(sets[0], sets[i], rows);
+      j["group"] = key;
+      out.push_back(j);
+    }
+  }
+  check_metrics(st.metrics, all);
+  if (st.json)
+    std::cout << json{{"groups", out}}.dump(2) << "\n";
+  else
+    std::cout << text;
+  return vmm::kExitOk;
+}
+
 int do_compare(StudyCommands& st) {
   st.by = st.by_text.empty() ? std::vector<std::string>{} : vmm::split_list(st.by_text);
+  const bool by_host = std::any_of(st.by.begin(), st.by.end(), is_host_key);
+  if (by_host) return compare_hosts(st);
+  if (st.path_b.empty())
+    throw vmm::ConfigError("compare needs two sets A B (one is enough with --by host...)");
   if (st.by.empty()) {
     RunSet a = load_run_set(st.path_a), b = load_run_set(st.path_b);
     for (const RunSet* set : {&a, &b})
@@ -231,7 +390,10 @@ int do_compare(StudyCommands& st) {
     return vmm::kExitOk;
   }
   // Cell by cell: the runs of each group of A against the same group of B.
-  auto ga = load_grouped(st.path_a, st.by), gb = load_grouped(st.path_b, st.by);
+  std::vector<std::string> left_out;
+  auto ga = load_grouped(st.path_a, st.by, &left_out),
+       gb = load_grouped(st.path_b, st.by, &left_out);
+  for (const auto& w : left_out) std::cerr << "compare: left out " << w << "\n";
   json groups = json::array();
   std::string text;
   std::vector<std::vector<MetricComparison>> all;
@@ -307,12 +469,15 @@ void add_study_commands(CLI::App& app, StudyCommands& st) {
       "compare", "compare two run records or matrix directories: medians, B/A, 95% CI, p");
   st.compare->add_option("A", st.path_a, "baseline: a record or a directory of records")
       ->required();
-  st.compare->add_option("B", st.path_b, "variant: a record or a directory of records")->required();
+  st.compare->add_option("B", st.path_b,
+                         "variant: a record or a directory of records (optional with --by host)");
   st.compare->add_option("--metrics", st.metrics, "only these metrics (comma list)")
       ->delimiter(',')
       ->allow_extra_args(false);  // one comma list: later words stay positional (A, B)
   st.compare->add_option("--by", st.by_text,
-                         "compare two matrices group by group over these axes (e.g. vms,lock)");
+                         "compare two matrices group by group over these axes (e.g. vms,lock); "
+                         "host, host.kernel, host.cpu_model... (any recorded host fact) compare "
+                         "the hosts the runs of one or two matrices ran on");
   st.compare->add_flag("--json", st.json, "print JSON");
 
   st.scenario = app.add_subcommand(

@@ -24,6 +24,11 @@ struct StudyCommands {
   uint64_t seed = 0;
   std::string out;
   bool resume = false, no_plots = false, dry_run = false, force = false;
+  // matrix on Slurm: submit, collect, and what each array task runs
+  bool slurm = false, no_submit = false, collect = false;
+  std::vector<std::string> sbatch_args;
+  uint32_t slurm_throttle = 0;
+  std::string cell, matrix_digest;
   // compare
   std::string path_a, path_b;
   std::vector<std::string> metrics, by;

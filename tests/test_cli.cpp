@@ -67,6 +67,16 @@ TEST(Cli, BadUsageExitsTwoWithAClearMessage) {
       {{"compare", "only-one"}, "B"},
       {{"compare", "--metrics", "nosuch", "/dev/null", "/dev/null"}, "not a run record"},
       {{"scenario", "nosuch"}, "nosuch"},
+      {{"matrix", "--cell", "vms-1_r0"}, "--cell needs --out"},
+      {{"matrix", "--vms", "1,2", "--sbatch-arg=--exclusive"}, "need --slurm"},
+      {{"matrix", "--collect", "--out", "/nonexistent-m", "--vms", "1,2"}, "from --out"},
+      {{"matrix", "--matrix-digest", "0", "--out", "/nonexistent-m"}, "needs --cell"},
+      {{"matrix", "--cell", "vms-1_r0", "--out", "/nonexistent-m"}, "holds no matrix"},
+      {{"matrix", "--collect", "--out", "/nonexistent-m"}, "holds no matrix"},
+      {{"matrix", "--vms", "1,2", "--slurm", "--out", "/tmp/a dir"}, "holds a blank"},
+      {{"matrix", "--vms", "1,2", "--slurm", "--sbatch-arg", "big", "--out", "/nonexistent-m"},
+       "not an sbatch option"},
+      {{"compare", "--by", "host", "/nonexistent-m"}, "needs matrix directories"},
   };
   for (const auto& c : cases) {
     auto r = ks(c.args);
@@ -74,6 +84,7 @@ TEST(Cli, BadUsageExitsTwoWithAClearMessage) {
     EXPECT_NE(r.err.find(c.message), std::string::npos) << r.err;
     EXPECT_TRUE(r.out.empty()) << r.out;
   }
+  EXPECT_FALSE(fs::exists("/nonexistent-m")) << "a refused command created its --out";
 }
 
 TEST(Cli, HelpShowsExamples) {
@@ -337,6 +348,52 @@ TEST(CliMatrix, ASecondWriterOfTheSameDirectoryIsRefused) {
   size_t cells = 0;
   for (const auto& e : fs::directory_iterator(dir / "cells")) cells += e.is_regular_file();
   EXPECT_EQ(cells, 2u) << "only the first matrix's runs";
+}
+
+// The Slurm flow without Slurm: the script written by --slurm --no-submit, run by bash as each
+// array task would be, then --collect and compare --by host.
+TEST(CliMatrix, SlurmScriptTasksRunTheirCellsAndCollectBuildsTheCsv) {
+  SKIP_WITHOUT_KVM();
+  fs::path dir = scratch("slurm");
+  fs::remove_all(dir);
+  auto sub = ks({"matrix", "--guest", "spin", "--mem", "8M", "--vms", "1,2", "--duration", "200ms",
+                 "--repeat", "1", "--no-plots", "--slurm", "--no-submit", "--out", dir});
+  ASSERT_EQ(sub.exit_code, 0) << sub.err;
+  EXPECT_NE(sub.err.find("not submitted (--no-submit)"), std::string::npos) << sub.err;
+  const fs::path script = dir / "slurm" / "submit-1.sbatch";
+  ASSERT_TRUE(fs::exists(script));
+  for (const char* task : {"0", "1"}) {
+    auto r = test::spawn(
+        {"/usr/bin/env", std::string("SLURM_ARRAY_TASK_ID=") + task, "bash", script.string()});
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_NE(r.err.find("written to"), std::string::npos) << r.err;
+  }
+  auto again = test::spawn({"/usr/bin/env", "SLURM_ARRAY_TASK_ID=0", "bash", script.string()});
+  EXPECT_EQ(again.exit_code, 0) << again.err;
+  EXPECT_NE(again.err.find("already finished"), std::string::npos) << again.err;
+  auto collect = ks({"matrix", "--collect", "--out", dir, "--no-plots"});
+  ASSERT_EQ(collect.exit_code, 0) << collect.err;
+  EXPECT_NE(collect.err.find("2 of 2 runs"), std::string::npos) << collect.err;
+  std::ifstream csv(dir / "summary.csv");
+  int lines = 0;
+  for (std::string l; std::getline(csv, l);) lines++;
+  EXPECT_EQ(lines, 3);
+  // All ran here: one host, nothing to compare.
+  auto by_host = ks({"compare", "--by", "host", dir});
+  EXPECT_EQ(by_host.exit_code, 2) << by_host.err;
+  EXPECT_NE(by_host.err.find("two different host values"), std::string::npos) << by_host.err;
+  // Everything finished: a resubmission has nothing to do (and needs no sbatch for it).
+  auto done = ks({"matrix", "--resume", "--slurm", "--no-submit", "--out", dir, "--no-plots"});
+  EXPECT_EQ(done.exit_code, 0) << done.err;
+  EXPECT_NE(done.err.find("nothing to submit"), std::string::npos) << done.err;
+  // Without sbatch on PATH a submission fails clearly (the script stays for a manual sbatch).
+  fs::path dir2 = scratch("slurm-no-sbatch");
+  fs::remove_all(dir2);
+  auto nosb = test::spawn({"/usr/bin/env", "PATH=/nonexistent", KVMSCALE_BIN, "matrix", "--guest",
+                           "spin", "--vms", "1,2", "--slurm", "--out", dir2.string()});
+  EXPECT_EQ(nosb.exit_code, 1) << nosb.err;
+  EXPECT_NE(nosb.err.find("sbatch: cannot run it"), std::string::npos) << nosb.err;
+  EXPECT_TRUE(fs::exists(dir2 / "slurm" / "submit-1.sbatch"));
 }
 
 TEST(Cli, FlagsARunIgnoresAreWarnedAndRecorded) {
