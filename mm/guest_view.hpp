@@ -39,6 +39,7 @@ class GuestView {
   GuestView(const GuestMemory& mem, uint32_t vm, SoftTlb* tlb,
             const std::function<void()>* safe_point, const P2mEpochs* epochs)
       : mem_(mem), vm_(vm), tlb_(tlb), safe_point_(safe_point), epochs_(epochs) {}
+  uint32_t vm() const { return vm_; }
 
   // Host pointer for [gpa, gpa+len), nullptr unless it is all guest memory (or the VM ran out
   // of PoD memory populating it).

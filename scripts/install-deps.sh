@@ -11,6 +11,7 @@ packages=(
   libck-dev                                      # Concurrency Kit: lock baselines in bench-locks
   clang-format                                   # formatting check
   gnuplot-nox                                    # plots
+  systemtap-sdt-dev                              # <sys/sdt.h>: USDT probes (docs/tracing.md)
 )
 missing=()
 for p in "${packages[@]}"; do
