@@ -12,6 +12,7 @@ packages=(
   clang-format                                   # formatting check
   gnuplot-nox                                    # plots
   systemtap-sdt-dev                              # <sys/sdt.h>: USDT probes (docs/tracing.md)
+  bpftrace                                       # the probe test watches them fire
 )
 missing=()
 for p in "${packages[@]}"; do
