@@ -1,6 +1,7 @@
 // The USDT probes (docs/tracing.md): the binary carries exactly the documented ones, and where
 // bpftrace can attach here, probes fire during a short run with the values the record shows.
 #include <gtest/gtest.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include <filesystem>
@@ -63,6 +64,23 @@ std::map<std::string, long> bpftrace_maps(const std::string& out) {
 }
 
 }  // namespace
+
+// Seen with bpftrace 0.17: when a probe fails to attach, the child it forked for -c outlives it
+// and holds the output pipes; the timeout must kill that child too.
+TEST(Probes, SpawnTimeoutKillsWhatTheChildLeftBehind) {
+  auto r = spawn({"/bin/sh", "-c", "sleep 300 & echo $!; exit 1"}, 0, 1500);
+  const std::string pid = r.out.substr(0, r.out.find('\n'));
+  ASSERT_FALSE(pid.empty());
+  bool gone = false;
+  for (int i = 0; i < 100 && !gone; i++) {  // init reaps it soon after the kill
+    std::ifstream stat("/proc/" + pid + "/stat");
+    std::string line;
+    gone = !std::getline(stat, line) || line.substr(line.rfind(')') + 2, 1) == "Z";
+    if (!gone) usleep(20000);
+  }
+  EXPECT_TRUE(gone) << "sleep " << pid << " outlived the timeout";
+  if (!gone) kill(std::stoi(pid), SIGKILL);
+}
 
 TEST(Probes, NotesParser) {
   const std::string notes =
