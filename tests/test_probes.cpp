@@ -131,9 +131,12 @@ TEST(Probes, ProbesFireUnderBpftrace) {
       "usdt:" + bin + ":kvmscale:vm_boot_done { @boot[arg0] = count(); }\n" + "usdt:" + bin +
       ":kvmscale:lock_acquire /str(arg0) == \"runq\"/ { @acquire = count(); }\n" + "usdt:" + bin +
       ":kvmscale:lock_release /str(arg0) == \"runq\"/ { @release = count(); }\n";
+  const fs::path record =
+      fs::temp_directory_path() / ("kvmscale-probes-" + std::to_string(getpid()) + ".json");
   const std::string cmd = bin + " run --sched credit --pcpus 1 --guest hello --vms 2 --vcpus 1" +
                           " --mem 8M --duration 20s --lock-profile off";
-  auto r = spawn({bpftrace, "-e", program, "-c", cmd}, 0, 120000);
+  auto r = spawn({bpftrace, "-e", program, "-c", cmd + " --out " + record.string()}, 0, 120000);
+  fs::remove(record);
   ASSERT_EQ(r.exit_code, 0) << r.err << r.out;
   auto maps = bpftrace_maps(r.out);
   EXPECT_EQ(maps["@boot[0]"], 1) << r.out;
