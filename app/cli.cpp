@@ -148,7 +148,21 @@ int do_info(bool json) {
             << "host:     " << h.kernel << ", " << h.cpu_model << "\n"
             << "cpus:     " << h.online_cpus << " online, " << h.numa_nodes << " NUMA node(s)\n"
             << "memory:   " << format_size(h.mem_total) << " total, "
-            << format_size(h.mem_available) << " available\n";
+            << format_size(h.mem_available) << " available\n"
+            << "cpu:      microcode " << (h.microcode.empty() ? "unknown" : h.microcode) << ", SMT "
+            << (h.smt_active < 0 ? "unknown"
+                : h.smt_active   ? "on"
+                                 : "off")
+            << ", " << (h.threads_per_core ? std::to_string(h.threads_per_core) : "?")
+            << " thread(s) per core\n";
+  for (const NumaNode& n : h.numa)
+    std::cout << "node " << n.node << ":   cpus " << (n.cpus.empty() ? "none" : n.cpus) << ", "
+              << format_size(n.mem_total) << "\n";
+  for (const auto& [module, params] : h.kvm_params) {
+    std::cout << module << ":";
+    for (const auto& [name, value] : params) std::cout << " " << name << "=" << value;
+    std::cout << "\n";
+  }
   if (kvm) {
     std::cout << "kvm:      /dev/kvm API " << h.kvm_api_version << ", backend "
               << backend_name(h.backend);

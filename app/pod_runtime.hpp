@@ -42,6 +42,7 @@ class PodRuntime {
     pp.limit = cfg.sweep_limit;
     mm::parse_pod_reclaim(cfg.pod_reclaim, pp.reclaim);  // validated by RunConfig
     for (Vm* vm : vms) {
+      pp.vm = vm->index();
       uint8_t* ram = vm->memory().host_base() + KS_RAM_GPA;
       auto flush = [this, vm, skip = skip_flushes] {
         if (skip) return;

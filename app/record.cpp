@@ -21,6 +21,15 @@ namespace kvmscale::vmm {
 
 std::string version_string() { return KVMSCALE_VERSION; }
 
+nlohmann::json tool_json() {
+  return {{"name", "kvmscale"},
+          {"version", version_string()},
+          {"build_type", KVMSCALE_BUILD_TYPE},
+          {"sanitize", KVMSCALE_SANITIZE_FLAGS},
+          {"probes", KVMSCALE_PROBES != 0},
+          {"command_line", command_line()}};
+}
+
 const char* end_reason_name(EndReason r) {
   switch (r) {
     case EndReason::AllExited: return "all_exited";
@@ -153,7 +162,7 @@ nlohmann::json make_run_record(const RunConfig& cfg, const HostInfo& host,
                           {"max", percentile(boots, 1.0)}};
   }
   return {{"schema_version", kRecordSchemaVersion},
-          {"tool", {{"name", "kvmscale"}, {"version", version_string()}}},
+          {"tool", tool_json()},
           {"config", cfg.to_json()},
           {"host", host.to_json()},
           {"run",

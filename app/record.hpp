@@ -13,7 +13,11 @@
 
 namespace kvmscale::vmm {
 
-inline constexpr int kRecordSchemaVersion = 1;
+// 2 added host facts (microcode, smt, numa, kvm_params) and tool build_type, sanitize, probes,
+// command_line. Readers accept every version from kOldestRecordSchemaVersion: the fields they
+// read are the same in all of them.
+inline constexpr int kRecordSchemaVersion = 2;
+inline constexpr int kOldestRecordSchemaVersion = 1;
 
 enum class EndReason { AllExited, Duration, Interrupted, Error };
 const char* end_reason_name(EndReason r);
@@ -44,5 +48,8 @@ std::string record_path(const std::string& out, uint64_t started_unix_ns);
 std::string summary_table(const nlohmann::json& record);
 
 std::string version_string();  // git describe at build time
+// The record's "tool": name, version, build type, sanitizers, whether USDT probes are compiled
+// in, and this process's full command line.
+nlohmann::json tool_json();
 
 }  // namespace kvmscale::vmm

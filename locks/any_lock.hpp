@@ -9,6 +9,7 @@
 #include "locks/clh.hpp"
 #include "locks/common.hpp"
 #include "locks/mcs.hpp"
+#include "locks/probe.hpp"
 #include "locks/profile.hpp"
 #include "locks/pthread_lock.hpp"
 #include "locks/spin_yield.hpp"
@@ -29,10 +30,13 @@ class AnyLock {
     ClhLock::Node clh;
     NoNode none;
     uint64_t hold_start = 0;
+    bool hold_profiled = false;  // hold_start was taken for the profile's sample
   };
 
-  // profile may be null (profiling off); it must outlive the lock.
-  explicit AnyLock(Strategy s, LockProfile* profile = nullptr) : profile_(profile) {
+  // profile may be null (profiling off); it must outlive the lock, as must `cls` (the class
+  // name the probes report).
+  explicit AnyLock(Strategy s, LockProfile* profile = nullptr, const char* cls = "")
+      : profile_(profile), cls_(cls) {
     switch (s) {
       case Strategy::Ticket: impl_.emplace<TicketLock>(); break;
       case Strategy::Mcs: impl_.emplace<McsLock>(); break;
@@ -52,14 +56,16 @@ class AnyLock {
   // Calls poll() while waiting (see NoPoll in common.hpp).
   template <typename Poll>
   void lock(Node& n, Poll&& poll) {
-    if (profile_ == nullptr) return raw_lock(n, poll);
-    if (raw_try(n)) {
-      profile_->acquired(-1, false);
-    } else {
+    const bool traced = KS_PROBE_ENABLED(lock_acquire) || KS_PROBE_ENABLED(lock_release);
+    if (profile_ == nullptr && !traced) return raw_lock(n, poll);
+    int64_t wait_ns = -1;  // the first try succeeded
+    if (!raw_try(n)) {
       uint64_t t0 = lock_clock_ns();
       raw_lock(n, poll);
-      profile_->acquired(int64_t(lock_clock_ns() - t0), false);
+      wait_ns = int64_t(lock_clock_ns() - t0);
     }
+    if (profile_) profile_->acquired(wait_ns, false);
+    KS_PROBE(lock_acquire, cls_, this, int(wait_ns >= 0), wait_ns >= 0 ? wait_ns : 0, 0);
     start_hold(n);
   }
   bool try_lock(Node& n) {
@@ -67,23 +73,26 @@ class AnyLock {
       if (profile_) profile_->try_failed();
       return false;
     }
-    if (profile_) {
-      profile_->acquired(-1, true);
-      start_hold(n);
-    }
+    if (profile_) profile_->acquired(-1, true);
+    KS_PROBE(lock_acquire, cls_, this, 0, int64_t{0}, 1);
+    if (profile_ || KS_PROBE_ENABLED(lock_release)) start_hold(n);
     return true;
   }
   void unlock(Node& n) {
     if (n.hold_start) {
-      profile_->held(lock_clock_ns() - n.hold_start);
+      const uint64_t held = lock_clock_ns() - n.hold_start;
+      if (n.hold_profiled) profile_->held(held);
+      KS_PROBE(lock_release, cls_, this, held);
       n.hold_start = 0;
     }
     raw_unlock(n);
   }
 
  private:
+  // Times the hold when the profile samples this one or a tracer watches releases.
   void start_hold(Node& n) {
-    if (profile_->sample_hold()) n.hold_start = lock_clock_ns();
+    n.hold_profiled = profile_ != nullptr && profile_->sample_hold();
+    if (n.hold_profiled || KS_PROBE_ENABLED(lock_release)) n.hold_start = lock_clock_ns();
   }
   template <typename L>
   static auto& node_for(Node& n) {
@@ -125,6 +134,7 @@ class AnyLock {
   std::variant<std::monostate, TicketLock, McsLock, ClhLock, TtasLock, PthreadLock, SpinYieldLock>
       impl_;
   LockProfile* profile_;
+  const char* cls_;
 };
 
 }  // namespace kvmscale::locks

@@ -101,11 +101,12 @@ std::string LockPolicy::to_string() const {
 
 std::unique_ptr<AnyLock> LockRegistry::make(const std::string& cls, const std::string& name) {
   Strategy s = policy_.for_class(cls);
-  if (!policy_.profile) return std::make_unique<AnyLock>(s);
   std::lock_guard lock(mu_);
+  const char* cls_name = class_names_.insert(cls).first->c_str();  // for the probes
+  if (!policy_.profile) return std::make_unique<AnyLock>(s, nullptr, cls_name);
   LockProfile& p = profiles_.emplace_back(cls, name);
   strategies_.push_back(s);
-  return std::make_unique<AnyLock>(s, &p);
+  return std::make_unique<AnyLock>(s, &p, cls_name);
 }
 
 nlohmann::json stats_json(const LockStats& s) {

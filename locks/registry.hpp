@@ -8,6 +8,7 @@
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -51,8 +52,9 @@ class LockRegistry {
  private:
   LockPolicy policy_;
   mutable std::mutex mu_;
-  std::deque<LockProfile> profiles_;  // stable addresses
-  std::vector<Strategy> strategies_;  // of profiles_[i]
+  std::deque<LockProfile> profiles_;   // stable addresses
+  std::vector<Strategy> strategies_;   // of profiles_[i]
+  std::set<std::string> class_names_;  // stable storage for the names locks report to probes
 };
 
 }  // namespace kvmscale::locks

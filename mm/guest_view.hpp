@@ -45,6 +45,7 @@ class GuestView {
   }
   GuestView(const GuestView&) = delete;
   GuestView& operator=(const GuestView&) = delete;
+  uint32_t vm() const { return vm_; }
 
   // Host pointer for [gpa, gpa+len), nullptr unless it is all guest memory (or the VM ran out
   // of PoD memory populating it). Its pages stay present while this view lives.

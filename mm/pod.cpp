@@ -2,6 +2,8 @@
 
 #include <stdexcept>
 
+#include "locks/probe.hpp"
+
 namespace kvmscale::mm {
 
 const char* pod_reclaim_name(PodReclaim r) {
@@ -46,6 +48,7 @@ void Pod::mark_populated(uint64_t g) {
 void Pod::populate(uint64_t g) {
   mark_populated(g);
   stats_.populates++;
+  KS_PROBE(pod_populate, p_.vm, g, populated_);
   max_guest_ = std::max(max_guest_, g);
   ring_[ring_idx_] = g;  // pod_eager_record
   ring_idx_ = (ring_idx_ + 1) % uint32_t(ring_.size());
@@ -80,6 +83,7 @@ Pod::Fault Pod::on_fault(uint64_t g) {
 
 uint64_t Pod::zero_check(const std::vector<uint64_t>& candidates) {
   stats_.zero_checks++;
+  KS_PROBE(pod_zero_check, p_.vm, uint64_t(candidates.size()));
   std::vector<uint64_t> fenced;
   for (uint64_t g : candidates) {
     stats_.scanned++;
@@ -110,10 +114,12 @@ uint64_t Pod::zero_check(const std::vector<uint64_t>& candidates) {
       count_++;
       entry_count_++;
       reclaimed++;
+      KS_PROBE(pod_reclaim, p_.vm, g);
     } else {
       entries_[g] = Entry::Populated;  // written after the quick check: give it back intact
       backend_.unfence(g);
       stats_.restored++;
+      KS_PROBE(pod_restore, p_.vm, g);
     }
   }
   stats_.reclaimed += reclaimed;
@@ -138,6 +144,7 @@ void Pod::emergency_sweep_xen() {
   // p2m_pod_emergency_sweep: downwards in batches; stop below `limit` once the cache has a page.
   stats_.sweeps++;
   const uint64_t start = sweep_from_ == kNone ? max_guest_ : sweep_from_;
+  KS_PROBE(pod_sweep, p_.vm, start);
   const uint64_t limit = start > p_.limit ? start - p_.limit : 0;
   std::vector<uint64_t> batch;
   uint64_t i = start;
@@ -179,6 +186,7 @@ void Pod::eager_reclaim_batched() {
 void Pod::emergency_sweep_batched() {
   stats_.sweeps++;
   const uint64_t start = sweep_from_ == kNone ? p_.max - 1 : sweep_from_;
+  KS_PROBE(pod_sweep, p_.vm, start);
   uint64_t scanned = 0, got = 0;
   // Downwards in batches, wrapping once; stop `limit` below the start once something was found.
   while (scanned < p_.max && (got == 0 || scanned < p_.limit)) {

@@ -60,6 +60,7 @@ struct PodParams {
   uint32_t limit = 1024;
   uint32_t eager_ring = 32;
   PodReclaim reclaim = PodReclaim::Xen;
+  uint32_t vm = 0;  // the VM's index, for the probes
 };
 
 struct PodStats {

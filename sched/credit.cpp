@@ -4,6 +4,8 @@
 #include <cassert>
 #include <thread>
 
+#include "locks/probe.hpp"
+
 namespace kvmscale::sched {
 
 using locks::AnyLock;
@@ -287,15 +289,19 @@ CreditScheduler::Decision CreditScheduler::schedule(uint32_t p, uint64_t now) {
   pc.need_resched.store(false, std::memory_order_relaxed);
   SchedVcpu* cur = pc.curr;
   const bool cur_was_running = cur && cur->state == VState::Running;
+  bool requeued = false;  // cur could go on running: if another is picked, cur is preempted
   if (cur) {
     const bool running = cur_was_running;
     if (running) burn(*cur, now);
     const bool runnable = running && !cur->parked.load(std::memory_order_relaxed);
     // Ratelimit: a runnable vCPU that has run less than ratelimit keeps the pCPU (yield or not,
     // as 4.7), for another ratelimit.
-    if (runnable && params_.ratelimit_ns && now - cur->slice_start_ns < params_.ratelimit_ns)
+    if (runnable && params_.ratelimit_ns && now - cur->slice_start_ns < params_.ratelimit_ns) {
+      KS_PROBE(sched_pick, p, int64_t(cur->id), int64_t(cur->dom->index), int64_t(cur->id));
       return {cur, now + params_.ratelimit_ns};
+    }
     pc.curr = nullptr;
+    requeued = runnable;
     if (runnable)
       runq_insert(pc, *cur, now);  // competes again, behind its equals (round-robin)
     else if (running)
@@ -328,6 +334,9 @@ CreditScheduler::Decision CreditScheduler::schedule(uint32_t p, uint64_t now) {
   pc.curr = next;
   update_runnable(pc);
   set_idle(p, next == nullptr);
+  KS_PROBE(sched_pick, p, next ? int64_t(next->id) : -1, next ? int64_t(next->dom->index) : -1,
+           cur ? int64_t(cur->id) : -1);
+  if (requeued && next != cur) KS_PROBE(sched_preempt, p, cur->id, next ? int64_t(next->id) : -1);
   return {next, now + params_.tslice_ns};
 }
 
@@ -425,6 +434,7 @@ SchedVcpu* CreditScheduler::load_balance(Pcpu& pc, int local_pri, uint64_t now) 
         if (!peer_worth_trying(pc, peer)) continue;
         st.trylocks++;
         RunqGuard g(peer, std::try_to_lock);  // never spin on a peer's lock: could deadlock
+        KS_PROBE(sched_trylock, pc.index, peer.index, int(bool(g)));
         if (!g) {
           st.trylock_failures++;
           continue;
@@ -432,6 +442,7 @@ SchedVcpu* CreditScheduler::load_balance(Pcpu& pc, int local_pri, uint64_t now) 
         found = runq_steal(pc, peer, local_pri, step, now);
         if (found) {
           st.steals++;
+          KS_PROBE(sched_steal, pc.index, peer.index, found->id, found->dom->index);
           if (rotate) balance_bias_[ni].store(peer.index, std::memory_order_relaxed);
         }
       }
@@ -626,6 +637,7 @@ void CreditScheduler::yield(uint32_t p, SchedVcpu& v) {
 void CreditScheduler::tickle(Pcpu& from, uint32_t q, bool preempt) {
   from.stats.tickles++;
   if (preempt) from.stats.tickle_preempts++;
+  KS_PROBE(sched_tickle, from.index, q, int(preempt));
   pcpus_[q]->need_resched.store(true, std::memory_order_release);
   signals_.tickle(q);
 }

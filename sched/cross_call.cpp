@@ -4,6 +4,8 @@
 
 #include <algorithm>
 
+#include "locks/probe.hpp"
+
 namespace kvmscale::sched {
 
 using locks::AnyLock;
@@ -77,6 +79,7 @@ void CrossCall::serve(uint32_t p) {
   for (auto& c : calls) {
     c->fn(p);
     c->settle(p, 1);
+    KS_PROBE(xcall_ack, p, 0);
   }
 }
 
@@ -116,6 +119,7 @@ void CrossCall::on_selected_cpus(const CpuSet& targets, const Fn& fn, int self, 
     }
   }
   const uint64_t locked = locks::lock_clock_ns();
+  KS_PROBE(xcall_send, initiator, uint32_t(list.size()), locked - started);
   auto call = std::make_shared<Call>(fn, npcpus());
   call->remaining.store(uint32_t(list.size()));
   uint64_t t0 = locks::lock_clock_ns();
@@ -132,6 +136,7 @@ void CrossCall::on_selected_cpus(const CpuSet& targets, const Fn& fn, int self, 
   if (self_targeted) {
     fn(uint32_t(self));
     call->settle(uint32_t(self), 1);
+    KS_PROBE(xcall_ack, uint32_t(self), 0);
   }
   // Wait for every ack, serving our own mailbox and excusing targets that are stalled. Spin a
   // little, then yield: on a host with fewer cores than busy threads the target may need ours.
@@ -145,11 +150,13 @@ void CrossCall::on_selected_cpus(const CpuSet& targets, const Fn& fn, int self, 
         if (call->state[t].compare_exchange_strong(before, 2, std::memory_order_acq_rel)) {
           call->remaining.fetch_sub(1, std::memory_order_release);
           excused_.fetch_add(1, std::memory_order_relaxed);
+          KS_PROBE(xcall_ack, t, 1);
         }
       }
     locks::cpu_relax();
   }
   uint64_t lat = locks::lock_clock_ns() - t0;
+  KS_PROBE(xcall_done, initiator, uint32_t(list.size()), lat);
   if (mode_ == CallLockMode::Global) {
     global_lock_->unlock(global_node);
   } else {

@@ -26,7 +26,10 @@ class HostExecutor final : public Executor {
       }
     }
     threads_of_ = std::make_unique<ContextThreads>(total_);
-    for (size_t m = 0; m < vms_.size(); m++) p2m_.push_back(std::make_unique<P2mSync>(total_));
+    for (size_t m = 0; m < vms_.size(); m++) {
+      p2m_.push_back(std::make_unique<P2mSync>(total_));
+      p2m_.back()->vm = vms_[m]->index();
+    }
     tlbs_.resize(total_);
   }
   ~HostExecutor() override { stop(); }

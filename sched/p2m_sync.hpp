@@ -18,6 +18,7 @@
 #include <cstdint>
 #include <memory>
 
+#include "locks/probe.hpp"
 #include "sched/cpuset.hpp"
 #include "sched/cross_call.hpp"
 
@@ -30,6 +31,7 @@ class P2mSync {
         dirty_(std::make_unique<std::atomic<uint64_t>[]>(words())),
         invalidate_(std::make_unique<std::atomic<uint64_t>[]>(words())) {}
 
+  uint32_t vm = 0;  // the VM's index, for the flush probe
   void join(uint32_t c) { dirty_[c / 64].fetch_or(bit(c), std::memory_order_seq_cst); }
   void leave(uint32_t c) { dirty_[c / 64].fetch_and(~bit(c), std::memory_order_seq_cst); }
   bool take_invalidate(uint32_t c) {
@@ -44,6 +46,7 @@ class P2mSync {
     const uint64_t n = targets.count();
     flushes_.fetch_add(1, std::memory_order_relaxed);
     mask_total_.fetch_add(n, std::memory_order_relaxed);
+    KS_PROBE(flush, vm, n);
     uint64_t most = mask_max_.load(std::memory_order_relaxed);
     while (n > most && !mask_max_.compare_exchange_weak(most, n, std::memory_order_relaxed)) {
     }

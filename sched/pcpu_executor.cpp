@@ -107,6 +107,7 @@ class PcpuExecutor final : public Executor, public PcpuSignals {
       vmm::Vm* vm = vms[m];
       SchedDomain& d = sched_->add_domain(opt.weight_of(vm->index()), opt.cap_of(vm->index()));
       p2m_.emplace(vm->index(), std::make_unique<P2mSync>(opt.npcpus));
+      p2m_.at(vm->index())->vm = vm->index();
       for (uint32_t i = 0; i < vm->nr_vcpus(); i++, global++) {
         auto ev = std::make_unique<ExecVcpu>();
         ev->vm = vm;

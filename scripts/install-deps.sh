@@ -12,6 +12,8 @@ packages=(
   clang-format                                   # formatting check
   gnuplot-nox                                    # plots
   slurm-wlm munge                                # tests/slurm: a one-node Slurm cluster
+  systemtap-sdt-dev                              # <sys/sdt.h>: USDT probes (docs/tracing.md)
+  bpftrace                                       # the probe test watches them fire
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -155,8 +155,11 @@ std::string slug(const std::string& v) {
 std::string record_problem(const json& r) {
   if (!r.is_object()) return "not a JSON object";
   auto sv = r.find("schema_version");
-  if (sv == r.end() || !sv->is_number_integer() || sv->get<int64_t>() != vmm::kRecordSchemaVersion)
-    return "schema_version is not " + std::to_string(vmm::kRecordSchemaVersion);
+  if (sv == r.end() || !sv->is_number_integer() ||
+      sv->get<int64_t>() < vmm::kOldestRecordSchemaVersion ||
+      sv->get<int64_t>() > vmm::kRecordSchemaVersion)
+    return "schema_version is not " + std::to_string(vmm::kOldestRecordSchemaVersion) + " to " +
+           std::to_string(vmm::kRecordSchemaVersion);
   for (const char* obj : {"run", "summary", "config"}) {
     auto it = r.find(obj);
     if (it == r.end() || !it->is_object()) return std::string("no \"") + obj + "\" object";

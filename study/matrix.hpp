@@ -66,8 +66,9 @@ struct Cell {
 
 // A run record that parses and was not interrupted (the only kind a matrix keeps or compares).
 bool read_finished_record(const std::string& path, nlohmann::json& out, std::string* why = nullptr);
-// Why `r` is not a usable run record of this schema ("" if it is): schema_version must be this
-// build's, run/summary/config objects, the summary's counters numbers.
+// Why `r` is not a usable run record ("" if it is): schema_version from
+// kOldestRecordSchemaVersion to this build's, run/summary/config objects, the summary's counters
+// numbers.
 std::string record_problem(const nlohmann::json& r);
 // DIR/matrix.json exists / its spec (throws vmm::ConfigError when missing or malformed).
 bool holds_matrix(const std::string& dir);

@@ -42,7 +42,8 @@ struct Spawned {
   int exit_code = -1;
   std::string out, err;
 };
-// Runs argv; sends SIGINT after sigint_after_ms if > 0. Never hangs past timeout_ms (SIGKILL).
+// Runs argv in its own process group; sends SIGINT after sigint_after_ms if > 0. Never hangs
+// past timeout_ms (SIGKILL to the group, so nothing it started outlives the test).
 // sigint_ignored: the child starts with SIGINT ignored.
 Spawned spawn(const std::vector<std::string>& argv, int sigint_after_ms = 0,
               int timeout_ms = 120000, bool sigint_ignored = false);

@@ -15,6 +15,7 @@ Spawned spawn(const std::vector<std::string>& argv, int sigint_after_ms, int tim
   if (pipe2(out, O_CLOEXEC) != 0 || pipe2(err, O_CLOEXEC) != 0) return {};
   pid_t pid = fork();
   if (pid == 0) {
+    setpgid(0, 0);  // its own group: a timeout kills whatever it left behind too
     dup2(out[1], 1);
     dup2(err[1], 2);
     if (sigint_ignored) signal(SIGINT, SIG_IGN);  // as a shell's background job inherits it
@@ -36,7 +37,7 @@ Spawned spawn(const std::vector<std::string>& argv, int sigint_after_ms, int tim
       sent_int = true;
     }
     if (elapsed_ms >= uint64_t(timeout_ms)) {
-      kill(pid, SIGKILL);
+      kill(-pid, SIGKILL);  // e.g. bpftrace's -c child, orphaned when bpftrace fails to attach
       break;
     }
     pollfd fds[2] = {{out[0], POLLIN, 0}, {err[0], POLLIN, 0}};

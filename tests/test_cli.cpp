@@ -7,6 +7,7 @@
 #include <fstream>
 #include <thread>
 
+#include "app/record.hpp"
 #include "kvm_helpers.hpp"
 #include "vmm/guest_images.hpp"
 
@@ -319,7 +320,7 @@ TEST(Cli, ARecordThatCannotBeWrittenGoesToStdout) {
   EXPECT_NE(r.err.find("record follows on stdout"), std::string::npos) << r.err;
   auto rec = nlohmann::json::parse(r.out, nullptr, false);
   ASSERT_FALSE(rec.is_discarded()) << r.out.substr(0, 200);
-  EXPECT_EQ(rec["schema_version"], 1);
+  EXPECT_EQ(rec["schema_version"], kvmscale::vmm::kRecordSchemaVersion);
 }
 
 TEST(CliMatrix, ASecondWriterOfTheSameDirectoryIsRefused) {

@@ -9,6 +9,7 @@
 #include <sstream>
 
 #include "app/cli.hpp"
+#include "app/record.hpp"
 #include "app/testbed.hpp"
 #include "study/compare.hpp"
 #include "study/matrix.hpp"
@@ -518,10 +519,24 @@ TEST(Compare, RecordsOfAnotherSchemaOrWithBadTypesAreSkippedAndNamed) {
   ASSERT_EQ(set.skipped.size(), 5u);
   std::string all;
   for (const auto& s : set.skipped) all += s + "\n";
-  for (const char* why : {"schema_version is not 1", "summary.vms is not a count",
+  for (const char* why : {"schema_version is not 1 to", "summary.vms is not a count",
                           "'wait_ns' is not a number", "not JSON"})
     EXPECT_NE(all.find(why), std::string::npos) << all;
   EXPECT_THROW(load_run_set(t.sub("d/v99.json")), ConfigError);
+}
+
+// Schema 2 only added fields: records of schema 1 (older builds) are still read.
+TEST(Compare, RecordsOfEverySupportedSchemaAreRead) {
+  json r = json::parse(canned_record(10, 100).dump());  // counts read back as unsigned
+  for (int v = kvmscale::vmm::kOldestRecordSchemaVersion; v <= kvmscale::vmm::kRecordSchemaVersion;
+       v++) {
+    r["schema_version"] = v;
+    EXPECT_EQ(record_problem(r), "") << v;
+  }
+  r["schema_version"] = kvmscale::vmm::kOldestRecordSchemaVersion - 1;
+  EXPECT_NE(record_problem(r), "");
+  r["schema_version"] = kvmscale::vmm::kRecordSchemaVersion + 1;
+  EXPECT_NE(record_problem(r), "");
 }
 
 // gnuplot exits 0 when a full disk cut its output short: such images must not be kept. A fake

@@ -3,6 +3,7 @@
 #include <linux/kvm.h>
 #include <unistd.h>
 
+#include "locks/probe.hpp"
 #include "vmm/clock.hpp"
 
 namespace kvmscale::vmm {
@@ -68,18 +69,18 @@ const char* hcall_name(uint64_t op) {
   }
 }
 
-Action dispatch_hypercall(const mm::GuestView& mem, ks_hcall_page& page, uint32_t vcpu,
-                          uint32_t nr_vcpus, VcpuStats& stats, ConsoleLog& console) {
-  (void)vcpu;
-  // Read each argument once: the guest (another vCPU of it) may rewrite the page meanwhile.
-  const uint64_t op = __atomic_load_n(&page.op, __ATOMIC_RELAXED);
-  const uint64_t a0 = __atomic_load_n(&page.args[0], __ATOMIC_RELAXED);
-  const uint64_t a1 = __atomic_load_n(&page.args[1], __ATOMIC_RELAXED);
-  constexpr uint64_t kUnknownOp = KS_HC_OP_COUNT;
-  stats.hcalls[op < kUnknownOp ? op : kUnknownOp]++;
+namespace {
+
+// One hypercall, its arguments read once; `result` gets what the guest is returned (0 for an
+// op that returns nothing).
+Action run_hypercall(const mm::GuestView& mem, ks_hcall_page& page, uint32_t vcpu,
+                     uint32_t nr_vcpus, VcpuStats& stats, ConsoleLog& console, uint64_t op,
+                     uint64_t a0, uint64_t a1, int64_t& result) {
+  (void)vcpu;  // only the boot-done probe reports it
   auto ret = [&](int64_t v) {
     if (v < 0) stats.hcall_errors++;
     __atomic_store_n(&page.ret, v, __ATOMIC_RELAXED);
+    result = v;
     return Action{};
   };
   switch (op) {
@@ -92,7 +93,10 @@ Action dispatch_hypercall(const mm::GuestView& mem, ks_hcall_page& page, uint32_
       return ret(static_cast<int64_t>(a1));
     }
     case KS_HC_BOOT_DONE:
-      if (stats.boot_done_ns == 0) stats.boot_done_ns = now_ns();
+      if (stats.boot_done_ns == 0) {
+        stats.boot_done_ns = now_ns();
+        KS_PROBE(vm_boot_done, mem.vm(), vcpu, stats.boot_done_ns);
+      }
       return ret(0);
     case KS_HC_YIELD: ret(0); return {Action::Kind::Yield};
     case KS_HC_BLOCK: return {Action::Kind::Block, a0};
@@ -119,6 +123,23 @@ Action dispatch_hypercall(const mm::GuestView& mem, ks_hcall_page& page, uint32_
     }
     default: return ret(KS_ENOSYS);
   }
+}
+
+}  // namespace
+
+Action dispatch_hypercall(const mm::GuestView& mem, ks_hcall_page& page, uint32_t vcpu,
+                          uint32_t nr_vcpus, VcpuStats& stats, ConsoleLog& console) {
+  // Read each argument once: the guest (another vCPU of it) may rewrite the page meanwhile.
+  const uint64_t op = __atomic_load_n(&page.op, __ATOMIC_RELAXED);
+  const uint64_t a0 = __atomic_load_n(&page.args[0], __ATOMIC_RELAXED);
+  const uint64_t a1 = __atomic_load_n(&page.args[1], __ATOMIC_RELAXED);
+  constexpr uint64_t kUnknownOp = KS_HC_OP_COUNT;
+  stats.hcalls[op < kUnknownOp ? op : kUnknownOp]++;
+  KS_PROBE(hcall_entry, mem.vm(), vcpu, op, a0, a1);
+  int64_t result = 0;
+  Action a = run_hypercall(mem, page, vcpu, nr_vcpus, stats, console, op, a0, a1, result);
+  KS_PROBE(hcall_exit, mem.vm(), vcpu, op, result, int(a.kind));
+  return a;
 }
 
 }  // namespace kvmscale::vmm

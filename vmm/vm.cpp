@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <cstdlib>
 
+#include "locks/probe.hpp"
 #include "vmm/boot.hpp"
 #include "vmm/clock.hpp"
 
@@ -137,6 +138,7 @@ bool Vm::crash(const std::string& reason) {
   if (state_.load() != VmState::Running) return false;
   crash_reason_ = reason;
   state_.store(VmState::Crashed, std::memory_order_release);
+  KS_PROBE(vm_crash, index(), reason.c_str());
   return true;
 }
 
