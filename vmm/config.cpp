@@ -52,6 +52,15 @@ uint64_t parse_size(const std::string& text) {
   return static_cast<uint64_t>(bytes);
 }
 
+std::string decimal_count_error(const std::string& text) {
+  const bool digits =
+      !text.empty() && text.size() <= 10 &&
+      std::all_of(text.begin(), text.end(), [](char c) { return c >= '0' && c <= '9'; });
+  if (digits && (text.size() == 1 || text[0] != '0')) return {};
+  return "'" + text +
+         "' is not a decimal count (counts are plain decimal: no sign, 0x or leading 0)";
+}
+
 uint64_t parse_u64(const std::string& text) {
   const bool hex = text.size() > 2 && text[0] == '0' && (text[1] == 'x' || text[1] == 'X');
   const char* first = text.data() + (hex ? 2 : 0);
@@ -282,7 +291,8 @@ void RunConfig::validate() const {
   if (numa && (sched == "host" || !pcpu_bind))
     throw ConfigError(
         "--numa needs --sched credit or rr with --pcpu-bind (pCPUs must sit on known nodes)");
-  if (pcpus > 4096) throw ConfigError("--pcpus must be between 1 and 4096 (0 = host CPUs)");
+  if (pcpus > 4096)
+    throw ConfigError("--pcpus must be between 1 and 4096 (omitted: one per host CPU)");
   if (balance != "xen" && balance != "affinity" && balance != "counted" && balance != "hybrid" &&
       balance != "none")
     throw ConfigError("unknown --balance '" + balance +
