@@ -140,6 +140,13 @@ TEST(RunConfig, SettingsARunWouldIgnoreAreNamed) {
   c.cap = 50;
   w = c.ineffective_settings();
   EXPECT_TRUE(names("--cap")) << "rr has no credits";
+  // More pCPU threads than host CPUs: accepted (the limit is 4096), but said to time-share.
+  c.sched = "credit";
+  c.cap = 0;
+  c.pcpus = 4096;
+  w = c.ineffective_settings();
+  ASSERT_TRUE(names("--pcpus")) << "4096 pCPUs on this host";
+  EXPECT_NE(w[0].find("time-share"), std::string::npos) << w[0];
 }
 
 TEST(RunConfig, AVmSettingGivenTwiceIsRefused) {
