@@ -49,6 +49,8 @@ TEST(Cli, BadUsageExitsTwoWithAClearMessage) {
       {{"scenario", "call-lock", "--repeat", "0x3"}, "not a decimal count"},
       {{"run", "--mem", "3X"}, "--mem"},
       {{"run", "--mem", "9M"}, "multiple of 2M"},
+      {{"run", "--mem", ".x"}, "--mem"},  // was "stod", exit 1 (found by fuzz_run_flags)
+      {{"run", "--duration", "."}, "--duration"},
       {{"run", "--duration", "soon"}, "--duration"},
       {{"run", "--guest", "nosuch"}, "unknown --guest 'nosuch'"},
       {{"run", "--guest-arg", "x"}, "--guest-arg"},
@@ -76,6 +78,10 @@ TEST(Cli, BadUsageExitsTwoWithAClearMessage) {
       {{"compare", "only-one"}, "B"},
       {{"compare", "--metrics", "nosuch", "/dev/null", "/dev/null"}, "not a run record"},
       {{"scenario", "nosuch"}, "nosuch"},
+      // Checked before the benchmark (it ran first and then failed to write, exit 1).
+      {{"bench-locks", "--quick", "--json", "/nonexistent-dir/locks.json"}, "--json"},
+      {{"bench-locks", "--quick", "--csv", "/proc/locks.csv"}, "--csv"},
+      {{"bench-locks", "--quick", "--json", "/tmp"}, "not a regular file"},
   };
   for (const auto& c : cases) {
     auto r = ks(c.args);

@@ -125,8 +125,26 @@ int do_info(bool json) {
   return kExitOk;
 }
 
+// bench-locks' --json/--csv: usable before the benchmark runs, as run's --out (issue 12 item 10).
+void check_bench_output(const std::string& path, const std::string& flag) {
+  if (path.empty()) return;
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  // Only regular files are replaced (a rename over /dev/null would replace the device).
+  if (fs::exists(path, ec) && !fs::is_regular_file(path, ec))
+    throw ConfigError(flag + " " + path + " exists and is not a regular file");
+  fs::path dir = fs::path(path).parent_path();
+  if (dir.empty()) dir = ".";
+  if (!fs::is_directory(dir, ec))
+    throw ConfigError(flag + ": '" + dir.string() + "' is not a directory");
+  if (std::string why = output_dir_unusable(dir.string()); !why.empty())
+    throw ConfigError(flag + ": " + why);
+}
+
 int do_bench_locks(bench::LockBenchOptions opt, bool quick, const std::string& json_out,
                    const std::string& csv_out) {
+  check_bench_output(json_out, "--json");
+  check_bench_output(csv_out, "--csv");
   if (quick) {
     opt.reps = 3;
     opt.uncontended_ops = 500000;
@@ -138,9 +156,22 @@ int do_bench_locks(bench::LockBenchOptions opt, bool quick, const std::string& j
     if (std::find(known.begin(), known.end(), n) == known.end())
       throw ConfigError("--locks: unknown lock '" + n + "'");
   nlohmann::json r = bench::run_lock_bench(opt);
-  if (!json_out.empty()) write_file_atomically(json_out, r.dump(2) + "\n");
-  if (!csv_out.empty()) write_file_atomically(csv_out, bench::lock_bench_csv(r));
-  return kExitOk;
+  int rc = kExitOk;
+  // Never lose the results: what cannot be written goes to stdout.
+  auto write = [&](const std::string& path, const std::string& text) {
+    if (path.empty()) return;
+    try {
+      write_file_atomically(path, text);
+    } catch (const std::exception& e) {
+      std::cerr << "kvmscale: could not write " << path << ": " << e.what()
+                << "\nkvmscale: its content follows on stdout\n";
+      std::cout << text << std::flush;
+      rc = kExitFailure;
+    }
+  };
+  write(json_out, r.dump(2) + "\n");
+  write(csv_out, bench::lock_bench_csv(r));
+  return rc;
 }
 
 }  // namespace
