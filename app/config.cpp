@@ -4,9 +4,11 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cerrno>
 #include <charconv>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <map>
 #include <set>
 
@@ -24,10 +26,15 @@ std::pair<double, std::string> number_and_unit(const std::string& text, const ch
   while (i < text.size() && (std::isdigit(static_cast<unsigned char>(text[i])) || text[i] == '.'))
     i++;
   std::string num = text.substr(0, i), unit = text.substr(i);
-  if (num.empty() || std::count(num.begin(), num.end(), '.') > 1)
+  // At least one digit ("." alone made std::stod throw invalid_argument: exit 1 "stod"), and in
+  // range (hundreds of digits made it throw out_of_range); both found by fuzz_run_flags.
+  const bool digit = std::any_of(num.begin(), num.end(), [](char c) { return c != '.'; });
+  errno = 0;
+  const double v = digit ? std::strtod(num.c_str(), nullptr) : 0;
+  if (!digit || std::count(num.begin(), num.end(), '.') > 1 || errno == ERANGE || !std::isfinite(v))
     throw ConfigError(std::string("invalid ") + what + " '" + text + "'");
   std::transform(unit.begin(), unit.end(), unit.begin(), ::tolower);
-  return {std::stod(num), unit};
+  return {v, unit};
 }
 
 }  // namespace
@@ -51,6 +58,15 @@ uint64_t parse_size(const std::string& text) {
   if (bytes >= 1.8e19 || bytes != std::floor(bytes))
     throw ConfigError("size '" + text + "' is not a whole number of bytes in range");
   return static_cast<uint64_t>(bytes);
+}
+
+std::string decimal_count_error(const std::string& text) {
+  const bool digits =
+      !text.empty() && text.size() <= 10 &&
+      std::all_of(text.begin(), text.end(), [](char c) { return c >= '0' && c <= '9'; });
+  if (digits && (text.size() == 1 || text[0] != '0')) return {};
+  return "'" + text +
+         "' is not a decimal count (counts are plain decimal: no sign, 0x or leading 0)";
 }
 
 uint64_t parse_u64(const std::string& text) {
@@ -284,7 +300,8 @@ void RunConfig::validate() const {
   if (numa && (sched == "host" || !pcpu_bind))
     throw ConfigError(
         "--numa needs --sched credit or rr with --pcpu-bind (pCPUs must sit on known nodes)");
-  if (pcpus > 4096) throw ConfigError("--pcpus must be between 1 and 4096 (0 = host CPUs)");
+  if (pcpus > 4096)
+    throw ConfigError("--pcpus must be between 1 and 4096 (omitted: one per host CPU)");
   if (balance != "xen" && balance != "affinity" && balance != "counted" && balance != "hybrid" &&
       balance != "none")
     throw ConfigError("unknown --balance '" + balance +

@@ -21,6 +21,9 @@ struct ConfigError : std::runtime_error {
 uint64_t parse_size(const std::string& text);
 // A whole number in 0 .. 2^64-1, decimal or 0x-hexadecimal, nothing else (guest arguments).
 uint64_t parse_u64(const std::string& text);
+// Counts (--vms, --pcpus, --repeat, ...) are decimal: empty if `text` is one ("0" or no leading
+// zero), else why not. CLI11 alone reads them with strtoull base 0 (0x10 = 16, 010 = 8).
+std::string decimal_count_error(const std::string& text);
 // "5s", "500ms", "250us", "2m", "1h", "10" (seconds). Throws ConfigError.
 uint64_t parse_duration_ns(const std::string& text);
 std::string format_size(uint64_t bytes);

@@ -2,7 +2,7 @@
 // pCPU by default, each acting as the flush initiator for the pCPU whose fault it serves), each
 // VM's PodVm, and the cross-calls its flushes go through (ept_sync_domain: the VM's P2mSync marks
 // every context and targets its dirty mask). Built after the executor, before it starts; stop()
-// before the executor goes. `skip_flushes` is a test hook (vmm::TestHooks).
+// before the executor goes. `skip_flushes` and `read_faults` are test hooks (vmm::TestHooks).
 #pragma once
 
 #include <sys/types.h>
@@ -30,7 +30,7 @@ namespace kvmscale::vmm {
 class PodRuntime {
  public:
   PodRuntime(const RunConfig& cfg, const std::vector<Vm*>& vms, sched::Executor& ex,
-             locks::LockRegistry& locks, bool skip_flushes)
+             locks::LockRegistry& locks, bool skip_flushes, bool read_faults = true)
       : ex_(ex),
         cc_(ex.contexts(),
             cfg.call_lock == "percpu" ? sched::CallLockMode::PerCpu : sched::CallLockMode::Global,
@@ -72,8 +72,12 @@ class PodRuntime {
     const uint32_t threads =
         cfg.fault_threads ? cfg.fault_threads : std::min(64u, cfg.effective_pcpus());
     faults_ = std::make_unique<mm::FaultService>(
-        uffd_, int(threads), [this](const mm::FaultEvent& ev) { on_fault(ev); });
+        uffd_, int(threads), [this](const mm::FaultEvent& ev) { on_fault(ev); }, read_faults);
   }
+  // Liveness, from the run loop: false once a fault has waited unread for a second while no
+  // fault thread was busy (reads are served within microseconds otherwise).
+  bool faults_served(uint64_t now) { return !faults_ || faults_->serving(now, kFaultPatienceNs); }
+  static constexpr uint64_t kFaultPatienceNs = 1000000000;
   ~PodRuntime() { stop(); }
   // Stops serving faults (joins the service threads); reports are exact only after this.
   void stop() {

@@ -18,7 +18,9 @@ Setting with_json(Setting s, Field<T> f) {
   return s;
 }
 
-uint32_t parse_u32_value(const std::string& text) {
+// Counts are plain decimal (no sign, 0x or leading 0: "010" is not 8, "0x10" not 16).
+uint32_t parse_count(const std::string& text) {
+  if (std::string why = decimal_count_error(text); !why.empty()) throw ConfigError(why);
   uint64_t v = parse_u64(text);
   if (v > std::numeric_limits<uint32_t>::max())
     throw ConfigError("'" + text + "' is out of range (at most 4294967295)");
@@ -30,7 +32,7 @@ Setting count(std::string flag, std::string key, std::string help, Field<uint32_
   Setting s{flag, key, help};
   if (show_default) s.default_text = std::to_string(RunConfig{}.*f);
   s.type_name = "UINT";
-  s.parse = [f](RunConfig& c, const Values& v) { c.*f = parse_u32_value(v.at(0)); };
+  s.parse = [f](RunConfig& c, const Values& v) { c.*f = parse_count(v.at(0)); };
   return with_json(s, f);
 }
 
@@ -93,6 +95,15 @@ Setting on_off(std::string flag, std::string key, std::string help, Field<bool> 
   return with_json(s, f);
 }
 
+// --pcpus 0 is refused on the command line; records say 0 for "one per host CPU".
+Setting pcpu_count(Setting s) {
+  s.parse = [read = s.parse](RunConfig& c, const Values& v) {
+    if (v.at(0) == "0") throw ConfigError("0 pCPUs: omit --pcpus for one per host CPU");
+    read(c, v);
+  };
+  return s;
+}
+
 std::string lock_help() {
   std::string classes;
   for (const auto& c : lock_classes()) classes += (classes.empty() ? "" : " ") + c;
@@ -140,8 +151,9 @@ std::vector<Setting> make_table() {
            "--pcpus threads), rr (round-robin over --pcpus threads)",
            &RunConfig::sched)
           .eg("credit"),
-      count("pcpus", "pcpus", "pCPU threads for credit/rr (default: host online CPUs)",
-            &RunConfig::pcpus, false)
+      pcpu_count(count("pcpus", "pcpus",
+                       "pCPU threads for credit/rr, 1-4096 (omitted: one per host online CPU)",
+                       &RunConfig::pcpus, false))
           .eg("2"),
       flag("pcpu-bind", "pcpu_bind", "bind pCPU i to the i-th allowed host CPU",
            &RunConfig::pcpu_bind),

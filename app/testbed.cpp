@@ -14,6 +14,7 @@
 #include "app/pod_runtime.hpp"
 #include "app/record.hpp"
 #include "locks/registry.hpp"
+#include "mm/thread_start.hpp"
 #include "sched/executor.hpp"
 #include "vmm/clock.hpp"
 #include "vmm/guest_images.hpp"
@@ -82,7 +83,15 @@ std::vector<std::unique_ptr<Vm>> create_vms(const RunConfig& cfg, const KvmSyste
     }
   };
   std::vector<std::thread> threads;
-  for (int w = 1; w < workers; w++) threads.emplace_back(work);
+  try {
+    for (int w = 1; w < workers; w++)
+      threads.push_back(mm::start_thread(
+          "VM creation worker " + std::to_string(w) + " of " + std::to_string(workers - 1), work));
+  } catch (...) {
+    abort.store(true);
+    for (auto& t : threads) t.join();
+    throw;
+  }
   work();
   for (auto& t : threads) t.join();
   if (error) std::rethrow_exception(error);
@@ -127,6 +136,10 @@ nlohmann::json run_testbed(const RunConfig& cfg) { return run_testbed_with_hooks
 
 nlohmann::json run_testbed_with_hooks(const RunConfig& cfg, const TestHooks& hooks) {
   cfg.validate();
+  struct ThreadStartHook {
+    explicit ThreadStartHook(int k) { mm::fail_thread_start_countdown.store(k); }
+    ~ThreadStartHook() { mm::fail_thread_start_countdown.store(-1); }
+  } thread_start_hook(hooks.fail_thread_start);
   RunTiming t;
   t.started_unix_ns = unix_now_ns();
 
@@ -243,13 +256,18 @@ nlohmann::json run_testbed_with_hooks(const RunConfig& cfg, const TestHooks& hoo
     if (!cfg.pod_target.empty()) {
       try {
         pod = std::make_unique<PodRuntime>(cfg, vm_ptrs, *executor, lock_registry,
-                                           hooks.skip_flushes);
-      } catch (const std::system_error& e) {
+                                           hooks.skip_flushes, !hooks.fault_reads_off);
+      } catch (const std::exception& e) {
         throw RunError(std::string("populate-on-demand set-up failed: ") + e.what());
       }
     }
     t.exec_start_ns = now_ns();
-    executor->start();
+    try {
+      executor->start();  // none of its threads left running if it throws
+    } catch (const std::exception& e) {
+      pod.reset();  // its fault threads call into the executor: they go first
+      throw RunError(std::string("starting the run failed: ") + e.what());
+    }
     const uint64_t deadline = t.exec_start_ns + cfg.duration_ns;
     for (;;) {
       uint64_t now = now_ns();
@@ -258,12 +276,30 @@ nlohmann::json run_testbed_with_hooks(const RunConfig& cfg, const TestHooks& hoo
         end = EndReason::Duration;
         break;
       }
+      if (std::any_of(vm_ptrs.begin(), vm_ptrs.end(),
+                      [](const Vm* vm) { return !vm->host_error().empty(); }))
+        break;  // reported below
+      if (pod && !pod->faults_served(now)) {
+        // The vCPUs would wait for their faults to the end and the record would look like a
+        // slow boot (issue 12: "booted 0", exit 0 under a pids limit).
+        executor->stop();
+        pod.reset();
+        throw RunError(
+            "guest page faults are not being served: one has waited unread for 1 s with no fault "
+            "thread busy (the kernel could not start io_uring's worker thread for the "
+            "userfaultfd reads? raise ulimit -u or the pids cgroup's pids.max)");
+      }
       if (wait_stop_signal(std::min<uint64_t>(2000000, deadline - now))) {
         end = EndReason::Interrupted;
         break;
       }
     }
     executor->stop();
+    for (const Vm* vm : vm_ptrs)
+      if (std::string err = vm->host_error(); !err.empty()) {
+        pod.reset();
+        throw RunError("the run failed: " + err);
+      }
     sched_report = executor->report();
     uint64_t double_runs = 0;  // a vCPU entered by two threads at once: must stay 0
     for (const Vm* vm : vm_ptrs) double_runs += vm->double_runs();

@@ -24,6 +24,10 @@ struct TestHooks {
   // PoD flushes do nothing (no invalidate marks, no cross-call): the software TLBs must then
   // report stale hits.
   bool skip_flushes = false;
+  // The thread start after this many successful ones fails as under a pids limit (-1: none).
+  int fail_thread_start = -1;
+  // The fault service never reads a fault, as when the kernel cannot start io_uring's worker.
+  bool fault_reads_off = false;
 };
 
 // Runs the configured scenario and returns its run record (docs/run-record.md).

@@ -2,6 +2,8 @@
 
 #include <CLI/CLI.hpp>
 #include <algorithm>
+#include <filesystem>
+#include <iostream>
 
 #include "app/config.hpp"
 #include "app/record.hpp"
@@ -9,6 +11,22 @@
 
 namespace kvmscale::bench {
 namespace {
+
+// --json/--csv must be usable before the benchmark runs, as run's --out (issue 12 item 10).
+void check_output(const std::string& path, const std::string& flag) {
+  if (path.empty()) return;
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  // Only regular files are replaced (a rename over /dev/null would replace the device).
+  if (fs::exists(path, ec) && !fs::is_regular_file(path, ec))
+    throw vmm::ConfigError(flag + " " + path + " exists and is not a regular file");
+  fs::path dir = fs::path(path).parent_path();
+  if (dir.empty()) dir = ".";
+  if (!fs::is_directory(dir, ec))
+    throw vmm::ConfigError(flag + ": '" + dir.string() + "' is not a directory");
+  if (std::string why = vmm::output_dir_unusable(dir.string()); !why.empty())
+    throw vmm::ConfigError(flag + ": " + why);
+}
 
 class BenchLocks final : public vmm::Subcommand {
  public:
@@ -33,6 +51,8 @@ class BenchLocks final : public vmm::Subcommand {
 
   int run_if_selected() override {
     if (!cmd_ || !*cmd_) return -1;
+    check_output(json_out_, "--json");
+    check_output(csv_out_, "--csv");
     if (quick_) {
       opt_.reps = 3;
       opt_.uncontended_ops = 500000;
@@ -44,9 +64,22 @@ class BenchLocks final : public vmm::Subcommand {
       if (std::find(known.begin(), known.end(), n) == known.end())
         throw vmm::ConfigError("--locks: unknown lock '" + n + "'");
     nlohmann::json r = run_lock_bench(opt_);
-    if (!json_out_.empty()) vmm::write_file_atomically(json_out_, r.dump(2) + "\n");
-    if (!csv_out_.empty()) vmm::write_file_atomically(csv_out_, lock_bench_csv(r));
-    return vmm::kExitOk;
+    int rc = vmm::kExitOk;
+    // Never lose the results: what cannot be written goes to stdout.
+    auto write = [&](const std::string& path, const std::string& text) {
+      if (path.empty()) return;
+      try {
+        vmm::write_file_atomically(path, text);
+      } catch (const std::exception& e) {
+        std::cerr << "kvmscale: could not write " << path << ": " << e.what()
+                  << "\nkvmscale: its content follows on stdout\n";
+        std::cout << text << std::flush;
+        rc = vmm::kExitFailure;
+      }
+    };
+    write(json_out_, r.dump(2) + "\n");
+    write(csv_out_, lock_bench_csv(r));
+    return rc;
   }
 
  private:

@@ -7,6 +7,7 @@
 #include <stdexcept>
 #include <thread>
 
+#include "mm/thread_start.hpp"
 #include "sched/context_threads.hpp"
 #include "sched/executor.hpp"
 #include "sched/wake_slot.hpp"
@@ -38,9 +39,21 @@ class HostExecutor final : public Executor {
 
   void start() override {
     live_.store(total_);
-    for (size_t m = 0; m < vms_.size(); m++)
-      for (uint32_t i = 0; i < vms_[m]->nr_vcpus(); i++)
-        threads_.emplace_back([this, m, i] { vcpu_thread(m, i); });
+    try {
+      for (size_t m = 0; m < vms_.size(); m++)
+        for (uint32_t i = 0; i < vms_[m]->nr_vcpus(); i++)
+          threads_.push_back(mm::start_thread("the thread of vCPU " + std::to_string(i) + " of vm" +
+                                                  std::to_string(vms_[m]->index()) + " (" +
+                                                  std::to_string(threads_.size() + 1) + " of " +
+                                                  std::to_string(total_) + " vCPU threads)",
+                                              [this, m, i] { vcpu_thread(m, i); }));
+    } catch (...) {
+      // The vCPUs that never started are gone for cross-calls; stop and join the others.
+      for (size_t c = threads_.size(); c < total_; c++)
+        if (cc_) cc_->set_stalled(uint32_t(c), true, CrossCall::kGone);
+      stop();
+      throw;
+    }
   }
 
   bool all_done() const override { return live_.load() == 0; }

@@ -24,6 +24,7 @@
 #include <stdexcept>
 #include <thread>
 
+#include "mm/thread_start.hpp"
 #include "sched/context_threads.hpp"
 #include "sched/credit.hpp"
 #include "sched/executor.hpp"
@@ -128,7 +129,18 @@ class PcpuExecutor final : public Executor, public PcpuSignals {
     for (auto& pc : pcpus_) pc->timers.set_live_limit(vcpus_.size());
     start_ns_ = now_ns();
     sched_->start(start_ns_);
-    for (uint32_t p = 0; p < pcpus_.size(); p++) threads_.emplace_back([this, p] { pcpu_loop(p); });
+    try {
+      for (uint32_t p = 0; p < pcpus_.size(); p++)
+        threads_.push_back(mm::start_thread(
+            "pCPU thread " + std::to_string(p + 1) + " of " + std::to_string(pcpus_.size()),
+            [this, p] { pcpu_loop(p); }));
+    } catch (...) {
+      // The pCPUs that never started are gone for cross-calls; stop and join the others.
+      for (size_t p = threads_.size(); p < pcpus_.size(); p++)
+        if (cc_) cc_->set_stalled(uint32_t(p), true, CrossCall::kGone);
+      stop();
+      throw;
+    }
   }
 
   bool all_done() const override { return live_.load() == 0; }

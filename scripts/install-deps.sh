@@ -10,6 +10,7 @@ packages=(
   libcli11-dev nlohmann-json3-dev                # CLI, JSON
   libck-dev                                      # Concurrency Kit: lock baselines in bench-locks
   clang-format                                   # formatting check
+  clang-14 libclang-rt-14-dev                    # libFuzzer targets (scripts/fuzz.sh)
   gnuplot-nox                                    # plots
   slurm-wlm munge                                # tests/slurm: a one-node Slurm cluster
   systemtap-sdt-dev                              # <sys/sdt.h>: USDT probes (docs/tracing.md)

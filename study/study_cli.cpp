@@ -47,6 +47,10 @@ CLI::Validator whole_number() {
       "UINT");
 }
 
+CLI::Validator decimal_count() {
+  return CLI::Validator([](std::string& v) { return vmm::decimal_count_error(v); }, "");
+}
+
 uint64_t random_seed() { return std::random_device{}() & 0xffffffffu; }
 
 bool stop_requested() {
@@ -78,6 +82,7 @@ void add_matrix_options(CLI::App& m, StudyCommands& st) {
     st.run_opts.emplace_back(f.flag, o);
   }
   m.add_option("--repeat", st.repeat, "runs per cell")
+      ->check(decimal_count())
       ->check(CLI::Range(1u, kMaxRepeat))
       ->capture_default_str();
   m.add_option("--seed", st.seed, "seed of the shuffled run order (default: random, recorded)")
@@ -486,6 +491,7 @@ void add_study_commands(CLI::App& app, StudyCommands& st) {
       ->required()
       ->check(CLI::IsMember(scenario_names()));
   st.scenario->add_option("--repeat", st.scenario_repeat, "runs per variant")
+      ->check(decimal_count())
       ->check(CLI::Range(1u, kMaxRepeat))
       ->capture_default_str();
   st.scenario->add_option("--duration", st.duration, "credit-balance: spin time of each run")

@@ -39,8 +39,19 @@ TEST(Cli, BadUsageExitsTwoWithAClearMessage) {
        "given twice"},
       {{"run", "--vms", "0"}, "--vms"},
       {{"run", "--vms", "lots"}, "--vms"},
+      {{"run", "--vms", "0x10"}, "not a decimal count"},
+      {{"run", "--vms", "010"}, "not a decimal count"},
+      {{"run", "--vcpus", "+2"}, "not a decimal count"},
+      {{"run", "--sched", "credit", "--pcpus", "0x2"}, "not a decimal count"},
+      {{"run", "--sched", "credit", "--pcpus", "0"}, "omit --pcpus"},
+      {{"run", "--fault-threads", "0x4"}, "not a decimal count"},
+      {{"matrix", "--vms", "1,0x10", "--dry-run"}, "not a decimal count"},
+      {{"matrix", "--vms", "1,2", "--repeat", "0x3", "--dry-run"}, "not a decimal count"},
+      {{"scenario", "call-lock", "--repeat", "0x3"}, "not a decimal count"},
       {{"run", "--mem", "3X"}, "--mem"},
       {{"run", "--mem", "9M"}, "multiple of 2M"},
+      {{"run", "--mem", ".x"}, "--mem"},  // was "stod", exit 1 (found by fuzz_run_flags)
+      {{"run", "--duration", "."}, "--duration"},
       {{"run", "--duration", "soon"}, "--duration"},
       {{"run", "--guest", "nosuch"}, "unknown --guest 'nosuch'"},
       {{"run", "--guest-arg", "x"}, "--guest-arg"},
@@ -78,6 +89,10 @@ TEST(Cli, BadUsageExitsTwoWithAClearMessage) {
       {{"matrix", "--vms", "1,2", "--slurm", "--sbatch-arg", "big", "--out", "/nonexistent-m"},
        "not an sbatch option"},
       {{"compare", "--by", "host", "/nonexistent-m"}, "needs matrix directories"},
+      // Checked before the benchmark (it ran first and then failed to write, exit 1).
+      {{"bench-locks", "--quick", "--json", "/nonexistent-dir/locks.json"}, "--json"},
+      {{"bench-locks", "--quick", "--csv", "/proc/locks.csv"}, "--csv"},
+      {{"bench-locks", "--quick", "--json", "/tmp"}, "not a regular file"},
   };
   for (const auto& c : cases) {
     auto r = ks(c.args);

@@ -111,6 +111,18 @@ TEST(RunConfig, FromJsonValidates) {
   EXPECT_THROW(RunConfig::from_json(nlohmann::json::array()), ConfigError);
 }
 
+// Found by fuzz_run_flags: a number without digits threw std::invalid_argument ("kvmscale: stod",
+// exit 1), hundreds of digits std::out_of_range; both must be usage errors.
+TEST(ConfigParse, NumbersWithoutDigitsOrOutOfRangeAreUsageErrors) {
+  for (const std::string& bad : {std::string("."), std::string(".x"), std::string(".ratelimit"),
+                                 std::string(400, '9'), std::string(400, '9') + "M"})
+    EXPECT_THROW(parse_size(bad), ConfigError) << bad;
+  for (const std::string& bad : {std::string("."), std::string(".ms"), std::string(400, '9') + "s"})
+    EXPECT_THROW(parse_duration_ns(bad), ConfigError) << bad;
+  EXPECT_EQ(parse_size(".5K"), 512u);
+  EXPECT_EQ(parse_duration_ns("1.5s"), 1500000000u);
+}
+
 TEST(ConfigParse, GuestArgumentsAreExactSixtyFourBitIntegers) {
   EXPECT_EQ(parse_u64("9007199254740993"), 9007199254740993ull) << "not rounded through a double";
   EXPECT_EQ(parse_u64("18446744073709551615"), ~0ull);
@@ -144,6 +156,13 @@ TEST(RunConfig, SettingsARunWouldIgnoreAreNamed) {
   c.cap = 50;
   w = c.ineffective_settings();
   EXPECT_TRUE(names("--cap")) << "rr has no credits";
+  // More pCPU threads than host CPUs: accepted (the limit is 4096), but said to time-share.
+  c.sched = "credit";
+  c.cap = 0;
+  c.pcpus = 4096;
+  w = c.ineffective_settings();
+  ASSERT_TRUE(names("--pcpus")) << "4096 pCPUs on this host";
+  EXPECT_NE(w[0].find("time-share"), std::string::npos) << w[0];
 }
 
 TEST(RunConfig, AVmSettingGivenTwiceIsRefused) {

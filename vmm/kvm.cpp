@@ -123,7 +123,9 @@ VcpuFd::~VcpuFd() {
 
 int VcpuFd::run() {
   if (::ioctl(fd_.get(), KVM_RUN, 0) == 0) return 0;
-  if (errno == EINTR || errno == EAGAIN) return -EINTR;
+  if (errno == EINTR) return -EINTR;  // a kick (signal or immediate_exit)
+  // Anything else is the host's failure, EAGAIN included: e.g. the kernel could not start the
+  // VM's first-run worker thread under a pids limit, and fails every KVM_RUN of the VM alike.
   throw KvmError("KVM_RUN", errno);
 }
 

@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cinttypes>
 #include <cstdio>
 #include <cstdlib>
@@ -70,7 +71,17 @@ Action Vm::run_once(Vcpu& v, Kicker& kicker, PcpuAccess access) {
   kvm_run* run = v.fd().run_state();
   kicker.enter(run);
   uint64_t t0 = now_ns();
-  int r = v.fd().run();
+  int r = 0;
+  try {
+    r = v.fd().run();
+  } catch (const KvmError& e) {
+    kicker.leave(run);
+    return host_failure(std::string(e.what()) +
+                        (e.error() == EAGAIN || e.error() == ENOMEM
+                             ? " (the kernel could not start a thread or allocate memory for "
+                               "the VM: raise ulimit -u or the pids cgroup's pids.max)"
+                             : ""));
+  }
   v.stats.run_ns += now_ns() - t0;
   v.stats.runs++;
   bool kicked = kicker.leave(run);
@@ -131,6 +142,19 @@ Action Vm::handle_exit(Vcpu& v, PcpuAccess access) {
       return Action::crash(std::string("unhandled exit ") + exit_reason_name(reason) + " (" +
                            std::to_string(reason) + ")");
   }
+}
+
+Action Vm::host_failure(const std::string& what) {
+  {
+    std::lock_guard lock(fate_mu_);
+    if (host_error_.empty()) host_error_ = "vm" + std::to_string(index()) + ": " + what;
+  }
+  return Action::crash("host error: " + what);
+}
+
+std::string Vm::host_error() const {
+  std::lock_guard lock(fate_mu_);
+  return host_error_;
 }
 
 bool Vm::crash(const std::string& reason) {

@@ -97,9 +97,13 @@ class Vm {
   bool stopped() const { return state() != VmState::Running; }
   std::string crash_reason() const;
   int64_t exit_code() const;
+  // Not empty once KVM_RUN itself failed for one of its vCPUs (the host's failure, not the
+  // guest's: the VM is crashed with this reason and the run fails).
+  std::string host_error() const;
 
  private:
   Action handle_exit(Vcpu& v, PcpuAccess access);
+  Action host_failure(const std::string& what);
 
   VmSpec spec_;
   std::unique_ptr<mm::GuestMemory> mem_;
@@ -112,7 +116,7 @@ class Vm {
   std::atomic<uint32_t> running_vcpus_;
   std::atomic<uint64_t> double_runs_{0};
   mutable std::mutex fate_mu_;
-  std::string crash_reason_;
+  std::string crash_reason_, host_error_;
   int64_t exit_code_ = 0;
 };
 
