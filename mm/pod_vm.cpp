@@ -9,8 +9,9 @@ namespace kvmscale::mm {
 
 // OR-reduce fixed 512-byte blocks (a constant trip count the compiler unrolls and vectorises),
 // stopping at the first non-zero block; an AVX2 clone is picked at load time where available
-// (not under sanitizers: TSan crashes in ifunc resolvers that run before it is initialised).
-#if defined(__SANITIZE_THREAD__) || defined(__SANITIZE_ADDRESS__)
+// (not under sanitizers: TSan crashes in ifunc resolvers that run before it is initialised; not
+// with clang, used for the fuzz build, which refuses target_clones together with no_sanitize).
+#if defined(__SANITIZE_THREAD__) || defined(__SANITIZE_ADDRESS__) || defined(__clang__)
 #define KVMSCALE_CLONES
 #else
 #define KVMSCALE_CLONES __attribute__((target_clones("avx2", "default")))

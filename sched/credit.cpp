@@ -434,7 +434,7 @@ SchedVcpu* CreditScheduler::load_balance(Pcpu& pc, int local_pri, uint64_t now) 
         if (!peer_worth_trying(pc, peer)) continue;
         st.trylocks++;
         RunqGuard g(peer, std::try_to_lock);  // never spin on a peer's lock: could deadlock
-        KS_PROBE(sched_trylock, pc.index, peer.index, int(bool(g)));
+        KS_PROBE(sched_trylock, pc.index, peer.index, g ? 1 : 0);
         if (!g) {
           st.trylock_failures++;
           continue;

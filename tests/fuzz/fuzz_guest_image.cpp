@@ -18,7 +18,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   std::vector<uint8_t> image;
   try {
     image = vmm::load_guest_file(path);
-  } catch (const vmm::ConfigError&) {
+  } catch (const vmm::GuestImageError&) {
     return 0;
   }
   const uint64_t args[3] = {size, size > 0 ? data[0] : 0u, ~0ull};
