@@ -19,6 +19,7 @@
 #include <memory>
 
 #include "locks/probe.hpp"
+#include "sched/atomic_cpuset.hpp"
 #include "sched/cpuset.hpp"
 #include "sched/cross_call.hpp"
 
@@ -26,22 +27,14 @@ namespace kvmscale::sched {
 
 class P2mSync {
  public:
-  explicit P2mSync(uint32_t contexts)
-      : n_(contexts),
-        dirty_(std::make_unique<std::atomic<uint64_t>[]>(words())),
-        invalidate_(std::make_unique<std::atomic<uint64_t>[]>(words())) {}
+  explicit P2mSync(uint32_t contexts) : dirty_(contexts), invalidate_(contexts) {}
 
   uint32_t vm = 0;  // the VM's index, for the flush probe
-  void join(uint32_t c) { dirty_[c / 64].fetch_or(bit(c), std::memory_order_seq_cst); }
-  void leave(uint32_t c) { dirty_[c / 64].fetch_and(~bit(c), std::memory_order_seq_cst); }
-  bool take_invalidate(uint32_t c) {
-    if (!(invalidate_[c / 64].load(std::memory_order_seq_cst) & bit(c))) return false;
-    return invalidate_[c / 64].fetch_and(~bit(c), std::memory_order_seq_cst) & bit(c);
-  }
+  void join(uint32_t c) { dirty_.set(c, kSc); }
+  void leave(uint32_t c) { dirty_.clear(c, kSc); }
+  bool take_invalidate(uint32_t c) { return invalidate_.test_and_clear(c, kSc); }
   CpuSet prepare_flush() {
-    for (uint32_t w = 0; w < words(); w++)
-      invalidate_[w].store(w + 1 < words() || n_ % 64 == 0 ? ~0ull : (1ull << (n_ % 64)) - 1,
-                           std::memory_order_seq_cst);
+    invalidate_.fill(kSc);
     CpuSet targets = dirty();
     const uint64_t n = targets.count();
     flushes_.fetch_add(1, std::memory_order_relaxed);
@@ -62,21 +55,12 @@ class P2mSync {
   uint64_t flushes() const { return flushes_.load(std::memory_order_relaxed); }
   uint64_t mask_total() const { return mask_total_.load(std::memory_order_relaxed); }
   uint64_t mask_max() const { return mask_max_.load(std::memory_order_relaxed); }
-  CpuSet dirty() const {
-    CpuSet s(n_);
-    for (uint32_t c = 0; c < n_; c++)
-      if (dirty_[c / 64].load(std::memory_order_seq_cst) & bit(c)) s.set(c);
-    return s;
-  }
-  bool marked(uint32_t c) const {
-    return invalidate_[c / 64].load(std::memory_order_seq_cst) & bit(c);
-  }
+  CpuSet dirty() const { return dirty_.snapshot(kSc); }
+  bool marked(uint32_t c) const { return invalidate_.test(c, kSc); }
 
  private:
-  static uint64_t bit(uint32_t c) { return 1ull << (c % 64); }
-  uint32_t words() const { return (n_ + 63) / 64; }
-  uint32_t n_;
-  std::unique_ptr<std::atomic<uint64_t>[]> dirty_, invalidate_;
+  static constexpr std::memory_order kSc = std::memory_order_seq_cst;  // the Dekker pair above
+  AtomicCpuSet dirty_, invalidate_;
   std::atomic<uint64_t> flushes_{0}, mask_total_{0}, mask_max_{0};
 };
 
