@@ -19,7 +19,9 @@
 #include "vmm/kick.hpp"
 #include "vmm/kvm.hpp"
 
-namespace kvmscale::vmm {
+namespace kvmscale::app {
+
+using namespace kvmscale::vmm;  // the KVM machine below
 namespace {
 
 // The `run` flags, generated from the settings table (app/settings.hpp). Values are taken as
@@ -275,4 +277,4 @@ int cli_main(int argc, char** argv, const std::vector<Subcommand*>& more) {
   }
 }
 
-}  // namespace kvmscale::vmm
+}  // namespace kvmscale::app

@@ -8,7 +8,7 @@ namespace CLI {
 class App;
 }
 
-namespace kvmscale::vmm {
+namespace kvmscale::app {
 
 // Exit codes: 0 success, 1 the run failed, 2 bad usage, 130 interrupted by SIGINT/SIGTERM.
 inline constexpr int kExitOk = 0, kExitFailure = 1, kExitUsage = 2, kExitInterrupted = 130;
@@ -30,4 +30,4 @@ int cli_main(int argc, char** argv, const std::vector<Subcommand*>& more = {});
 struct RunConfig;
 RunConfig parse_run_args(const std::vector<std::string>& args);
 
-}  // namespace kvmscale::vmm
+}  // namespace kvmscale::app

@@ -17,7 +17,7 @@
 #include "locks/registry.hpp"
 #include "vmm/boot.hpp"
 
-namespace kvmscale::vmm {
+namespace kvmscale::app {
 namespace {
 
 // Splits "12.5ms" into 12.5 and "ms"; rejects anything else.
@@ -274,9 +274,9 @@ void RunConfig::validate() const {
   if (vms < 1 || vms > 100000) throw ConfigError("--vms must be between 1 and 100000");
   if (vcpus < 1 || vcpus > KS_MAX_VCPUS)
     throw ConfigError("--vcpus must be between 1 and " + std::to_string(KS_MAX_VCPUS));
-  if (mem < kMinGuestMem || mem > kMaxGuestMem)
-    throw ConfigError("--mem must be between " + format_size(kMinGuestMem) + " and " +
-                      format_size(kMaxGuestMem) + " (got " + format_size(mem) + ")");
+  if (mem < vmm::kMinGuestMem || mem > vmm::kMaxGuestMem)
+    throw ConfigError("--mem must be between " + format_size(vmm::kMinGuestMem) + " and " +
+                      format_size(vmm::kMaxGuestMem) + " (got " + format_size(mem) + ")");
   if (mem % (2ull << 20) != 0) throw ConfigError("--mem must be a multiple of 2M");
   {
     const auto& names = builtin_guest_names();
@@ -374,4 +374,4 @@ RunConfig RunConfig::from_json(const nlohmann::json& j) {
   return c;
 }
 
-}  // namespace kvmscale::vmm
+}  // namespace kvmscale::app

@@ -7,7 +7,7 @@
 #include <string>
 #include <vector>
 
-namespace kvmscale::vmm {
+namespace kvmscale::app {
 
 // Thrown for bad user input; the CLI prints it and exits 2.
 struct ConfigError : std::runtime_error {
@@ -87,4 +87,4 @@ const std::vector<std::string>& lock_classes();
 // "a,b,,c" -> {"a", "b", "", "c"}
 std::vector<std::string> split_list(const std::string& text, char sep = ',');
 
-}  // namespace kvmscale::vmm
+}  // namespace kvmscale::app

@@ -19,7 +19,9 @@
 #include "app/config.hpp"
 #include "vmm/kvm.hpp"
 
-namespace kvmscale::vmm {
+namespace kvmscale::app {
+
+using namespace kvmscale::vmm;  // the KVM machine below
 namespace {
 
 uint64_t read_number(const char* path) {
@@ -298,4 +300,4 @@ LimitCheck check_limits(HostInfo& h, uint32_t vms, uint32_t vcpus, uint64_t mem,
   return c;
 }
 
-}  // namespace kvmscale::vmm
+}  // namespace kvmscale::app

@@ -10,8 +10,10 @@
 #include "vmm/backend.hpp"
 
 namespace kvmscale::vmm {
-
 class KvmSystem;
+}
+
+namespace kvmscale::app {
 
 // A NUMA node as /sys/devices/system/node/nodeN shows it.
 struct NumaNode {
@@ -35,7 +37,7 @@ struct HostInfo {
   int numa_nodes = 0;
   uint64_t mem_total = 0, mem_available = 0;
   bool kvm_available = false;
-  Backend backend = Backend::Unknown;
+  vmm::Backend backend = vmm::Backend::Unknown;
   int kvm_api_version = 0;
   std::map<std::string, int> kvm_caps;  // capabilities kvmscale relies on or reports
   uint64_t nofile_soft = 0, nofile_hard = 0;
@@ -48,7 +50,7 @@ struct HostInfo {
 };
 
 // kvm may be null (no /dev/kvm): then only host facts are filled in.
-HostInfo probe_host(const KvmSystem* kvm);
+HostInfo probe_host(const vmm::KvmSystem* kvm);
 // The facts read from files under `root` ("/" on the host; a fake tree in tests): cpu_model,
 // microcode, SMT, NUMA layout, KVM module parameters. A file that is missing or unreadable
 // leaves its fact unknown.
@@ -70,4 +72,4 @@ LimitCheck check_limits(HostInfo& host, uint32_t vms, uint32_t vcpus, uint64_t m
 // File descriptors one VM costs: the VM fd and one per vCPU.
 inline uint64_t fds_per_vm(uint32_t vcpus) { return 1ull + vcpus; }
 
-}  // namespace kvmscale::vmm
+}  // namespace kvmscale::app

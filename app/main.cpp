@@ -7,5 +7,5 @@
 int main(int argc, char** argv) {
   auto study = kvmscale::study::study_subcommands();
   auto bench_locks = kvmscale::bench::bench_locks_subcommand();
-  return kvmscale::vmm::cli_main(argc, argv, {study.get(), bench_locks.get()});
+  return kvmscale::app::cli_main(argc, argv, {study.get(), bench_locks.get()});
 }

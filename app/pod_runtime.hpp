@@ -2,7 +2,7 @@
 // pCPU by default, each acting as the flush initiator for the pCPU whose fault it serves), each
 // VM's PodVm, and the cross-calls its flushes go through (ept_sync_domain: the VM's P2mSync marks
 // every context and targets its dirty mask). Built after the executor, before it starts; stop()
-// before the executor goes. `skip_flushes` and `read_faults` are test hooks (vmm::TestHooks).
+// before the executor goes. `skip_flushes` and `read_faults` are test hooks (app::TestHooks).
 #pragma once
 
 #include <sys/types.h>
@@ -25,11 +25,11 @@
 #include "vmm/clock.hpp"
 #include "vmm/vm.hpp"
 
-namespace kvmscale::vmm {
+namespace kvmscale::app {
 
 class PodRuntime {
  public:
-  PodRuntime(const RunConfig& cfg, const std::vector<Vm*>& vms, sched::Executor& ex,
+  PodRuntime(const RunConfig& cfg, const std::vector<vmm::Vm*>& vms, sched::Executor& ex,
              locks::LockRegistry& locks, bool skip_flushes, bool read_faults = true)
       : ex_(ex),
         cc_(ex.contexts(),
@@ -41,7 +41,7 @@ class PodRuntime {
     pp.stride = cfg.sweep_stride;
     pp.limit = cfg.sweep_limit;
     mm::parse_pod_reclaim(cfg.pod_reclaim, pp.reclaim);  // validated by RunConfig
-    for (Vm* vm : vms) {
+    for (vmm::Vm* vm : vms) {
       pp.vm = vm->index();
       uint8_t* ram = vm->memory().host_base() + KS_RAM_GPA;
       auto flush = [this, vm, skip = skip_flushes] {
@@ -85,7 +85,7 @@ class PodRuntime {
     faults_.reset();
   }
 
-  nlohmann::json vm_report(const Vm& vm) const {
+  nlohmann::json vm_report(const vmm::Vm& vm) const {
     for (const auto& p : pods_)
       if (p->vm == &vm) {
         nlohmann::json r = p->pod->report();
@@ -118,8 +118,8 @@ class PodRuntime {
  private:
   // One VM's PoD.
   struct VmPod {
-    VmPod(Vm* v, std::unique_ptr<mm::PodVm> p) : vm(v), pod(std::move(p)) {}
-    Vm* vm;
+    VmPod(vmm::Vm* v, std::unique_ptr<mm::PodVm> p) : vm(v), pod(std::move(p)) {}
+    vmm::Vm* vm;
     std::unique_ptr<mm::PodVm> pod;
     // Time its vCPUs waited on faults while a service thread resolved them (from reading the
     // fault to waking the vCPU; the kernel's delivery before that is not visible here).
@@ -147,7 +147,7 @@ class PodRuntime {
     }
   }
   // Xen crashes the domain ("out of PoD memory"): only this VM stops.
-  void out_of_memory(Vm& vm) {
+  void out_of_memory(vmm::Vm& vm) {
     if (!vm.crash("out of PoD memory")) return;
     oom_.fetch_add(1);
     ex_.stop_vm(vm);  // kicks its vCPUs out of guest mode and wakes blocked ones
@@ -164,4 +164,4 @@ class PodRuntime {
   uint64_t fault_events_ = 0;
 };
 
-}  // namespace kvmscale::vmm
+}  // namespace kvmscale::app

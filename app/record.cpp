@@ -17,7 +17,9 @@
 #include "version.h"  // generated: KVMSCALE_VERSION
 #include "vmm/clock.hpp"
 
-namespace kvmscale::vmm {
+namespace kvmscale::app {
+
+using namespace kvmscale::vmm;  // the KVM machine below
 
 std::string version_string() { return KVMSCALE_VERSION; }
 
@@ -292,4 +294,4 @@ std::string summary_table(const nlohmann::json& r) {
   return o.str();
 }
 
-}  // namespace kvmscale::vmm
+}  // namespace kvmscale::app

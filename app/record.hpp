@@ -11,7 +11,7 @@
 #include "app/host_info.hpp"
 #include "vmm/vm.hpp"
 
-namespace kvmscale::vmm {
+namespace kvmscale::app {
 
 // 2 added host facts (microcode, smt, numa, kvm_params) and tool build_type, sanitize, probes,
 // command_line. Readers accept every version from kOldestRecordSchemaVersion: the fields they
@@ -29,13 +29,13 @@ struct RunTiming {
   uint64_t end_ns = 0;
 };
 
-nlohmann::json vm_record(const Vm& vm, const std::string& guest, uint64_t exec_start_ns);
+nlohmann::json vm_record(const vmm::Vm& vm, const std::string& guest, uint64_t exec_start_ns);
 // A guest's console bytes as record fields: "console" is always valid UTF-8 (each invalid byte
 // becomes U+FFFD); "console_base64" holds the exact bytes when they are not valid UTF-8, else null.
 nlohmann::json console_fields(const std::string& bytes);
 nlohmann::json make_run_record(const RunConfig& cfg, const HostInfo& host,
-                               const std::vector<const Vm*>& vms, const RunTiming& t, EndReason end,
-                               const std::vector<std::string>& warnings);
+                               const std::vector<const vmm::Vm*>& vms, const RunTiming& t,
+                               EndReason end, const std::vector<std::string>& warnings);
 
 // temp file in the same directory, fsync, rename, fsync directory. Throws std::system_error.
 void write_file_atomically(const std::string& path, const std::string& content);
@@ -52,4 +52,4 @@ std::string version_string();  // git describe at build time
 // in, and this process's full command line.
 nlohmann::json tool_json();
 
-}  // namespace kvmscale::vmm
+}  // namespace kvmscale::app

@@ -3,7 +3,7 @@
 #include <cstdint>
 #include <limits>
 
-namespace kvmscale::vmm {
+namespace kvmscale::app {
 namespace {
 
 template <typename T>
@@ -251,4 +251,4 @@ const Setting* find_setting(const std::string& flag) {
   return nullptr;
 }
 
-}  // namespace kvmscale::vmm
+}  // namespace kvmscale::app

@@ -12,7 +12,7 @@
 
 #include "app/config.hpp"
 
-namespace kvmscale::vmm {
+namespace kvmscale::app {
 
 // How `kvmscale matrix` splits a flag's text into axis values.
 enum class AxisSplit {
@@ -53,4 +53,4 @@ const std::vector<Setting>& run_settings();
 // The entry of `flag` (without dashes), or null.
 const Setting* find_setting(const std::string& flag);
 
-}  // namespace kvmscale::vmm
+}  // namespace kvmscale::app

@@ -20,7 +20,9 @@
 #include "vmm/guest_images.hpp"
 #include "vmm/kvm.hpp"
 
-namespace kvmscale::vmm {
+namespace kvmscale::app {
+
+using namespace kvmscale::vmm;  // the KVM machine below
 namespace {
 
 sigset_t stop_signals() {
@@ -328,4 +330,4 @@ nlohmann::json run_testbed_with_hooks(const RunConfig& cfg, const TestHooks& hoo
   return record;
 }
 
-}  // namespace kvmscale::vmm
+}  // namespace kvmscale::app

@@ -7,7 +7,7 @@
 
 #include "app/config.hpp"
 
-namespace kvmscale::vmm {
+namespace kvmscale::app {
 
 // The run could not start or failed (no /dev/kvm, host limits, KVM errors). The CLI exits 1.
 struct RunError : std::runtime_error {
@@ -34,4 +34,4 @@ struct TestHooks {
 nlohmann::json run_testbed(const RunConfig& cfg);
 nlohmann::json run_testbed_with_hooks(const RunConfig& cfg, const TestHooks& hooks);
 
-}  // namespace kvmscale::vmm
+}  // namespace kvmscale::app

@@ -16,7 +16,7 @@ namespace kvmscale::bench {
 // message naming the benchmark, where KVM is unusable.
 inline std::unique_ptr<vmm::KvmSystem> open_kvm_for_bench(const char* bench_name) {
   vmm::install_kick_signal();
-  vmm::block_stop_signals();
+  app::block_stop_signals();
   try {
     return std::make_unique<vmm::KvmSystem>();
   } catch (const std::exception& e) {

@@ -27,8 +27,8 @@ using nlohmann::json;
 
 namespace {
 
-vmm::RunConfig one_vm(const std::string& guest, std::vector<uint64_t> args) {
-  vmm::RunConfig c;
+app::RunConfig one_vm(const std::string& guest, std::vector<uint64_t> args) {
+  app::RunConfig c;
   c.guest = guest;
   c.vms = 1;
   c.vcpus = 1;
@@ -120,19 +120,19 @@ int main(int argc, char** argv) {
 
   std::vector<double> guest_loop, host_loop, ks_hc, raw_hc, ks_launch, raw_launch;
   for (int r = 0; r < reps; r++) {
-    json rec = vmm::run_testbed(one_vm("loop", {loop_iters}));
+    json rec = app::run_testbed(one_vm("loop", {loop_iters}));
     guest_loop.push_back(double(guest_metric(rec, "loop_ns")) / double(loop_iters));
     uint64_t t0 = now_ns();
     ks_busy_loop(loop_iters);
     host_loop.push_back(double(now_ns() - t0) / double(loop_iters));
 
-    rec = vmm::run_testbed(one_vm("hcbench", {hcalls}));
+    rec = app::run_testbed(one_vm("hcbench", {hcalls}));
     ks_hc.push_back(double(guest_metric(rec, "hcall_ns")) / double(hcalls));
     raw_hc.push_back(double(raw_hcall_ns(*kvm, backend, hcalls)) / double(hcalls));
 
-    vmm::RunConfig lc = one_vm("hello", {});
+    app::RunConfig lc = one_vm("hello", {});
     lc.vms = vms;
-    rec = vmm::run_testbed(lc);
+    rec = app::run_testbed(lc);
     if (rec["summary"]["vms_booted"] != vms) {
       std::fprintf(stderr, "launch: only %s of %u VMs booted\n",
                    rec["summary"]["vms_booted"].dump().c_str(), vms);
@@ -170,6 +170,6 @@ int main(int argc, char** argv) {
                    {"ratio", ratio},
                    {"target", row.limit}});
   }
-  if (!json_out.empty()) vmm::write_file_atomically(json_out, out.dump(2) + "\n");
+  if (!json_out.empty()) app::write_file_atomically(json_out, out.dump(2) + "\n");
   return 0;
 }

@@ -209,7 +209,7 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
   alarm(unsigned(watchdog_s));  // default action: terminate; a hang must never outlive this
   try {
-    const uint64_t mem = vmm::parse_size(mem_text);
+    const uint64_t mem = app::parse_size(mem_text);
     auto kvm = bench::open_kvm_for_bench("bench_pod (cross-call part)");
     vmm::Backend backend = vmm::detect_backend();
     Region region(mem);

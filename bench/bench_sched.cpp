@@ -47,7 +47,7 @@ double raw_switch_ns(const vmm::KvmSystem& kvm, vmm::Backend backend, uint64_t n
 }
 
 double kvmscale_switch_ns(uint64_t n) {
-  vmm::RunConfig c;
+  app::RunConfig c;
   c.guest = "hcbench";
   c.vms = 2;
   c.vcpus = 1;
@@ -57,7 +57,7 @@ double kvmscale_switch_ns(uint64_t n) {
   c.pcpus = 1;
   c.balance = "none";
   c.ratelimit_ns = 0;  // 4.7's ratelimit ignores yield: without this, most yields would not switch
-  json r = vmm::run_testbed(c);
+  json r = app::run_testbed(c);
   uint64_t ns = std::max(r["vms"][0]["metrics"]["hcall_ns"].get<uint64_t>(),
                          r["vms"][1]["metrics"]["hcall_ns"].get<uint64_t>());
   return double(ns) / double(2 * n);
@@ -98,7 +98,7 @@ int main(int argc, char** argv) {
       o, b, o / b);
 
   for (const auto& lock : lock_list) {
-    vmm::RunConfig c;
+    app::RunConfig c;
     c.guest = "idle";
     c.vms = idle_vms;
     c.vcpus = idle_vcpus;
@@ -106,8 +106,8 @@ int main(int argc, char** argv) {
     c.guest_args = {500'000'000};  // block 500 ms at a time
     c.sched = "credit";
     c.lock = lock;
-    c.duration_ns = vmm::parse_duration_ns(idle_duration);
-    json rec = vmm::run_testbed(c);
+    c.duration_ns = app::parse_duration_ns(idle_duration);
+    json rec = app::run_testbed(c);
     const json& s = rec["sched"];
     uint64_t wakes = 0, busy = 0;
     for (const auto& v : s["vcpus"]) wakes += v["wakes"].get<uint64_t>();

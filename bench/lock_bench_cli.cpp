@@ -19,16 +19,16 @@ void check_output(const std::string& path, const std::string& flag) {
   std::error_code ec;
   // Only regular files are replaced (a rename over /dev/null would replace the device).
   if (fs::exists(path, ec) && !fs::is_regular_file(path, ec))
-    throw vmm::ConfigError(flag + " " + path + " exists and is not a regular file");
+    throw app::ConfigError(flag + " " + path + " exists and is not a regular file");
   fs::path dir = fs::path(path).parent_path();
   if (dir.empty()) dir = ".";
   if (!fs::is_directory(dir, ec))
-    throw vmm::ConfigError(flag + ": '" + dir.string() + "' is not a directory");
-  if (std::string why = vmm::output_dir_unusable(dir.string()); !why.empty())
-    throw vmm::ConfigError(flag + ": " + why);
+    throw app::ConfigError(flag + ": '" + dir.string() + "' is not a directory");
+  if (std::string why = app::output_dir_unusable(dir.string()); !why.empty())
+    throw app::ConfigError(flag + ": " + why);
 }
 
-class BenchLocks final : public vmm::Subcommand {
+class BenchLocks final : public app::Subcommand {
  public:
   void add_to(CLI::App& app) override {
     cmd_ = app.add_subcommand("bench-locks",
@@ -62,19 +62,19 @@ class BenchLocks final : public vmm::Subcommand {
     auto known = lock_bench_lock_names();
     for (const auto& n : opt_.only)
       if (std::find(known.begin(), known.end(), n) == known.end())
-        throw vmm::ConfigError("--locks: unknown lock '" + n + "'");
+        throw app::ConfigError("--locks: unknown lock '" + n + "'");
     nlohmann::json r = run_lock_bench(opt_);
-    int rc = vmm::kExitOk;
+    int rc = app::kExitOk;
     // Never lose the results: what cannot be written goes to stdout.
     auto write = [&](const std::string& path, const std::string& text) {
       if (path.empty()) return;
       try {
-        vmm::write_file_atomically(path, text);
+        app::write_file_atomically(path, text);
       } catch (const std::exception& e) {
         std::cerr << "kvmscale: could not write " << path << ": " << e.what()
                   << "\nkvmscale: its content follows on stdout\n";
         std::cout << text << std::flush;
-        rc = vmm::kExitFailure;
+        rc = app::kExitFailure;
       }
     };
     write(json_out_, r.dump(2) + "\n");
@@ -91,6 +91,6 @@ class BenchLocks final : public vmm::Subcommand {
 
 }  // namespace
 
-std::unique_ptr<vmm::Subcommand> bench_locks_subcommand() { return std::make_unique<BenchLocks>(); }
+std::unique_ptr<app::Subcommand> bench_locks_subcommand() { return std::make_unique<BenchLocks>(); }
 
 }  // namespace kvmscale::bench

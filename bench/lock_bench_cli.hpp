@@ -7,6 +7,6 @@
 
 namespace kvmscale::bench {
 
-std::unique_ptr<vmm::Subcommand> bench_locks_subcommand();
+std::unique_ptr<app::Subcommand> bench_locks_subcommand();
 
 }  // namespace kvmscale::bench

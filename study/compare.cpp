@@ -26,17 +26,17 @@ RunSet load_run_set(const std::string& path) {
     json r;
     std::string why;
     if (!read_finished_record(path, r, &why))
-      throw vmm::ConfigError(path + " is not a finished run record: " + why);
+      throw app::ConfigError(path + " is not a finished run record: " + why);
     try {
       set.runs.push_back(run_metrics(r));
     } catch (const std::invalid_argument& e) {
-      throw vmm::ConfigError(path + " is not a usable run record: " + e.what());
+      throw app::ConfigError(path + " is not a usable run record: " + e.what());
     }
     return set;
   }
-  if (!fs::exists(path, ec)) throw vmm::ConfigError(path + ": no such file or directory");
+  if (!fs::exists(path, ec)) throw app::ConfigError(path + ": no such file or directory");
   if (!fs::is_directory(path, ec))
-    throw vmm::ConfigError(path + " is not a run record or a directory of records");
+    throw app::ConfigError(path + " is not a run record or a directory of records");
   const bool matrix = holds_matrix(path);
   fs::path root = matrix ? fs::path(path) / "cells" : fs::path(path);
   std::vector<fs::path> files;
@@ -50,7 +50,7 @@ RunSet load_run_set(const std::string& path) {
     }
     if (it->is_regular_file(ec) && it->path().extension() == ".json") files.push_back(it->path());
   }
-  if (ec) throw vmm::ConfigError(path + ": " + ec.message());
+  if (ec) throw app::ConfigError(path + ": " + ec.message());
   std::sort(files.begin(), files.end());
   struct Found {
     std::string file, backend;
@@ -89,7 +89,7 @@ RunSet load_run_set(const std::string& path) {
       set.skipped.push_back(f.file + ": ran on KVM backend " + f.backend + ", the matrix's is " +
                             want);
   }
-  if (set.runs.empty()) throw vmm::ConfigError(path + " holds no finished run records");
+  if (set.runs.empty()) throw app::ConfigError(path + " holds no finished run records");
   return set;
 }
 
@@ -97,12 +97,12 @@ std::map<std::string, RunSet> load_grouped(const std::string& dir,
                                            const std::vector<std::string>& axes,
                                            std::vector<std::string>* left_out) {
   if (!holds_matrix(dir))
-    throw vmm::ConfigError("--by needs matrix directories: " + dir + " has no matrix.json");
+    throw app::ConfigError("--by needs matrix directories: " + dir + " has no matrix.json");
   MatrixSpec spec = load_spec(dir);
   for (const auto& a : axes) {
     bool known = false;
     for (const auto& ax : spec.axes) known = known || ax.flag == a;
-    if (!known) throw vmm::ConfigError("--by " + a + ": not an axis of the matrix in " + dir);
+    if (!known) throw app::ConfigError("--by " + a + ": not an axis of the matrix in " + dir);
   }
   std::map<std::string, RunSet> groups;
   std::vector<std::string> warnings;
@@ -141,14 +141,14 @@ std::vector<std::pair<std::string, std::vector<RunSet>>> load_by_host(
   std::vector<std::pair<std::string, std::vector<RunSet>>> groups;
   for (const auto& dir : dirs) {
     if (!holds_matrix(dir))
-      throw vmm::ConfigError("--by " + keys.front() + " needs matrix directories: " + dir +
+      throw app::ConfigError("--by " + keys.front() + " needs matrix directories: " + dir +
                              " has no matrix.json");
     MatrixSpec spec = load_spec(dir);
     for (const auto& k : keys) {
       if (is_host_key(k)) continue;
       bool known = false;
       for (const auto& ax : spec.axes) known = known || ax.flag == k;
-      if (!known) throw vmm::ConfigError("--by " + k + ": not an axis of the matrix in " + dir);
+      if (!known) throw app::ConfigError("--by " + k + ": not an axis of the matrix in " + dir);
     }
     std::vector<std::string> warnings;
     for (const RunRow& r : load_rows(spec, dir, &warnings)) {
@@ -171,7 +171,7 @@ std::vector<std::pair<std::string, std::vector<RunSet>>> load_by_host(
   }
   std::erase_if(groups, [](const auto& g) { return g.second.size() < 2; });
   if (groups.empty())
-    throw vmm::ConfigError("--by: no group holds runs of two different host values");
+    throw app::ConfigError("--by: no group holds runs of two different host values");
   return groups;
 }
 

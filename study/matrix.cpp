@@ -23,8 +23,8 @@
 namespace kvmscale::study {
 
 namespace fs = std::filesystem;
+using app::ConfigError;
 using nlohmann::json;
-using vmm::ConfigError;
 
 bool MatrixSpec::same_experiment(const MatrixSpec& o) const {
   auto key = [](const MatrixSpec& s) {
@@ -96,16 +96,16 @@ void MatrixSpec::validate() const {
 }
 
 std::vector<std::string> split_axis(const std::string& flag, const std::string& text) {
-  const vmm::Setting* setting = vmm::find_setting(flag);
-  const vmm::AxisSplit rule = setting ? setting->axis : vmm::AxisSplit::Commas;
-  if (rule == vmm::AxisSplit::Whole) return {text};
-  if (text.find(';') != std::string::npos) return vmm::split_list(text, ';');
-  std::vector<std::string> parts = vmm::split_list(text);
+  const app::Setting* setting = app::find_setting(flag);
+  const app::AxisSplit rule = setting ? setting->axis : app::AxisSplit::Commas;
+  if (rule == app::AxisSplit::Whole) return {text};
+  if (text.find(';') != std::string::npos) return app::split_list(text, ';');
+  std::vector<std::string> parts = app::split_list(text);
   auto any_of_parts = [&](auto pred) { return std::any_of(parts.begin(), parts.end(), pred); };
-  if (rule == vmm::AxisSplit::LockPolicy &&
+  if (rule == app::AxisSplit::LockPolicy &&
       any_of_parts([](const std::string& p) { return p.find('=') != p.npos; }))
     return {text};
-  if (rule == vmm::AxisSplit::PcpuList && !any_of_parts([](const std::string& p) {
+  if (rule == app::AxisSplit::PcpuList && !any_of_parts([](const std::string& p) {
         return p.empty() || p.find_first_not_of("0123456789") != p.npos;
       }))
     return {text};  // a pCPU list such as 0,1
@@ -156,10 +156,10 @@ std::string record_problem(const json& r) {
   if (!r.is_object()) return "not a JSON object";
   auto sv = r.find("schema_version");
   if (sv == r.end() || !sv->is_number_integer() ||
-      sv->get<int64_t>() < vmm::kOldestRecordSchemaVersion ||
-      sv->get<int64_t>() > vmm::kRecordSchemaVersion)
-    return "schema_version is not " + std::to_string(vmm::kOldestRecordSchemaVersion) + " to " +
-           std::to_string(vmm::kRecordSchemaVersion);
+      sv->get<int64_t>() < app::kOldestRecordSchemaVersion ||
+      sv->get<int64_t>() > app::kRecordSchemaVersion)
+    return "schema_version is not " + std::to_string(app::kOldestRecordSchemaVersion) + " to " +
+           std::to_string(app::kRecordSchemaVersion);
   for (const char* obj : {"run", "summary", "config"}) {
     auto it = r.find(obj);
     if (it == r.end() || !it->is_object()) return std::string("no \"") + obj + "\" object";
@@ -363,7 +363,7 @@ std::vector<std::string> PreparedMatrix::pending_ids() const {
 namespace {
 
 // Whether `record` is the run of `want` (the file name alone proves nothing).
-bool is_run_of(const json& record, vmm::RunConfig want) {
+bool is_run_of(const json& record, app::RunConfig want) {
   want.json = false;
   json have = record.value("config", json());
   have.erase("out");
@@ -411,10 +411,10 @@ PreparedMatrix prepare_matrix(const MatrixSpec& spec_in, const MatrixOptions& op
   }
   fs::create_directories(dir / "cells");
   json meta = {{"spec", spec.to_json()},
-               {"tool", vmm::version_string()},
+               {"tool", app::version_string()},
                {"runs", p.cells.size()},
                {"backend", backend == "unknown" ? json() : json(backend)}};
-  vmm::write_file_atomically(spec_file.string(), meta.dump(2) + "\n");
+  app::write_file_atomically(spec_file.string(), meta.dump(2) + "\n");
 
   // Temp files of writes a SIGKILL cut short (".<name>.tmp.<pid>"): nobody will finish them (the
   // Exclusive lock proves no task is writing).
@@ -473,7 +473,7 @@ MatrixOutcome run_matrix(const MatrixSpec& spec_in, const MatrixOptions& opt,
       break;
     }
     k++;
-    const vmm::RunConfig& cfg = p.configs[i];
+    const app::RunConfig& cfg = p.configs[i];
     const auto r0 = clock::now();
     std::string result;
     try {
@@ -482,20 +482,20 @@ MatrixOutcome run_matrix(const MatrixSpec& spec_in, const MatrixOptions& opt,
         out.interrupted = true;  // the interrupted run is not kept: it would bias its cell
         break;
       }
-      vmm::write_file_atomically(path, record.dump(2) + "\n");
+      app::write_file_atomically(path, record.dump(2) + "\n");
       fs::remove(dir / "failed" / (c.id + ".txt"));
       out.ran++;
       auto m = run_metrics(record);
       std::ostringstream s;
       s << m["vms_booted"] << "/" << record["summary"].value("vms", 0) << " booted";
       if (m.count("boot_max_ms"))
-        s << ", boot max " << vmm::format_duration(uint64_t(m["boot_max_ms"] * 1e6));
+        s << ", boot max " << app::format_duration(uint64_t(m["boot_max_ms"] * 1e6));
       result = s.str();
     } catch (const ConfigError&) {
       throw;
     } catch (const std::exception& e) {
       fs::create_directories(dir / "failed");
-      vmm::write_file_atomically((dir / "failed" / (c.id + ".txt")).string(),
+      app::write_file_atomically((dir / "failed" / (c.id + ".txt")).string(),
                                  std::string(e.what()) + "\n");
       out.failed++;
       result = std::string("FAILED: ") + e.what();
@@ -527,7 +527,7 @@ CellOutcome run_cell(const std::string& dir_text, const std::string& cell_id,
   auto it =
       std::find_if(cells.begin(), cells.end(), [&](const Cell& c) { return c.id == cell_id; });
   if (it == cells.end()) throw ConfigError("--cell " + cell_id + ": no such cell in " + dir_text);
-  vmm::RunConfig cfg = config(cell_args(spec, *it));
+  app::RunConfig cfg = config(cell_args(spec, *it));
   const std::string path = cell_file(dir_text, *it);
   cfg.out = path;
   cfg.json = false;
@@ -535,7 +535,7 @@ CellOutcome run_cell(const std::string& dir_text, const std::string& cell_id,
   auto record_failure = [&](const std::string& why) {
     std::error_code ec;
     fs::create_directories(dir / "failed", ec);
-    vmm::write_file_atomically((dir / "failed" / (cell_id + ".txt")).string(),
+    app::write_file_atomically((dir / "failed" / (cell_id + ".txt")).string(),
                                why + " (host " + host + ")\n");
   };
   const std::string want = matrix_backend(dir_text);
@@ -566,7 +566,7 @@ CellOutcome run_cell(const std::string& dir_text, const std::string& cell_id,
     log << "cell " << cell_id << ": interrupted, its run is not kept\n";
     return CellOutcome::Interrupted;
   }
-  vmm::write_file_atomically(path, record.dump(2) + "\n");
+  app::write_file_atomically(path, record.dump(2) + "\n");
   std::error_code ec;
   fs::remove(dir / "failed" / (cell_id + ".txt"), ec);
   log << "cell " << cell_id << ": written to " << path << "\n";
@@ -666,7 +666,7 @@ std::string summary_csv(const MatrixSpec& spec, const std::vector<RunRow>& rows)
 std::vector<std::string> write_outputs(const MatrixSpec& spec, const std::string& dir, bool plots) {
   std::vector<std::string> warnings;
   std::vector<RunRow> rows = load_rows(spec, dir, &warnings);
-  vmm::write_file_atomically((fs::path(dir) / "summary.csv").string(), summary_csv(spec, rows));
+  app::write_file_atomically((fs::path(dir) / "summary.csv").string(), summary_csv(spec, rows));
   if (!plots || rows.empty()) return warnings;
   for (auto& w : write_plots(spec, rows, (fs::path(dir) / "plots").string()))
     warnings.push_back(std::move(w));

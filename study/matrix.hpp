@@ -42,9 +42,9 @@ struct MatrixSpec {
   // Same axes, fixed flags and repeat (the seed may differ).
   bool same_experiment(const MatrixSpec& o) const;
   nlohmann::json to_json() const;
-  // Validated as strictly as the command line (throws vmm::ConfigError).
+  // Validated as strictly as the command line (throws app::ConfigError).
   static MatrixSpec from_json(const nlohmann::json& j);
-  void validate() const;       // throws vmm::ConfigError
+  void validate() const;       // throws app::ConfigError
   uint64_t run_count() const;  // cells x repeat, saturating (computed without expanding)
 };
 
@@ -70,7 +70,7 @@ bool read_finished_record(const std::string& path, nlohmann::json& out, std::str
 // kOldestRecordSchemaVersion to this build's, run/summary/config objects, the summary's counters
 // numbers.
 std::string record_problem(const nlohmann::json& r);
-// DIR/matrix.json exists / its spec (throws vmm::ConfigError when missing or malformed).
+// DIR/matrix.json exists / its spec (throws app::ConfigError when missing or malformed).
 bool holds_matrix(const std::string& dir);
 MatrixSpec load_spec(const std::string& dir);
 // The KVM backend recorded in DIR/matrix.json ("" when unknown: created on a host without KVM).
@@ -85,7 +85,7 @@ std::string spec_digest(const MatrixSpec& spec);
 // by side but never while a local run or submission writes the directory. Which matrix a task
 // belongs to is checked with spec_digest, not with the lock. A Shared request waits up to `wait`
 // for an Exclusive holder to finish (a submission releases it right after sbatch returns).
-// Throws vmm::ConfigError when refused.
+// Throws app::ConfigError when refused.
 class MatrixDirLock {
  public:
   enum class Mode { Exclusive, Shared };
@@ -119,10 +119,10 @@ struct MatrixOutcome {
   std::vector<std::string> warnings;
 };
 
-// Turns run flags into a validated RunConfig (the CLI's parser; throws vmm::ConfigError).
-using ConfigFn = std::function<vmm::RunConfig(const std::vector<std::string>& args)>;
-// Runs one configuration and returns its record (vmm::run_testbed; throws vmm::RunError).
-using RunFn = std::function<nlohmann::json(const vmm::RunConfig&)>;
+// Turns run flags into a validated RunConfig (the CLI's parser; throws app::ConfigError).
+using ConfigFn = std::function<app::RunConfig(const std::vector<std::string>& args)>;
+// Runs one configuration and returns its record (app::run_testbed; throws app::RunError).
+using RunFn = std::function<nlohmann::json(const app::RunConfig&)>;
 // Polled between runs: true stops the matrix (SIGINT).
 using StopFn = std::function<bool()>;
 
@@ -133,7 +133,7 @@ using StopFn = std::function<bool()>;
 struct PreparedMatrix {
   MatrixSpec spec;
   std::vector<Cell> cells;
-  std::vector<vmm::RunConfig> configs;  // one per cell, `out` set to its record file
+  std::vector<app::RunConfig> configs;  // one per cell, `out` set to its record file
   std::vector<bool> done;
   std::vector<std::string> warnings;
   size_t pending() const;
@@ -143,7 +143,7 @@ struct PreparedMatrix {
 PreparedMatrix prepare_matrix(const MatrixSpec& spec, const MatrixOptions& opt,
                               const ConfigFn& config);
 
-// Validates every cell before running any (throws vmm::ConfigError), then runs what is missing.
+// Validates every cell before running any (throws app::ConfigError), then runs what is missing.
 // Progress goes to `log` (one line per run: k of n, elapsed, ETA).
 MatrixOutcome run_matrix(const MatrixSpec& spec, const MatrixOptions& opt, const ConfigFn& config,
                          const RunFn& run, const StopFn& stop, std::ostream& log);
@@ -152,7 +152,7 @@ enum class CellOutcome { Ran, AlreadyDone, Interrupted };
 // One cell of the matrix in DIR, as a Slurm array task runs it: under a Shared lock, checks that
 // DIR still holds the matrix of `digest` ("" skips the check) and that this host's KVM backend is
 // the matrix's, runs the cell unless it is already finished, and writes its record atomically
-// (DIR/failed/<id>.txt, naming the host, when the run fails). Throws vmm::ConfigError for a wrong
+// (DIR/failed/<id>.txt, naming the host, when the run fails). Throws app::ConfigError for a wrong
 // cell, digest or backend, and what `run` throws when the run fails.
 CellOutcome run_cell(const std::string& dir, const std::string& cell_id, const std::string& digest,
                      const ConfigFn& config, const RunFn& run, std::ostream& log,

@@ -130,7 +130,7 @@ RunSet select(const std::vector<RunRow>& rows, const std::map<std::string, std::
 ScenarioPlan plan_scenario(const std::string& name, const ScenarioOptions& opt) {
   if (name == "call-lock") return call_lock_plan(opt);
   if (name == "credit-balance") return credit_balance_plan(opt);
-  throw vmm::ConfigError("unknown scenario '" + name + "' (available: call-lock, credit-balance)");
+  throw app::ConfigError("unknown scenario '" + name + "' (available: call-lock, credit-balance)");
 }
 
 ScenarioVerdict scenario_verdict(const ScenarioPlan& plan, const std::vector<RunRow>& rows) {

@@ -32,7 +32,7 @@ struct ScenarioPlan {
 };
 
 const std::vector<std::string>& scenario_names();  // call-lock, credit-balance
-// Throws vmm::ConfigError for an unknown name.
+// Throws app::ConfigError for an unknown name.
 ScenarioPlan plan_scenario(const std::string& name, const ScenarioOptions& opt);
 
 struct ScenarioVerdict {

@@ -21,7 +21,7 @@ extern char** environ;
 namespace kvmscale::study {
 
 namespace fs = std::filesystem;
-using vmm::ConfigError;
+using app::ConfigError;
 
 namespace {
 
@@ -177,7 +177,7 @@ Submission submit_cells(const std::string& dir, const std::string& exe,
   const std::string name = "submit-" + std::to_string(n) + ".sbatch";
   Submission sub;
   sub.script = (slurm / name).string();
-  vmm::write_file_atomically(sub.script, sbatch_script(dir, exe, cells, digest, o));
+  app::write_file_atomically(sub.script, sbatch_script(dir, exe, cells, digest, o));
   fs::permissions(sub.script, fs::perms::owner_exec | fs::perms::group_exec, fs::perm_options::add);
   if (!submit) return sub;
   ProgramResult r = run_program({"sbatch", "--parsable", sub.script});
@@ -197,7 +197,7 @@ Submission submit_cells(const std::string& dir, const std::string& exe,
     jobs = all.str();
   }
   jobs += id + " " + name + " " + std::to_string(cells.size()) + "\n";
-  vmm::write_file_atomically((slurm / "jobs.txt").string(), jobs);
+  app::write_file_atomically((slurm / "jobs.txt").string(), jobs);
   return sub;
 }
 

@@ -19,7 +19,7 @@ struct SbatchOptions {
   uint32_t throttle = 0;          // at most this many tasks at once (array "%N"); 0: no limit
 };
 
-// Throws vmm::ConfigError for what sbatch or the script could not take: a directory or
+// Throws app::ConfigError for what sbatch or the script could not take: a directory or
 // executable path with blanks, quotes or '%', an argument that is no option or holds a newline.
 void check_sbatch_inputs(const std::string& dir, const std::string& exe, const SbatchOptions& o);
 
@@ -31,7 +31,7 @@ std::string sbatch_script(const std::string& dir, const std::string& exe,
 
 // Job ids of DIR/slurm/jobs.txt (oldest first).
 std::vector<std::string> submitted_jobs(const std::string& dir);
-// Of `jobs`, those Slurm still has queued or running (asks squeue; throws vmm::RunError-like
+// Of `jobs`, those Slurm still has queued or running (asks squeue; throws app::RunError-like
 // std::runtime_error when squeue cannot be run).
 std::vector<std::string> active_jobs(const std::vector<std::string>& jobs);
 

@@ -38,9 +38,9 @@ CLI::Validator whole_number() {
   return CLI::Validator(
       [](std::string& v) {
         try {
-          vmm::parse_u64(v);
+          app::parse_u64(v);
           return std::string();
-        } catch (const vmm::ConfigError&) {
+        } catch (const app::ConfigError&) {
           return std::string("must be a whole number >= 0");
         }
       },
@@ -48,7 +48,7 @@ CLI::Validator whole_number() {
 }
 
 CLI::Validator decimal_count() {
-  return CLI::Validator([](std::string& v) { return vmm::decimal_count_error(v); }, "");
+  return CLI::Validator([](std::string& v) { return app::decimal_count_error(v); }, "");
 }
 
 uint64_t random_seed() { return std::random_device{}() & 0xffffffffu; }
@@ -66,9 +66,9 @@ uint32_t allowed_host_cpus() {
 }
 
 void add_matrix_options(CLI::App& m, StudyCommands& st) {
-  using Arity = vmm::Setting::Arity;
-  for (const vmm::Setting& f : vmm::run_settings()) {  // the run's settings that can be axes
-    if (f.axis == vmm::AxisSplit::None) continue;
+  using Arity = app::Setting::Arity;
+  for (const app::Setting& f : app::run_settings()) {  // the run's settings that can be axes
+    if (f.axis == app::AxisSplit::None) continue;
     const std::string name = "--" + f.flag;
     CLI::Option* o;
     if (f.arity == Arity::Flag)
@@ -78,7 +78,7 @@ void add_matrix_options(CLI::App& m, StudyCommands& st) {
     else
       o = m.add_option(
           name, st.run_values[f.flag],
-          f.help + (f.axis == vmm::AxisSplit::Whole ? " (fixed)" : " [axis: a,b,...]"));
+          f.help + (f.axis == app::AxisSplit::Whole ? " (fixed)" : " [axis: a,b,...]"));
     st.run_opts.emplace_back(f.flag, o);
   }
   m.add_option("--repeat", st.repeat, "runs per cell")
@@ -137,27 +137,27 @@ void print_dry_run(const MatrixSpec& spec, std::ostream& os) {
 int execute_matrix(const MatrixSpec& spec, const StudyCommands& st, const std::string& dir) {
   // Refuse before expanding: validating millions of runs would take tens of minutes.
   if (spec.run_count() > kMaxRuns && !st.force)
-    throw vmm::ConfigError("the matrix has " + std::to_string(spec.run_count()) +
+    throw app::ConfigError("the matrix has " + std::to_string(spec.run_count()) +
                            " runs, over the limit of " + std::to_string(kMaxRuns) +
                            "; use --force if you mean it");
   if (st.dry_run) {
     for (const Cell& c : expand(spec)) {
       try {
-        vmm::parse_run_args(cell_args(spec, c));
-      } catch (const vmm::ConfigError& e) {
-        throw vmm::ConfigError("run " + c.id + ": " + e.what());
+        app::parse_run_args(cell_args(spec, c));
+      } catch (const app::ConfigError& e) {
+        throw app::ConfigError("run " + c.id + ": " + e.what());
       }
     }
     print_dry_run(spec, std::cout);
-    return vmm::kExitOk;
+    return app::kExitOk;
   }
   vmm::install_kick_signal();
-  vmm::block_stop_signals();
+  app::block_stop_signals();
   MatrixOptions opt{dir, st.resume, !st.no_plots};
   std::cerr << "matrix: " << expand(spec).size() << " runs into " << dir << " (seed " << spec.seed
             << ")\n";
   MatrixOutcome o =
-      run_matrix(spec, opt, vmm::parse_run_args, vmm::run_testbed, stop_requested, std::cerr);
+      run_matrix(spec, opt, app::parse_run_args, app::run_testbed, stop_requested, std::cerr);
   for (const auto& w : o.warnings) std::cerr << "warning: " << w << "\n";
   std::cerr << "matrix: " << o.ran << " ran, " << o.skipped << " already done, " << o.failed
             << " failed" << (o.failed ? " (see " + dir + "/failed/)" : "") << ", of " << o.total
@@ -167,9 +167,9 @@ int execute_matrix(const MatrixSpec& spec, const StudyCommands& st, const std::s
   if (o.interrupted) {
     std::cerr << "interrupted: finished runs are kept; continue with --resume --out " << dir
               << "\n";
-    return vmm::kExitInterrupted;
+    return app::kExitInterrupted;
   }
-  return o.failed ? vmm::kExitFailure : vmm::kExitOk;
+  return o.failed ? app::kExitFailure : app::kExitOk;
 }
 
 // DIR/scenario.json: what a scenario was started with, so --resume (of the scenario or of its
@@ -196,25 +196,25 @@ bool load_scenario_settings(const std::string& dir, std::string& name, ScenarioO
     so.duration = j.at("duration").get<std::string>();
     so.seed = j.at("seed").get<uint64_t>();
   } catch (const json::exception& e) {
-    throw vmm::ConfigError(dir + "/" + kScenarioFile + " is damaged: " + e.what());
+    throw app::ConfigError(dir + "/" + kScenarioFile + " is damaged: " + e.what());
   }
   return true;
 }
 
 void write_verdict(const ScenarioPlan& plan, const std::string& dir) {
   ScenarioVerdict v = scenario_verdict(plan, load_rows(plan.spec, dir));
-  vmm::write_file_atomically((fs::path(dir) / "verdict.txt").string(), v.text);
-  vmm::write_file_atomically((fs::path(dir) / "verdict.json").string(), v.json.dump(2) + "\n");
+  app::write_file_atomically((fs::path(dir) / "verdict.txt").string(), v.text);
+  app::write_file_atomically((fs::path(dir) / "verdict.json").string(), v.json.dump(2) + "\n");
   std::cout << v.text << "verdict: " << dir << "/verdict.txt\n";
 }
 
 // `matrix --cell ID --out DIR`: one run of the matrix in DIR, as a Slurm array task runs it.
 int do_cell(const StudyCommands& st) {
   vmm::install_kick_signal();
-  vmm::block_stop_signals();
+  app::block_stop_signals();
   CellOutcome o =
-      run_cell(st.out, st.cell, st.matrix_digest, vmm::parse_run_args, vmm::run_testbed, std::cerr);
-  return o == CellOutcome::Interrupted ? vmm::kExitInterrupted : vmm::kExitOk;
+      run_cell(st.out, st.cell, st.matrix_digest, app::parse_run_args, app::run_testbed, std::cerr);
+  return o == CellOutcome::Interrupted ? app::kExitInterrupted : app::kExitOk;
 }
 
 // The Slurm jobs of DIR still queued or running, "" when none or when squeue is not at hand.
@@ -232,7 +232,7 @@ std::string active_jobs_note(const std::string& dir) {
 
 // `matrix --collect --out DIR`: CSV and plots from what finished, and what is still missing.
 int do_collect(const StudyCommands& st) {
-  if (!holds_matrix(st.out)) throw vmm::ConfigError(st.out + " holds no matrix (no matrix.json)");
+  if (!holds_matrix(st.out)) throw app::ConfigError(st.out + " holds no matrix (no matrix.json)");
   MatrixDirLock lock(st.out, MatrixDirLock::Mode::Shared);
   MatrixSpec spec = load_spec(st.out);
   std::vector<Cell> cells = expand(spec);
@@ -249,13 +249,13 @@ int do_collect(const StudyCommands& st) {
   else if (in_csv < cells.size())
     std::cerr << "collect: submit the missing runs with: kvmscale matrix --resume --slurm --out "
               << st.out << "\n";
-  return vmm::kExitOk;
+  return app::kExitOk;
 }
 
 // `matrix ... --slurm`: validate the whole matrix, then one array task per run not finished.
 int submit_matrix(const MatrixSpec& spec, const StudyCommands& st, const std::string& dir_in) {
   if (spec.run_count() > kMaxRuns && !st.force)
-    throw vmm::ConfigError("the matrix has " + std::to_string(spec.run_count()) +
+    throw app::ConfigError("the matrix has " + std::to_string(spec.run_count()) +
                            " runs, over the limit of " + std::to_string(kMaxRuns) +
                            "; use --force if you mean it");
   const std::string dir = fs::absolute(dir_in).lexically_normal().string();
@@ -267,11 +267,11 @@ int submit_matrix(const MatrixSpec& spec, const StudyCommands& st, const std::st
   if (std::vector<std::string> jobs = submitted_jobs(dir); !jobs.empty() && !st.no_submit) {
     std::vector<std::string> active = active_jobs(jobs);
     if (!active.empty())
-      throw vmm::ConfigError("Slurm job " + active.front() + " of " + dir +
+      throw app::ConfigError("Slurm job " + active.front() + " of " + dir +
                              " is still queued or running: wait for it (squeue) or scancel it, "
                              "then submit what is missing");
   }
-  PreparedMatrix p = prepare_matrix(spec, {dir, st.resume, !st.no_plots}, vmm::parse_run_args);
+  PreparedMatrix p = prepare_matrix(spec, {dir, st.resume, !st.no_plots}, app::parse_run_args);
   for (const auto& w : p.warnings) std::cerr << "warning: " << w << "\n";
   const std::vector<std::string> pending = p.pending_ids();
   if (pending.empty()) {
@@ -279,7 +279,7 @@ int submit_matrix(const MatrixSpec& spec, const StudyCommands& st, const std::st
       std::cerr << "warning: " << w << "\n";
     std::cerr << "matrix: all " << p.cells.size() << " runs are finished, nothing to submit; "
               << "summary: " << dir << "/summary.csv\n";
-    return vmm::kExitOk;
+    return app::kExitOk;
   }
   Submission sub = submit_cells(dir, exe, pending, spec_digest(p.spec), so, !st.no_submit);
   std::cerr << "matrix: " << pending.size() << " of " << p.cells.size() << " runs in " << sub.script
@@ -290,7 +290,7 @@ int submit_matrix(const MatrixSpec& spec, const StudyCommands& st, const std::st
     std::cout << sub.job_id << "\n";
   std::cerr << (sub.job_id.empty() ? "" : "submitted as Slurm job " + sub.job_id + "; ")
             << "when it is done: kvmscale matrix --collect --out " << dir << "\n";
-  return vmm::kExitOk;
+  return app::kExitOk;
 }
 
 // --cell, --collect and the Slurm-only flags each belong to one mode of `matrix`.
@@ -298,14 +298,14 @@ void check_matrix_modes(const StudyCommands& st, bool run_flags_given) {
   auto used = [&](const char* name) { return st.matrix->count(name) > 0; };
   const bool slurm_only = used("--sbatch-arg") || used("--slurm-throttle") || used("--no-submit");
   if (slurm_only && !st.slurm)
-    throw vmm::ConfigError("--sbatch-arg, --slurm-throttle and --no-submit need --slurm");
+    throw app::ConfigError("--sbatch-arg, --slurm-throttle and --no-submit need --slurm");
   if (used("--matrix-digest") && st.cell.empty())
-    throw vmm::ConfigError("--matrix-digest needs --cell");
+    throw app::ConfigError("--matrix-digest needs --cell");
   if (!st.cell.empty() || st.collect) {
     const char* mode = st.collect ? "--collect" : "--cell";
-    if (st.out.empty()) throw vmm::ConfigError(std::string(mode) + " needs --out DIR");
+    if (st.out.empty()) throw app::ConfigError(std::string(mode) + " needs --out DIR");
     if (run_flags_given || st.resume || st.slurm || st.dry_run || (st.collect && !st.cell.empty()))
-      throw vmm::ConfigError(std::string(mode) +
+      throw app::ConfigError(std::string(mode) +
                              " takes the matrix from --out: no run flags, --resume, --slurm, "
                              "--dry-run or other mode");
   }
@@ -316,7 +316,7 @@ int do_matrix(StudyCommands& st) {
   check_matrix_modes(st, !flags.empty() || !st.vm_opts.empty());
   if (!st.cell.empty()) return do_cell(st);
   if (st.collect) return do_collect(st);
-  if (st.resume && st.out.empty()) throw vmm::ConfigError("--resume needs --out DIR");
+  if (st.resume && st.out.empty()) throw app::ConfigError("--resume needs --out DIR");
   const std::string dir = st.out.empty() ? "results/matrix-" + stamp() : st.out;
   MatrixSpec spec;
   if (st.resume && flags.empty() && st.vm_opts.empty()) {
@@ -329,7 +329,7 @@ int do_matrix(StudyCommands& st) {
   int rc = execute_matrix(spec, st, dir);
   std::string scenario;
   ScenarioOptions so;
-  if (!st.dry_run && rc != vmm::kExitInterrupted && load_scenario_settings(dir, scenario, so))
+  if (!st.dry_run && rc != app::kExitInterrupted && load_scenario_settings(dir, scenario, so))
     write_verdict(plan_scenario(scenario, so), dir);
   return rc;
 }
@@ -341,7 +341,7 @@ void check_metrics(const std::vector<std::string>& wanted,
     bool found = false;
     for (const auto& rows : results)
       for (const auto& r : rows) found = found || r.metric == m;
-    if (!found) throw vmm::ConfigError("--metrics: '" + m + "' is not in both sets");
+    if (!found) throw app::ConfigError("--metrics: '" + m + "' is not in both sets");
   }
 }
 
@@ -372,27 +372,27 @@ int compare_hosts(const StudyCommands& st) {
     std::cout << json{{"groups", out}}.dump(2) << "\n";
   else
     std::cout << text;
-  return vmm::kExitOk;
+  return app::kExitOk;
 }
 
 int do_compare(StudyCommands& st) {
-  st.by = st.by_text.empty() ? std::vector<std::string>{} : vmm::split_list(st.by_text);
+  st.by = st.by_text.empty() ? std::vector<std::string>{} : app::split_list(st.by_text);
   const bool by_host = std::any_of(st.by.begin(), st.by.end(), is_host_key);
   if (by_host) return compare_hosts(st);
   if (st.path_b.empty())
-    throw vmm::ConfigError("compare needs two sets A B (one is enough with --by host...)");
+    throw app::ConfigError("compare needs two sets A B (one is enough with --by host...)");
   if (st.by.empty()) {
     RunSet a = load_run_set(st.path_a), b = load_run_set(st.path_b);
     for (const RunSet* set : {&a, &b})
       for (const auto& why : set->skipped) std::cerr << "compare: skipped " << why << "\n";
     auto rows = compare_sets(a, b, st.metrics);
     check_metrics(st.metrics, {rows});
-    if (rows.empty()) throw vmm::ConfigError("no metric is present in both sets");
+    if (rows.empty()) throw app::ConfigError("no metric is present in both sets");
     if (st.json)
       std::cout << comparison_json(a, b, rows).dump(2) << "\n";
     else
       std::cout << comparison_text(a, b, rows);
-    return vmm::kExitOk;
+    return app::kExitOk;
   }
   // Cell by cell: the runs of each group of A against the same group of B.
   std::vector<std::string> left_out;
@@ -412,13 +412,13 @@ int do_compare(StudyCommands& st) {
     j["group"] = key;
     groups.push_back(j);
   }
-  if (groups.empty()) throw vmm::ConfigError("--by: no group is present in both matrices");
+  if (groups.empty()) throw app::ConfigError("--by: no group is present in both matrices");
   check_metrics(st.metrics, all);
   if (st.json)
     std::cout << json{{"groups", groups}}.dump(2) << "\n";
   else
     std::cout << text;
-  return vmm::kExitOk;
+  return app::kExitOk;
 }
 
 int do_scenario(StudyCommands& st) {
@@ -427,15 +427,15 @@ int do_scenario(StudyCommands& st) {
   so.repeat = st.scenario_repeat;
   so.duration = st.duration;
   so.seed = st.seed ? st.seed : random_seed();
-  if (st.resume && st.out.empty()) throw vmm::ConfigError("--resume needs --out DIR");
+  if (st.resume && st.out.empty()) throw app::ConfigError("--resume needs --out DIR");
   const std::string dir =
       st.out.empty() ? "results/scenario-" + st.scenario_name + "-" + stamp() : st.out;
   if (st.resume) {
     std::string stored;
     if (!load_scenario_settings(dir, stored, so))
-      throw vmm::ConfigError(dir + " holds no scenario (no " + kScenarioFile + ")");
+      throw app::ConfigError(dir + " holds no scenario (no " + kScenarioFile + ")");
     if (stored != st.scenario_name)
-      throw vmm::ConfigError(dir + " holds scenario " + stored + ", not " + st.scenario_name);
+      throw app::ConfigError(dir + " holds scenario " + stored + ", not " + st.scenario_name);
     std::cerr << "scenario: resuming with the stored settings (repeat " << so.repeat
               << ", duration " << so.duration << ", " << so.host_cpus << " host CPUs)\n";
   }
@@ -443,15 +443,15 @@ int do_scenario(StudyCommands& st) {
   std::cerr << "scenario " << plan.name << ": " << plan.description << "\n";
   if (!st.resume && !st.dry_run) {
     if (holds_matrix(dir) || fs::exists(fs::path(dir) / kScenarioFile))
-      throw vmm::ConfigError(dir +
+      throw app::ConfigError(dir +
                              " already holds a scenario: use --resume to finish it, or "
                              "another --out");
     fs::create_directories(dir);
-    vmm::write_file_atomically((fs::path(dir) / kScenarioFile).string(),
+    app::write_file_atomically((fs::path(dir) / kScenarioFile).string(),
                                scenario_settings(st.scenario_name, so).dump(2) + "\n");
   }
   int rc = execute_matrix(plan.spec, st, dir);
-  if (st.dry_run || rc == vmm::kExitInterrupted) return rc;
+  if (st.dry_run || rc == app::kExitInterrupted) return rc;
   write_verdict(plan, dir);
   return rc;
 }
@@ -512,7 +512,7 @@ int run_study_command(StudyCommands& st) {
 }
 
 namespace {
-class StudySubcommands final : public vmm::Subcommand {
+class StudySubcommands final : public app::Subcommand {
  public:
   void add_to(CLI::App& app) override { add_study_commands(app, st_); }
   int run_if_selected() override { return run_study_command(st_); }
@@ -522,7 +522,7 @@ class StudySubcommands final : public vmm::Subcommand {
 };
 }  // namespace
 
-std::unique_ptr<vmm::Subcommand> study_subcommands() {
+std::unique_ptr<app::Subcommand> study_subcommands() {
   return std::make_unique<StudySubcommands>();
 }
 

@@ -40,11 +40,11 @@ struct StudyCommands {
 };
 
 void add_study_commands(CLI::App& app, StudyCommands& st);
-// Runs the selected study command; returns -1 when none was selected. Throws vmm::ConfigError
+// Runs the selected study command; returns -1 when none was selected. Throws app::ConfigError
 // for bad input.
 int run_study_command(StudyCommands& st);
 
-// The three as one vmm::Subcommand, for the kvmscale binary's entry point.
-std::unique_ptr<vmm::Subcommand> study_subcommands();
+// The three as one app::Subcommand, for the kvmscale binary's entry point.
+std::unique_ptr<app::Subcommand> study_subcommands();
 
 }  // namespace kvmscale::study

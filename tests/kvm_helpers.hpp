@@ -28,8 +28,8 @@ inline std::string kvm_unusable_reason() {
       GTEST_SKIP() << why;                                                       \
   } while (0)
 
-inline vmm::RunConfig small_config(const std::string& guest, uint32_t vms = 1, uint32_t vcpus = 2) {
-  vmm::RunConfig c;
+inline app::RunConfig small_config(const std::string& guest, uint32_t vms = 1, uint32_t vcpus = 2) {
+  app::RunConfig c;
   c.guest = guest;
   c.vms = vms;
   c.vcpus = vcpus;

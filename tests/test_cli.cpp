@@ -335,7 +335,7 @@ TEST(Cli, ARecordThatCannotBeWrittenGoesToStdout) {
   EXPECT_NE(r.err.find("record follows on stdout"), std::string::npos) << r.err;
   auto rec = nlohmann::json::parse(r.out, nullptr, false);
   ASSERT_FALSE(rec.is_discarded()) << r.out.substr(0, 200);
-  EXPECT_EQ(rec["schema_version"], kvmscale::vmm::kRecordSchemaVersion);
+  EXPECT_EQ(rec["schema_version"], kvmscale::app::kRecordSchemaVersion);
 }
 
 TEST(CliMatrix, ASecondWriterOfTheSameDirectoryIsRefused) {

@@ -8,7 +8,7 @@
 #include "app/settings.hpp"
 #include "study/matrix.hpp"
 
-using namespace kvmscale::vmm;
+using namespace kvmscale::app;
 
 TEST(ParseSize, UnitsAreBinary) {
   EXPECT_EQ(parse_size("4096"), 4096u);
@@ -209,7 +209,7 @@ TEST(Settings, RecordKeysAndAxisRulesComeFromTheTable) {
 TEST(Settings, ABadValueNamesItsFlag) {
   auto message = [](std::vector<std::string> args) {
     try {
-      kvmscale::vmm::parse_run_args(args);
+      kvmscale::app::parse_run_args(args);
     } catch (const ConfigError& e) {
       return std::string(e.what());
     }

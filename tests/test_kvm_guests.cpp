@@ -13,7 +13,7 @@ using nlohmann::json;
 
 namespace {
 
-json run(const vmm::RunConfig& c) { return vmm::run_testbed(c); }
+json run(const app::RunConfig& c) { return app::run_testbed(c); }
 
 void expect_booted_cleanly(const json& r) {
   for (const auto& vm : r["vms"]) {

@@ -6,7 +6,7 @@
 
 int main(int argc, char** argv) {
   kvmscale::vmm::install_kick_signal();
-  kvmscale::vmm::block_stop_signals();
+  kvmscale::app::block_stop_signals();
   testing::InitGoogleTest(&argc, argv);
   return RUN_ALL_TESTS();
 }

@@ -15,7 +15,7 @@ using nlohmann::json;
 
 namespace {
 
-vmm::RunConfig pod_config(uint32_t vms, uint32_t vcpus, const char* target) {
+app::RunConfig pod_config(uint32_t vms, uint32_t vcpus, const char* target) {
   auto c = test::small_config("boot-zero", vms, vcpus);
   c.mem = 16ull << 20;
   c.pod_target = target;
@@ -58,7 +58,7 @@ TEST(PodKvm, BootsUnderEveryCallLockModeAndLockStrategy) {
       c.call_lock = mode;
       c.lock = lock;
       c.fault_threads = 2;  // two initiators: the call lock is really contended
-      expect_pod_run_ok(vmm::run_testbed(c), std::string(mode) + "/" + lock);
+      expect_pod_run_ok(app::run_testbed(c), std::string(mode) + "/" + lock);
     }
 }
 
@@ -73,7 +73,7 @@ TEST(PodKvm, StressTinyTargetsManyVcpusBothSchedulers) {
       c.call_lock = mode;
       c.fault_threads = 3;
       c.sweep_stride = 4;  // more batches, more flushes
-      json r = vmm::run_testbed(c);
+      json r = app::run_testbed(c);
       expect_pod_run_ok(r, std::string(sched) + "/" + mode);
       std::printf("%s/%s: %llu flushes, %llu excused (stalled) acks, max flush latency %.0f us\n",
                   sched, mode, (unsigned long long)r["cross_calls"]["calls"].get<uint64_t>(),
@@ -88,7 +88,7 @@ TEST(PodKvm, TwoMegabyteGranules) {
   c.mem = 32ull << 20;
   c.pod_granule = 2ull << 20;
   c.guest_args = {};  // patterns in every granule would leave nothing to reclaim
-  json r = vmm::run_testbed(c);
+  json r = app::run_testbed(c);
   for (const auto& vm : r["vms"]) {
     EXPECT_EQ(vm["state"], "exited");
     EXPECT_EQ(vm["pod"]["granule"], 2 << 20);
@@ -101,7 +101,7 @@ TEST(PodKvm, OutOfPodMemoryCrashesOnlyThatVm) {
   auto c = pod_config(2, 1, "25%");
   c.guest = "boot-zero,hello";
   c.guest_args = {0, 1};  // boot-zero dirties every page: nothing can be reclaimed
-  json r = vmm::run_testbed(c);
+  json r = app::run_testbed(c);
   EXPECT_EQ(r["vms"][0]["state"], "crashed");
   EXPECT_EQ(r["vms"][0]["crash_reason"], "out of PoD memory");
   EXPECT_GT(r["vms"][0]["pod"]["out_of_memory"].get<uint64_t>(), 0u);
@@ -122,7 +122,7 @@ TEST(PodKvm, FlushMaskIsThePcpusHoldingTheVm) {
     c.vcpu_pin = pin;
     c.call_lock = "percpu";
     c.lock = "spin-yield";
-    json r = vmm::run_testbed(c);
+    json r = app::run_testbed(c);
     expect_pod_run_ok(r, pin);
     const json& cc = r["cross_calls"];
     std::printf("pin %s: %llu flushes, mask mean %.3f max %llu\n", pin,
@@ -148,9 +148,9 @@ TEST(PodKvm, HypercallsReadPodRamUnderReclaimAndASkippedFlushIsCaught) {
       c.pcpus = 2;
       c.lock = "spin-yield";
       c.guest_args = {0, 8, 4};
-      vmm::TestHooks hooks;
+      app::TestHooks hooks;
       hooks.skip_flushes = skip;
-      json r = vmm::run_testbed_with_hooks(c, hooks);
+      json r = app::run_testbed_with_hooks(c, hooks);
       const std::string what = std::string(sched) + (skip ? " flushes skipped" : "");
       SCOPED_TRACE(what);
       uint64_t consoles = 0;

@@ -6,7 +6,7 @@
 
 #include "app/record.hpp"
 
-using namespace kvmscale::vmm;
+using namespace kvmscale::app;
 namespace fs = std::filesystem;
 
 namespace {

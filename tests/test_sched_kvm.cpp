@@ -10,7 +10,7 @@ using namespace kvmscale;
 using nlohmann::json;
 
 namespace {
-vmm::RunConfig credit(const std::string& guest, uint32_t vms, uint32_t vcpus, uint32_t pcpus,
+app::RunConfig credit(const std::string& guest, uint32_t vms, uint32_t vcpus, uint32_t pcpus,
                       uint64_t seconds) {
   auto c = test::small_config(guest, vms, vcpus);
   c.sched = "credit";
@@ -24,7 +24,7 @@ TEST(CreditKvm, WeightsSplitOnePcpuTwoToOne) {
   SKIP_WITHOUT_KVM();
   auto c = credit("spin", 2, 1, 1, 3);
   c.vm_opts = {"vm0:weight=512"};
-  json r = vmm::run_testbed(c);
+  json r = app::run_testbed(c);
   const json& vms = r["sched"]["vms"];
   double ratio = vms[0]["run_ns"].get<double>() / vms[1]["run_ns"].get<double>();
   std::printf("weights 512:256 -> cpu %.3f : %.3f, ratio %.2f\n", vms[0]["cpu_share"].get<double>(),
@@ -44,7 +44,7 @@ TEST(CreditKvm, TickPeriodFollowsTheTimeslice) {
   SKIP_WITHOUT_KVM();
   auto c = credit("spin", 1, 1, 1, 1);
   c.tslice_ns = 3'000'000;
-  json r = vmm::run_testbed(c);
+  json r = app::run_testbed(c);
   EXPECT_EQ(r["sched"]["tick_ns"].get<uint64_t>(), 1'000'000u);
   const uint64_t ticks = r["sched"]["pcpus"][0]["ticks"].get<uint64_t>();
   std::printf("--tslice 3ms: %llu ticks in 1 s\n", (unsigned long long)ticks);
@@ -55,7 +55,7 @@ TEST(CreditKvm, CapHoldsAtFiftyPercent) {
   SKIP_WITHOUT_KVM();
   auto c = credit("spin", 1, 1, 1, 3);
   c.cap = 50;
-  json r = vmm::run_testbed(c);
+  json r = app::run_testbed(c);
   double frac = r["sched"]["vms"][0]["pcpu_fraction"].get<double>();
   std::printf("cap 50%% -> %.1f%% of a pCPU\n", frac * 100);
   EXPECT_NEAR(frac, 0.50, 0.05);
@@ -68,7 +68,7 @@ TEST(CreditKvm, OneToOnePinningIsNeverViolated) {
     auto c = credit("spin", 4, 2, 2, 1);
     c.vcpu_pin = "1:1";
     c.balance = balance;
-    json r = vmm::run_testbed(c);
+    json r = app::run_testbed(c);
     for (const auto& v : r["sched"]["vcpus"]) {
       EXPECT_EQ(v["pcpus_used"], v["affinity"]) << balance << " vCPU " << v["id"];
       EXPECT_EQ(v["migrations"], 0) << balance;
@@ -79,7 +79,7 @@ TEST(CreditKvm, OneToOnePinningIsNeverViolated) {
 TEST(CreditKvm, SixtyFourVcpusOnTwoPcpusAllProgress) {
   SKIP_WITHOUT_KVM();
   auto c = credit("spin", 16, 4, 2, 4);
-  json r = vmm::run_testbed(c);
+  json r = app::run_testbed(c);
   for (const auto& vm : r["vms"])
     for (const auto& v : vm["vcpus"])
       EXPECT_GT(v["metrics"]["iterations"].get<uint64_t>(), 0u)
@@ -91,7 +91,7 @@ TEST(CreditKvm, PingpongVcpusGetBoosted) {
   SKIP_WITHOUT_KVM();
   auto c = credit("pingpong", 1, 2, 2, 20);
   c.guest_args = {200};
-  json r = vmm::run_testbed(c);
+  json r = app::run_testbed(c);
   EXPECT_EQ(r["run"]["end_reason"], "all_exited");
   for (const auto& v : r["vms"][0]["vcpus"]) EXPECT_EQ(v["metrics"]["round_trips"], 200);
   for (const auto& v : r["sched"]["vcpus"]) EXPECT_GT(v["boosts"].get<uint64_t>(), 0u);
@@ -107,7 +107,7 @@ TEST(CreditKvm, BalanceStrategiesCountTheirTryLocks) {
     auto c = credit("spin", 2, 1, 2, 2);
     c.vcpu_pin = "1:1";
     c.balance = balance;
-    json r = vmm::run_testbed(c);
+    json r = app::run_testbed(c);
     json sum = {{"trylocks", 0}, {"skipped_bitmap", 0}, {"steals", 0}};
     for (const auto& p : r["sched"]["pcpus"])
       for (const char* k : {"trylocks", "skipped_bitmap", "steals"})
@@ -124,7 +124,7 @@ TEST(CreditKvm, RoundRobinAndCrashContainment) {
   SKIP_WITHOUT_KVM();
   auto c = credit("crash,hello", 4, 2, 2, 10);
   c.sched = "rr";
-  json r = vmm::run_testbed(c);
+  json r = app::run_testbed(c);
   EXPECT_EQ(r["run"]["end_reason"], "all_exited");
   EXPECT_EQ(r["vms"][0]["state"], "crashed");
   EXPECT_EQ(r["vms"][1]["state"], "exited");
@@ -138,7 +138,7 @@ TEST(CreditKvm, BoundPcpusAndNumaPlacementAreRecorded) {
   auto c = credit("hello", 2, 2, 2, 10);
   c.pcpu_bind = true;
   c.numa = true;
-  json r = vmm::run_testbed(c);
+  json r = app::run_testbed(c);
   EXPECT_EQ(r["run"]["end_reason"], "all_exited");
   for (const auto& p : r["sched"]["pcpus"]) EXPECT_GE(p["host_cpu"].get<int>(), 0);
   ASSERT_EQ(r["numa_placement"].size(), 2u);
@@ -155,7 +155,7 @@ TEST(CreditKvm, TimedBlockAndWakeNeverRunAVcpuTwice) {
       auto c = credit("blockwake", 2, 2, 2, 30);
       c.balance = balance;
       c.guest_args = {1500};
-      json r = vmm::run_testbed(c);
+      json r = app::run_testbed(c);
       SCOPED_TRACE(std::string(balance) + " run " + std::to_string(rep));
       EXPECT_EQ(r["sched"]["double_runs"], 0) << "a vCPU was inside KVM_RUN on two threads";
       EXPECT_EQ(r["run"]["end_reason"], "all_exited");
@@ -199,10 +199,10 @@ TEST(CreditKvm, EveryLockClassNamesLocksThatExist) {
   auto c = credit("boot-zero", 2, 2, 2, 20);
   c.mem = 16ull << 20;
   c.pod_target = "60%";
-  json r = vmm::run_testbed(c);
+  json r = app::run_testbed(c);
   std::vector<std::string> seen;
   for (const auto& [cls, stats] : r["locks"]["classes"].items()) seen.push_back(cls);
-  std::vector<std::string> known = vmm::lock_classes();
+  std::vector<std::string> known = app::lock_classes();
   std::sort(known.begin(), known.end());
   EXPECT_EQ(seen, known);
 }

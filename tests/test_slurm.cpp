@@ -17,7 +17,7 @@
 
 namespace fs = std::filesystem;
 using namespace kvmscale::study;
-using kvmscale::vmm::ConfigError;
+using kvmscale::app::ConfigError;
 using nlohmann::json;
 using std::chrono::milliseconds;
 
@@ -46,9 +46,9 @@ void write_exe(const std::string& path, const std::string& body) {
 }
 
 // A finished record of `cfg` as run on `host` with KVM backend `backend`.
-json record_of(const kvmscale::vmm::RunConfig& cfg, const std::string& host = "node1",
+json record_of(const kvmscale::app::RunConfig& cfg, const std::string& host = "node1",
                const std::string& backend = "VMX", double boot_ms = 10) {
-  return {{"schema_version", kvmscale::vmm::kRecordSchemaVersion},
+  return {{"schema_version", kvmscale::app::kRecordSchemaVersion},
           {"config", cfg.to_json()},
           {"host", {{"hostname", host}, {"backend", backend}, {"kernel", "Linux 6.1 " + host}}},
           {"run", {{"exec_ns", 1000000000}, {"interrupted", false}}},
@@ -67,7 +67,7 @@ MatrixSpec small_spec() { return make_spec({{"vms", "1,2,3"}, {"guest", "spin"}}
 void store_matrix(const std::string& dir, const MatrixSpec& spec, const std::string& backend) {
   fs::create_directories(fs::path(dir) / "cells");
   json meta = {{"spec", spec.to_json()}, {"tool", "test"}, {"runs", 3}, {"backend", backend}};
-  kvmscale::vmm::write_file_atomically(dir + "/matrix.json", meta.dump());
+  kvmscale::app::write_file_atomically(dir + "/matrix.json", meta.dump());
 }
 
 // PATH holding only `dir` for the lifetime of the object (sbatch/squeue stand-ins).
@@ -130,18 +130,18 @@ TEST(SlurmCells, ASubmissionCoversExactlyTheCellsWithoutAFinishedRun) {
   TempDir t;
   const std::string dir = t.sub("m");
   MatrixSpec spec = small_spec();
-  PreparedMatrix p = prepare_matrix(spec, {dir, false, false}, kvmscale::vmm::parse_run_args);
+  PreparedMatrix p = prepare_matrix(spec, {dir, false, false}, kvmscale::app::parse_run_args);
   ASSERT_EQ(p.pending_ids().size(), 3u);
   // Run order, not canonical order: the shuffle spreads drift over the array too.
   std::vector<std::string> in_order;
   for (size_t i : run_order(3, spec.seed)) in_order.push_back(p.cells[i].id);
   EXPECT_EQ(p.pending_ids(), in_order);
   // vms-2 finished; vms-3 holds a run of another configuration (moved away, pending again).
-  kvmscale::vmm::write_file_atomically(p.configs[1].out, record_of(p.configs[1]).dump());
-  kvmscale::vmm::RunConfig other = p.configs[2];
+  kvmscale::app::write_file_atomically(p.configs[1].out, record_of(p.configs[1]).dump());
+  kvmscale::app::RunConfig other = p.configs[2];
   other.duration_ns += 1;
-  kvmscale::vmm::write_file_atomically(p.configs[2].out, record_of(other).dump());
-  PreparedMatrix again = prepare_matrix(spec, {dir, true, false}, kvmscale::vmm::parse_run_args);
+  kvmscale::app::write_file_atomically(p.configs[2].out, record_of(other).dump());
+  PreparedMatrix again = prepare_matrix(spec, {dir, true, false}, kvmscale::app::parse_run_args);
   std::vector<std::string> pending = again.pending_ids();
   std::sort(pending.begin(), pending.end());
   EXPECT_EQ(pending, (std::vector<std::string>{"vms-1_r0", "vms-3_r0"}));
@@ -183,38 +183,38 @@ TEST(SlurmCell, RunsOneCellOnceAndWritesItsRecord) {
   TempDir t;
   const std::string dir = t.sub("m");
   MatrixSpec spec = small_spec();
-  prepare_matrix(spec, {dir, false, false}, kvmscale::vmm::parse_run_args);
+  prepare_matrix(spec, {dir, false, false}, kvmscale::app::parse_run_args);
   int calls = 0;
-  auto run = [&](const kvmscale::vmm::RunConfig& c) {
+  auto run = [&](const kvmscale::app::RunConfig& c) {
     calls++;
     return record_of(c, "nodeA", kvmscale::study::matrix_backend(dir));
   };
   std::ostringstream log;
   const std::string digest = spec_digest(load_spec(dir));
-  EXPECT_EQ(run_cell(dir, "vms-2_r0", digest, kvmscale::vmm::parse_run_args, run, log),
+  EXPECT_EQ(run_cell(dir, "vms-2_r0", digest, kvmscale::app::parse_run_args, run, log),
             CellOutcome::Ran);
   EXPECT_EQ(calls, 1);
   json rec = json::parse(slurp(dir + "/cells/vms-2_r0.json"));
   EXPECT_EQ(rec["config"]["vms"], 2);
   // A resubmitted task whose cell finished meanwhile does nothing.
-  EXPECT_EQ(run_cell(dir, "vms-2_r0", digest, kvmscale::vmm::parse_run_args, run, log),
+  EXPECT_EQ(run_cell(dir, "vms-2_r0", digest, kvmscale::app::parse_run_args, run, log),
             CellOutcome::AlreadyDone);
   EXPECT_EQ(calls, 1);
-  EXPECT_THROW(run_cell(dir, "vms-9_r0", digest, kvmscale::vmm::parse_run_args, run, log),
+  EXPECT_THROW(run_cell(dir, "vms-9_r0", digest, kvmscale::app::parse_run_args, run, log),
                ConfigError);
   // An interrupted run (scancel's SIGTERM) is not kept.
-  auto interrupted = [](const kvmscale::vmm::RunConfig& c) {
+  auto interrupted = [](const kvmscale::app::RunConfig& c) {
     json r = record_of(c);
     r["run"]["interrupted"] = true;
     return r;
   };
-  EXPECT_EQ(run_cell(dir, "vms-1_r0", "", kvmscale::vmm::parse_run_args, interrupted, log),
+  EXPECT_EQ(run_cell(dir, "vms-1_r0", "", kvmscale::app::parse_run_args, interrupted, log),
             CellOutcome::Interrupted);
   EXPECT_FALSE(fs::exists(dir + "/cells/vms-1_r0.json"));
   // While a local run holds the directory, a task is refused (after its wait).
   MatrixDirLock writer(dir, MatrixDirLock::Mode::Exclusive);
   EXPECT_THROW(
-      run_cell(dir, "vms-1_r0", digest, kvmscale::vmm::parse_run_args, run, log, milliseconds(100)),
+      run_cell(dir, "vms-1_r0", digest, kvmscale::app::parse_run_args, run, log, milliseconds(100)),
       ConfigError);
   EXPECT_EQ(calls, 1);
 }
@@ -230,13 +230,13 @@ TEST(SlurmCell, ATaskOfAnotherMatrixOrAnotherBackendRunsNothing) {
   ASSERT_NE(spec_digest(second), digest);
   store_matrix(dir, second, "VMX");
   int calls = 0;
-  auto run = [&](const kvmscale::vmm::RunConfig& c) {
+  auto run = [&](const kvmscale::app::RunConfig& c) {
     calls++;
     return record_of(c);
   };
   std::ostringstream log;
   try {
-    run_cell(dir, "vms-1_r0", digest, kvmscale::vmm::parse_run_args, run, log);
+    run_cell(dir, "vms-1_r0", digest, kvmscale::app::parse_run_args, run, log);
     ADD_FAILURE() << "a task of another matrix ran";
   } catch (const ConfigError& e) {
     EXPECT_NE(std::string(e.what()).find("another matrix"), std::string::npos) << e.what();
@@ -244,7 +244,7 @@ TEST(SlurmCell, ATaskOfAnotherMatrixOrAnotherBackendRunsNothing) {
   // A node whose KVM backend is not the matrix's: refused, and the reason kept in failed/.
   store_matrix(dir, second, "NoSuchBackend");
   EXPECT_THROW(
-      run_cell(dir, "vms-1_r0", spec_digest(second), kvmscale::vmm::parse_run_args, run, log),
+      run_cell(dir, "vms-1_r0", spec_digest(second), kvmscale::app::parse_run_args, run, log),
       ConfigError);
   EXPECT_EQ(calls, 0);
   EXPECT_NE(slurp(dir + "/failed/vms-1_r0.txt").find("NoSuchBackend"), std::string::npos);
@@ -254,10 +254,10 @@ TEST(SlurmCollect, RunsOnAnotherBackendAreReportedNotMixedIn) {
   TempDir t;
   const std::string dir = t.sub("m");
   MatrixSpec spec = small_spec();
-  PreparedMatrix p = prepare_matrix(spec, {dir, false, false}, kvmscale::vmm::parse_run_args);
+  PreparedMatrix p = prepare_matrix(spec, {dir, false, false}, kvmscale::app::parse_run_args);
   store_matrix(dir, p.spec, "VMX");
   for (size_t i = 0; i < 3; i++)
-    kvmscale::vmm::write_file_atomically(
+    kvmscale::app::write_file_atomically(
         p.configs[i].out,
         record_of(p.configs[i], "n" + std::to_string(i), i == 2 ? "SVM" : "VMX").dump());
   std::vector<std::string> warnings;
@@ -334,11 +334,11 @@ TEST(CompareByHost, HostFactsByPathAndHostsComparedCellByCell) {
   MatrixSpec spec = make_spec({{"vms", "1,2"}, {"guest", "spin"}}, 4, 3);
   std::vector<std::string> dirs = {t.sub("m1"), t.sub("m2")};
   for (const auto& dir : dirs) {
-    PreparedMatrix p = prepare_matrix(spec, {dir, false, false}, kvmscale::vmm::parse_run_args);
+    PreparedMatrix p = prepare_matrix(spec, {dir, false, false}, kvmscale::app::parse_run_args);
     store_matrix(dir, p.spec, "VMX");
     for (size_t i = 0; i < p.cells.size(); i++) {
       const bool on_b = p.cells[i].rep % 2;
-      kvmscale::vmm::write_file_atomically(
+      kvmscale::app::write_file_atomically(
           p.configs[i].out, record_of(p.configs[i], on_b ? "b" : "a", "VMX",
                                       (on_b ? 20.0 : 10.0) * p.configs[i].vms + p.cells[i].rep)
                                 .dump());

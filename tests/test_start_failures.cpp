@@ -35,7 +35,7 @@ int threads_of_this_process() {
 // pCPU or vCPU threads): each is a RunError naming the thread, none is left running, and the
 // run succeeds once k is past the last start.
 void every_partial_start_unwinds(const std::string& sched) {
-  vmm::RunConfig c = test::small_config("hello", 2, 2);
+  app::RunConfig c = test::small_config("hello", 2, 2);
   c.mem = 16ull << 20;
   c.sched = sched;
   if (sched != "host") c.pcpus = 2;
@@ -45,13 +45,13 @@ void every_partial_start_unwinds(const std::string& sched) {
   int failures = 0;
   for (int k = 0; k < 64; k++) {
     SCOPED_TRACE("thread start " + std::to_string(k) + " fails, --sched " + sched);
-    vmm::TestHooks hooks;
+    app::TestHooks hooks;
     hooks.fail_thread_start = k;
     try {
-      nlohmann::json r = vmm::run_testbed_with_hooks(c, hooks);
+      nlohmann::json r = app::run_testbed_with_hooks(c, hooks);
       EXPECT_EQ(r["run"]["end_reason"], "all_exited");
       break;  // k is past the last start
-    } catch (const vmm::RunError& e) {
+    } catch (const app::RunError& e) {
       failures++;
       EXPECT_NE(std::string(e.what()).find("cannot start "), std::string::npos) << e.what();
       EXPECT_NE(std::string(e.what()).find("pids.max"), std::string::npos) << e.what();
@@ -100,18 +100,18 @@ TEST(StartFailures, FaultsNotServedFailTheRun) {
   SKIP_WITHOUT_KVM();
   for (const char* sched : {"host", "credit"}) {
     SCOPED_TRACE(sched);
-    vmm::RunConfig c = test::small_config("boot-zero", 2, 2);
+    app::RunConfig c = test::small_config("boot-zero", 2, 2);
     c.mem = 16ull << 20;
     c.sched = sched;
     c.pod_target = "50%";
     c.duration_ns = 60ull * 1000000000ull;
-    vmm::TestHooks hooks;
+    app::TestHooks hooks;
     hooks.fault_reads_off = true;
     const uint64_t t0 = now_ns();
     try {
-      vmm::run_testbed_with_hooks(c, hooks);
+      app::run_testbed_with_hooks(c, hooks);
       ADD_FAILURE() << "the run succeeded with no fault served";
-    } catch (const vmm::RunError& e) {
+    } catch (const app::RunError& e) {
       EXPECT_NE(std::string(e.what()).find("not being served"), std::string::npos) << e.what();
     }
     EXPECT_LT(now_ns() - t0, 20ull * 1000000000ull) << "noticed only at the end of the run";

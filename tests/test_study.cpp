@@ -20,7 +20,7 @@
 
 namespace fs = std::filesystem;
 using namespace kvmscale::study;
-using kvmscale::vmm::ConfigError;
+using kvmscale::app::ConfigError;
 using nlohmann::json;
 
 namespace {
@@ -57,7 +57,7 @@ json canned_record(double boot_ms, double iterations, bool interrupted = false) 
 }
 
 // Boot time grows with --vms; --lock mcs halves it: a fake testbed with known answers.
-json fake_run(const kvmscale::vmm::RunConfig& cfg) {
+json fake_run(const kvmscale::app::RunConfig& cfg) {
   double boot = 10.0 * cfg.vms * (cfg.lock == "mcs" ? 0.5 : 1.0);
   json r = canned_record(boot, 1000.0 * cfg.vms);
   r["config"] = cfg.to_json();  // as make_run_record does
@@ -109,7 +109,7 @@ TEST(MatrixExpansion, CartesianProductTimesRepeatWithUniqueIds) {
   EXPECT_EQ(args, (std::vector<std::string>{"--sched", "credit", "--vms", "1", "--vcpu-pin", "none",
                                             "--balance", "affinity"}));
   // Every cell parses as a `run` command line.
-  for (const auto& c : cells) EXPECT_NO_THROW(kvmscale::vmm::parse_run_args(cell_args(s, c)));
+  for (const auto& c : cells) EXPECT_NO_THROW(kvmscale::app::parse_run_args(cell_args(s, c)));
 }
 
 TEST(MatrixExpansion, RunOrderIsASeededPermutation) {
@@ -128,13 +128,13 @@ TEST(MatrixRun, WritesEveryRunThenCsvAndResumesAfterAnInterrupt) {
   MatrixOptions opt{t.sub("m"), false, false};
   std::ostringstream log;
   int calls = 0;
-  auto run = [&](const kvmscale::vmm::RunConfig& c) {
+  auto run = [&](const kvmscale::app::RunConfig& c) {
     calls++;
     return fake_run(c);
   };
   // Stop after three runs: those stay, nothing else is written.
   auto stop_after_3 = [&] { return calls >= 3; };
-  MatrixOutcome o = run_matrix(spec, opt, kvmscale::vmm::parse_run_args, run, stop_after_3, log);
+  MatrixOutcome o = run_matrix(spec, opt, kvmscale::app::parse_run_args, run, stop_after_3, log);
   EXPECT_TRUE(o.interrupted);
   EXPECT_EQ(o.ran, 3u);
   size_t files = 0;
@@ -144,16 +144,16 @@ TEST(MatrixRun, WritesEveryRunThenCsvAndResumesAfterAnInterrupt) {
   EXPECT_NE(log.str().find("ETA"), std::string::npos);
 
   // Without --resume the directory is refused; with a different spec too.
-  EXPECT_THROW(run_matrix(spec, opt, kvmscale::vmm::parse_run_args, run, nullptr, log),
+  EXPECT_THROW(run_matrix(spec, opt, kvmscale::app::parse_run_args, run, nullptr, log),
                ConfigError);
   MatrixOptions resume = opt;
   resume.resume = true;
-  EXPECT_THROW(run_matrix(two_by_two(3), resume, kvmscale::vmm::parse_run_args, run, nullptr, log),
+  EXPECT_THROW(run_matrix(two_by_two(3), resume, kvmscale::app::parse_run_args, run, nullptr, log),
                ConfigError);
   // Resume runs exactly the five missing ones (the seed may differ: the stored one is used).
   spec.seed = 99;
   calls = 0;
-  o = run_matrix(spec, resume, kvmscale::vmm::parse_run_args, run, nullptr, log);
+  o = run_matrix(spec, resume, kvmscale::app::parse_run_args, run, nullptr, log);
   EXPECT_FALSE(o.interrupted);
   EXPECT_EQ(calls, 5);
   EXPECT_EQ(o.skipped, 3u);
@@ -186,8 +186,8 @@ TEST(MatrixRun, AnInvalidCellStopsTheMatrixBeforeAnyRun) {
   int calls = 0;
   std::ostringstream log;
   EXPECT_THROW(run_matrix(
-                   spec, {t.sub("m"), false, false}, kvmscale::vmm::parse_run_args,
-                   [&](const kvmscale::vmm::RunConfig& c) {
+                   spec, {t.sub("m"), false, false}, kvmscale::app::parse_run_args,
+                   [&](const kvmscale::app::RunConfig& c) {
                      calls++;
                      return fake_run(c);
                    },
@@ -201,17 +201,17 @@ TEST(MatrixRun, AFailedRunIsReportedAndRetriedOnResume) {
   TempDir t;
   MatrixSpec spec = make_spec({{"vms", "1,2"}}, 1, 1);
   std::ostringstream log;
-  auto failing = [](const kvmscale::vmm::RunConfig& c) -> json {
-    if (c.vms == 2) throw kvmscale::vmm::RunError("no room for 2 VMs");
+  auto failing = [](const kvmscale::app::RunConfig& c) -> json {
+    if (c.vms == 2) throw kvmscale::app::RunError("no room for 2 VMs");
     return fake_run(c);
   };
   MatrixOptions opt{t.sub("m"), false, false};
-  MatrixOutcome o = run_matrix(spec, opt, kvmscale::vmm::parse_run_args, failing, nullptr, log);
+  MatrixOutcome o = run_matrix(spec, opt, kvmscale::app::parse_run_args, failing, nullptr, log);
   EXPECT_EQ(o.ran, 1u);
   EXPECT_EQ(o.failed, 1u);
   EXPECT_TRUE(fs::exists(t.sub("m/failed/vms-2_r0.txt")));
   opt.resume = true;
-  o = run_matrix(spec, opt, kvmscale::vmm::parse_run_args, fake_run, nullptr, log);
+  o = run_matrix(spec, opt, kvmscale::app::parse_run_args, fake_run, nullptr, log);
   EXPECT_EQ(o.ran, 1u);
   EXPECT_EQ(o.failed, 0u);
   EXPECT_FALSE(fs::exists(t.sub("m/failed/vms-2_r0.txt")));
@@ -222,8 +222,8 @@ TEST(MatrixRun, AnInterruptedRunIsNotKept) {
   MatrixSpec spec = make_spec({{"vms", "1,2"}}, 1, 1);
   std::ostringstream log;
   MatrixOutcome o = run_matrix(
-      spec, {t.sub("m"), false, false}, kvmscale::vmm::parse_run_args,
-      [](const kvmscale::vmm::RunConfig&) { return canned_record(1, 1, true); }, nullptr, log);
+      spec, {t.sub("m"), false, false}, kvmscale::app::parse_run_args,
+      [](const kvmscale::app::RunConfig&) { return canned_record(1, 1, true); }, nullptr, log);
   EXPECT_TRUE(o.interrupted);
   EXPECT_EQ(o.ran, 0u);
   EXPECT_TRUE(load_rows(spec, t.sub("m")).empty());
@@ -386,11 +386,11 @@ TEST(Compare, GroupsTwoMatricesCellByCell) {
   std::ostringstream log;
   // Same axes, B's testbed twice as slow to boot: every vms group compares to 2x.
   MatrixSpec spec = make_spec({{"vms", "1,2"}, {"guest", "spin"}}, 4, 1);
-  run_matrix(spec, {t.sub("a"), false, false}, kvmscale::vmm::parse_run_args, fake_run, nullptr,
+  run_matrix(spec, {t.sub("a"), false, false}, kvmscale::app::parse_run_args, fake_run, nullptr,
              log);
   run_matrix(
-      spec, {t.sub("b"), false, false}, kvmscale::vmm::parse_run_args,
-      [](const kvmscale::vmm::RunConfig& c) { return canned_record(20.0 * c.vms, 1); }, nullptr,
+      spec, {t.sub("b"), false, false}, kvmscale::app::parse_run_args,
+      [](const kvmscale::app::RunConfig& c) { return canned_record(20.0 * c.vms, 1); }, nullptr,
       log);
   auto ga = load_grouped(t.sub("a"), {"vms"}), gb = load_grouped(t.sub("b"), {"vms"});
   ASSERT_EQ(ga.size(), 2u);
@@ -414,7 +414,7 @@ TEST(Scenario, PlansScaleWithTheHostAndEveryRunIsValid) {
       auto cells = expand(p.spec);
       EXPECT_EQ(cells.size() % 5, 0u);
       for (const auto& c : cells)
-        EXPECT_NO_THROW(kvmscale::vmm::parse_run_args(cell_args(p.spec, c)));
+        EXPECT_NO_THROW(kvmscale::app::parse_run_args(cell_args(p.spec, c)));
       // Every comparison selects cells that exist.
       for (const auto& cmp : p.comparisons)
         for (const auto* sel : {&cmp.a, &cmp.b}) {
@@ -471,11 +471,11 @@ TEST(MatrixRun, ResumeTrustsARecordOnlyIfItIsTheRunOfItsCell) {
   MatrixOptions opt{t.sub("m"), false, false};
   std::ostringstream log;
   int calls = 0;
-  auto run = [&](const kvmscale::vmm::RunConfig& c) {
+  auto run = [&](const kvmscale::app::RunConfig& c) {
     calls++;
     return fake_run(c);
   };
-  run_matrix(spec, opt, kvmscale::vmm::parse_run_args, run, nullptr, log);
+  run_matrix(spec, opt, kvmscale::app::parse_run_args, run, nullptr, log);
   ASSERT_EQ(calls, 4);
   // One cell's file now holds another configuration's record, and a SIGKILL left a temp file.
   std::vector<fs::path> files;
@@ -487,7 +487,7 @@ TEST(MatrixRun, ResumeTrustsARecordOnlyIfItIsTheRunOfItsCell) {
   MatrixOptions resume = opt;
   resume.resume = true;
   calls = 0;
-  MatrixOutcome o = run_matrix(spec, resume, kvmscale::vmm::parse_run_args, run, nullptr, log);
+  MatrixOutcome o = run_matrix(spec, resume, kvmscale::app::parse_run_args, run, nullptr, log);
   EXPECT_EQ(calls, 1) << "the cell whose record belonged to another configuration runs again";
   EXPECT_EQ(o.warnings.size(), 1u);
   EXPECT_TRUE(fs::exists(t.sub("m/mismatched")));
@@ -528,14 +528,14 @@ TEST(Compare, RecordsOfAnotherSchemaOrWithBadTypesAreSkippedAndNamed) {
 // Schema 2 only added fields: records of schema 1 (older builds) are still read.
 TEST(Compare, RecordsOfEverySupportedSchemaAreRead) {
   json r = json::parse(canned_record(10, 100).dump());  // counts read back as unsigned
-  for (int v = kvmscale::vmm::kOldestRecordSchemaVersion; v <= kvmscale::vmm::kRecordSchemaVersion;
+  for (int v = kvmscale::app::kOldestRecordSchemaVersion; v <= kvmscale::app::kRecordSchemaVersion;
        v++) {
     r["schema_version"] = v;
     EXPECT_EQ(record_problem(r), "") << v;
   }
-  r["schema_version"] = kvmscale::vmm::kOldestRecordSchemaVersion - 1;
+  r["schema_version"] = kvmscale::app::kOldestRecordSchemaVersion - 1;
   EXPECT_NE(record_problem(r), "");
-  r["schema_version"] = kvmscale::vmm::kRecordSchemaVersion + 1;
+  r["schema_version"] = kvmscale::app::kRecordSchemaVersion + 1;
   EXPECT_NE(record_problem(r), "");
 }
 

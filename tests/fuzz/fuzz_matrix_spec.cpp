@@ -22,7 +22,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       for (const auto& cell : study::expand(spec)) study::cell_args(spec, cell);
     }
     study::MatrixSpec::from_json(spec.to_json());  // what it writes back must load again
-  } catch (const vmm::ConfigError&) {
+  } catch (const app::ConfigError&) {
   }
   return 0;
 }
