@@ -66,7 +66,7 @@ void finish_run_flags(RunConfig& cfg, const RunFlags& f) {
     std::vector<std::string> values;
     switch (s.arity) {
       case Setting::Arity::One: values = {f.one.at(s.flag)}; break;
-      case Setting::Arity::Flag: values = {"true"}; break;
+      case Setting::Arity::Flag: values = {f.set.at(s.flag) ? "true" : "false"}; break;
       default: values = f.many.at(s.flag); break;
     }
     try {

@@ -71,14 +71,28 @@ class PodRuntime {
     // pCPUs that can fault at once, as in Xen where the faulting pCPU itself initiates.
     const uint32_t threads =
         cfg.fault_threads ? cfg.fault_threads : std::min(64u, cfg.effective_pcpus());
-    faults_ = std::make_unique<mm::FaultService>(
-        uffd_, int(threads), [this](const mm::FaultEvent& ev) { on_fault(ev); }, read_faults);
+    try {
+      faults_ = std::make_unique<mm::FaultService>(
+          uffd_, int(threads), [this](const mm::FaultEvent& ev) { on_fault(ev); }, read_faults);
+    } catch (...) {
+      detach();  // the executor and the VMs must not keep pointers into what is destroyed
+      throw;
+    }
   }
   // Liveness, from the run loop: false once a fault has waited unread for a second while no
   // fault thread was busy (reads are served within microseconds otherwise).
   bool faults_served(uint64_t now) { return !faults_ || faults_->serving(now, kFaultPatienceNs); }
   static constexpr uint64_t kFaultPatienceNs = 1000000000;
-  ~PodRuntime() { stop(); }
+  ~PodRuntime() {
+    stop();
+    detach();
+  }
+  // Takes the cross-call and the VMs' p2m views back from the executor and the VMs (they outlive
+  // this runtime; nothing may run on them by then).
+  void detach() {
+    ex_.set_cross_call(nullptr);
+    for (auto& p : pods_) p->vm->set_p2m_epochs(nullptr);
+  }
   // Stops serving faults (joins the service threads); reports are exact only after this.
   void stop() {
     if (faults_) fault_events_ = faults_->events();

@@ -60,7 +60,7 @@ Setting flag(std::string flag, std::string key, std::string help, Field<bool> f)
   Setting s{flag, key, help};
   s.arity = Setting::Arity::Flag;
   s.example = "true";
-  s.parse = [f](RunConfig& c, const Values&) { c.*f = true; };
+  s.parse = [f](RunConfig& c, const Values& v) { c.*f = v.at(0) == "true"; };  // --numa=false
   return with_json(s, f);
 }
 

@@ -241,7 +241,6 @@ nlohmann::json run_testbed_with_hooks(const RunConfig& cfg, const TestHooks& hoo
       o.npcpus = cfg.effective_pcpus();
       o.bind = cfg.pcpu_bind;
       o.params.tslice_ns = cfg.tslice_ns;
-      o.params.tick_ns = sched::tick_period_ns(cfg.tslice_ns);
       o.params.ratelimit_ns = cfg.ratelimit_ns;
       o.params.migration_delay_ns = cfg.migration_delay_ns;
       o.params.round_robin = cfg.sched == "rr";

@@ -111,6 +111,7 @@ class CreditScheduler::RunqGuard {
 CreditScheduler::CreditScheduler(uint32_t npcpus, CreditParams params, locks::LockRegistry& locks,
                                  PcpuSignals& signals, std::vector<int> pcpu_node)
     : params_(params), signals_(signals), idle_mask_(npcpus) {
+  if (params_.tick_ns == 0) params_.tick_ns = tick_period_ns(params_.tslice_ns);
   pcpu_node.resize(npcpus, 0);
   nodes_ = pcpu_node;
   std::sort(nodes_.begin(), nodes_.end());

@@ -47,8 +47,8 @@ inline uint64_t tick_period_ns(uint64_t tslice_ns) {
 }
 
 struct CreditParams {
-  uint64_t tslice_ns = 30'000'000;               // timeslice and accounting period
-  uint64_t tick_ns = tick_period_ns(tslice_ns);  // credit burn, BOOST end, activation (csched_tick)
+  uint64_t tslice_ns = 30'000'000;  // timeslice and accounting period
+  uint64_t tick_ns = 0;  // credit burn, BOOST end, activation (csched_tick); 0: tick_period_ns()
   uint64_t ratelimit_ns = 1'000'000;  // a vCPU that ran less than this is not descheduled
   // vcpu_migration_delay: a vCPU switched out less than this ago is cache-hot and not stolen.
   uint64_t migration_delay_ns = 0;

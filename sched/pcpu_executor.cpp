@@ -288,7 +288,7 @@ class PcpuExecutor final : public Executor, public PcpuSignals {
     pc.kicker.bind_current_thread();
     threads_of_->register_current(p);
     timer_t timer = make_timer();
-    const uint64_t tick = opt_.params.tick_ns;
+    const uint64_t tick = sched_->params().tick_ns;
     // Stagger ticks so pCPUs do not all account at once.
     uint64_t next_tick = start_ns_ + tick * (p + 1) / pcpus_.size();
     uint64_t armed = 0, deadline = 0;

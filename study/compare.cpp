@@ -67,7 +67,10 @@ RunSet load_run_set(const std::string& path) {
     }
     try {
       const json host = r.value("host", json::object());
-      std::string backend = host.is_object() ? host.value("backend", std::string()) : "";
+      std::string backend =
+          host.is_object() && host.contains("backend") && host["backend"].is_string()
+              ? host["backend"].get<std::string>()
+              : "";
       if (backend == "unknown") backend.clear();
       found.push_back({f.string(), backend, run_metrics(r)});
       if (!backend.empty()) backends[backend]++;

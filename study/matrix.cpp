@@ -362,14 +362,21 @@ std::vector<std::string> PreparedMatrix::pending_ids() const {
 
 namespace {
 
-// Whether `record` is the run of `want` (the file name alone proves nothing).
+// Whether `record` is the run of `want` (the file name alone proves nothing). Compared as settings,
+// not as text: a record written before a setting existed lacks its key, and reads back with the
+// default (or the legacy value) it ran with.
 bool is_run_of(const json& record, app::RunConfig want) {
-  want.json = false;
-  json have = record.value("config", json());
-  have.erase("out");
-  json expect = want.to_json();
-  expect.erase("out");
-  return have == expect;
+  app::RunConfig have;
+  try {
+    have = app::RunConfig::from_json(record.value("config", json()));
+  } catch (const app::ConfigError&) {
+    return false;
+  }
+  for (app::RunConfig* c : {&have, &want}) {
+    c->json = false;
+    c->out.clear();
+  }
+  return have.to_json() == want.to_json();
 }
 
 std::string this_host() {

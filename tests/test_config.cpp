@@ -221,3 +221,58 @@ TEST(Settings, ABadValueNamesItsFlag) {
   EXPECT_EQ(message({"--guest-arg", "1,x"}).rfind("--guest-arg: ", 0), 0u);
   EXPECT_EQ(message({"--vms", "8", "--guest-arg", "1,0x10"}), "accepted");
 }
+
+// A boolean flag given a value keeps it: --numa=false is off (CLI11 accepts =false on flags).
+TEST(Settings, ABooleanFlagGivenFalseIsOff) {
+  RunConfig c = kvmscale::app::parse_run_args({"--sched", "credit", "--pcpu-bind=false"});
+  EXPECT_FALSE(c.pcpu_bind);
+  c = kvmscale::app::parse_run_args({"--sched", "credit", "--pcpu-bind"});
+  EXPECT_TRUE(c.pcpu_bind);
+  EXPECT_FALSE(kvmscale::app::parse_run_args({"--json=false"}).json);
+}
+
+// The record's config keys, pinned: a key renamed or dropped by accident breaks every older
+// record's resume and compare. Keys missing from older records read back as what those runs did.
+TEST(Settings, RecordConfigKeysArePinnedAndOldRecordsReadAsTheyRan) {
+  const std::set<std::string> pinned = {"vms",
+                                        "vcpus",
+                                        "mem",
+                                        "guest",
+                                        "guest_file",
+                                        "guest_args",
+                                        "duration_ns",
+                                        "sched",
+                                        "pcpus",
+                                        "pcpu_bind",
+                                        "numa",
+                                        "vcpu_pin",
+                                        "balance",
+                                        "tslice_ns",
+                                        "ratelimit_ns",
+                                        "weight",
+                                        "cap",
+                                        "vm_opts",
+                                        "pod_target",
+                                        "pod_granule",
+                                        "sweep_stride",
+                                        "sweep_limit",
+                                        "pod_reclaim",
+                                        "call_lock",
+                                        "fault_threads",
+                                        "lock",
+                                        "lock_profile",
+                                        "out",
+                                        "json",
+                                        "echo_console",
+                                        "migration_delay_ns"};
+  std::set<std::string> keys;
+  const nlohmann::json j = RunConfig{}.to_json();
+  for (const auto& [k, v] : j.items()) keys.insert(k);
+  EXPECT_EQ(keys, pinned);
+  nlohmann::json old = j;
+  for (const char* k : {"pod_reclaim", "fault_threads", "migration_delay_ns"}) old.erase(k);
+  RunConfig r = RunConfig::from_json(old);
+  EXPECT_EQ(r.pod_reclaim, "batched");
+  EXPECT_EQ(r.fault_threads, 1u) << "one fault thread before --fault-threads 0 existed";
+  EXPECT_EQ(r.migration_delay_ns, 0u);
+}

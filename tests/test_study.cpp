@@ -494,6 +494,38 @@ TEST(MatrixRun, ResumeTrustsARecordOnlyIfItIsTheRunOfItsCell) {
   EXPECT_FALSE(fs::exists(t.sub("m/cells/.x.json.tmp.123")));
 }
 
+// A record written before a setting existed (no "migration_delay_ns" in its config) is still the
+// run of its cell: the missing key reads back as the default it ran with. One that ran with
+// another value of a key it does have is not.
+TEST(MatrixRun, ARecordFromBeforeANewSettingIsStillTheRunOfItsCell) {
+  TempDir t;
+  MatrixSpec spec = two_by_two(1);
+  MatrixOptions opt{t.sub("m"), false, false};
+  std::ostringstream log;
+  int calls = 0;
+  auto run = [&](const kvmscale::app::RunConfig& c) {
+    calls++;
+    return fake_run(c);
+  };
+  run_matrix(spec, opt, kvmscale::app::parse_run_args, run, nullptr, log);
+  ASSERT_EQ(calls, 4);
+  std::vector<fs::path> files;
+  for (const auto& e : fs::directory_iterator(t.sub("m/cells"))) files.push_back(e.path());
+  std::sort(files.begin(), files.end());
+  json old = json::parse(std::ifstream(files[0]));
+  ASSERT_TRUE(old["config"].contains("migration_delay_ns"));
+  old["config"].erase("migration_delay_ns");
+  std::ofstream(files[0]) << old.dump();
+  json changed = json::parse(std::ifstream(files[1]));
+  changed["config"]["migration_delay_ns"] = 1000000;
+  std::ofstream(files[1]) << changed.dump();
+  MatrixOptions resume = opt;
+  resume.resume = true;
+  calls = 0;
+  run_matrix(spec, resume, kvmscale::app::parse_run_args, run, nullptr, log);
+  EXPECT_EQ(calls, 1) << "only the cell whose record ran with another delay runs again";
+}
+
 TEST(Compare, RecordsOfAnotherSchemaOrWithBadTypesAreSkippedAndNamed) {
   TempDir t;
   fs::create_directories(t.sub("d"));
@@ -523,6 +555,19 @@ TEST(Compare, RecordsOfAnotherSchemaOrWithBadTypesAreSkippedAndNamed) {
                           "'wait_ns' is not a number", "not JSON"})
     EXPECT_NE(all.find(why), std::string::npos) << all;
   EXPECT_THROW(load_run_set(t.sub("d/v99.json")), ConfigError);
+}
+
+// A record whose host.backend is not a string is read as a run on an unknown backend, not a raw
+// JSON type error (exit 1) from compare.
+TEST(Compare, ABackendThatIsNotAStringIsAnUnknownBackend) {
+  TempDir t;
+  fs::create_directories(t.sub("d"));
+  json r = canned_record(10, 100);
+  r["host"]["backend"] = 5;
+  std::ofstream(t.sub("d/r.json")) << r.dump();
+  RunSet set;
+  ASSERT_NO_THROW(set = load_run_set(t.sub("d")));
+  EXPECT_EQ(set.runs.size(), 1u);
 }
 
 // Schema 2 only added fields: records of schema 1 (older builds) are still read.
