@@ -21,7 +21,7 @@ struct ThreadStartError : std::runtime_error {
 
 // Test hook: the start that finds this counter at 0 fails with EAGAIN, as under a pids limit;
 // each start decrements it while it is positive. -1 (the default): never. Never set outside
-// tests (vmm::TestHooks::fail_thread_start).
+// tests (app::TestHooks::fail_thread_start).
 inline std::atomic<int> fail_thread_start_countdown{-1};
 
 inline std::string thread_start_message(const std::string& what, int err) {
