@@ -9,6 +9,7 @@
 #include <iostream>
 #include <map>
 
+#include "app/admission.hpp"
 #include "app/config.hpp"
 #include "app/host_info.hpp"
 #include "app/record.hpp"
@@ -140,7 +141,7 @@ int do_info(bool json) {
   nlohmann::json j = h.to_json();
   j["kvmscale_version"] = version_string();
   j["guests"] = embedded_guest_names();
-  j["max_vms_by_nofile"] = h.nofile_hard / fds_per_vm(1);
+  j["max_vms_by_nofile"] = (h.nofile_hard - 64) / fds_per_vm(1);
   if (!kvm_error.empty()) j["kvm_error"] = kvm_error;
   if (json) {
     std::cout << j.dump(2) << "\n";
@@ -178,7 +179,7 @@ int do_info(bool json) {
     std::cout << "kvm:      unavailable (" << kvm_error << ")\n";
   }
   std::cout << "limits:   open files " << h.nofile_soft << " (hard " << h.nofile_hard
-            << ") => at most ~" << h.nofile_hard / fds_per_vm(1)
+            << ") => at most ~" << (h.nofile_hard - 64) / fds_per_vm(1)
             << " 1-vCPU VMs per process; threads-max " << h.threads_max << ", max_map_count "
             << h.max_map_count << "\n"
             << "uffd:     "

@@ -260,44 +260,22 @@ nlohmann::json HostInfo::to_json() const {
         {"thread_id", uffd_features >= 0 && (uffd_features & UFFD_FEATURE_THREAD_ID)}}}};
 }
 
-LimitCheck check_limits(HostInfo& h, uint32_t vms, uint32_t vcpus, uint64_t mem,
-                        bool thread_per_vcpu) {
-  LimitCheck c;
-  const uint64_t reserve = 64;  // stdio, /dev/kvm, output files, sanitizer runtimes
-  uint64_t fds = vms * fds_per_vm(vcpus) + reserve;
-  if (fds > h.nofile_soft) {
-    rlimit rl{h.nofile_soft, h.nofile_hard};
-    if (fds <= h.nofile_hard) {
-      rl.rlim_cur = fds;
-      if (setrlimit(RLIMIT_NOFILE, &rl) == 0) h.nofile_soft = fds;
-    }
-    if (fds > h.nofile_soft)
-      c.errors.push_back(std::to_string(vms) + " VMs need " + std::to_string(fds) +
-                         " open files but RLIMIT_NOFILE is " + std::to_string(h.nofile_soft) +
-                         " (hard " + std::to_string(h.nofile_hard) +
-                         "): raise it (ulimit -n) or shard the VMs over several processes");
+ResourceSample sample_resources() {
+  ResourceSample r;
+  r.mem_available = meminfo_kib("MemAvailable") << 10;
+  rusage ru{};
+  if (getrusage(RUSAGE_SELF, &ru) == 0) {
+    auto ns = [](const timeval& tv) {
+      return uint64_t(tv.tv_sec) * 1000000000ull + uint64_t(tv.tv_usec) * 1000ull;
+    };
+    r.cpu_user_ns = ns(ru.ru_utime);
+    r.cpu_sys_ns = ns(ru.ru_stime);
+    r.peak_rss = uint64_t(ru.ru_maxrss) << 10;
   }
-  uint64_t threads = (thread_per_vcpu ? uint64_t{vms} * vcpus : uint64_t(h.online_cpus)) + 16;
-  if (h.threads_max && threads > h.threads_max)
-    c.errors.push_back("needs " + std::to_string(threads) + " threads but kernel.threads-max is " +
-                       std::to_string(h.threads_max));
-  if (h.nproc_soft != RLIM_INFINITY && threads > h.nproc_soft)
-    c.errors.push_back("needs " + std::to_string(threads) + " threads but RLIMIT_NPROC is " +
-                       std::to_string(h.nproc_soft) + ": raise it (ulimit -u)");
-  uint64_t total = uint64_t{vms} * mem;
-  if (h.mem_total && total > h.mem_total)
-    c.errors.push_back("guest memory " + format_size(total) + " exceeds host memory " +
-                       format_size(h.mem_total));
-  else if (h.mem_available && total > h.mem_available)
-    c.warnings.push_back("guest memory " + format_size(total) + " exceeds available memory " +
-                         format_size(h.mem_available) + ": guests that touch it all will swap");
-  // Each VM's mapping plus its vCPUs' kvm_run mappings.
-  uint64_t maps = uint64_t{vms} * (2 + vcpus) + 1024;
-  if (h.max_map_count && maps > h.max_map_count)
-    c.errors.push_back("needs " + std::to_string(maps) +
-                       " memory mappings but vm.max_map_count is " +
-                       std::to_string(h.max_map_count));
-  return c;
+  std::ifstream status("/proc/self/status");
+  for (std::string line; std::getline(status, line);)
+    if (line.rfind("Threads:", 0) == 0) r.threads = std::strtoull(line.c_str() + 8, nullptr, 10);
+  return r;
 }
 
 }  // namespace kvmscale::app

@@ -61,15 +61,13 @@ int cpulist_count(const std::string& list);
 // that are not UTF-8 shown as U+FFFD).
 std::vector<std::string> command_line(const std::string& root = "/");
 
-struct LimitCheck {
-  std::vector<std::string> errors;    // the run cannot start
-  std::vector<std::string> warnings;  // it may, but say so
+// What the process and kernel use now, read at the run's phase boundaries (run.resources).
+struct ResourceSample {
+  uint64_t mem_available = 0;                // /proc/meminfo MemAvailable, bytes
+  uint64_t cpu_user_ns = 0, cpu_sys_ns = 0;  // this process, exited threads included
+  uint64_t threads = 0;                      // /proc/self/status Threads
+  uint64_t peak_rss = 0;                     // this process's high-water RSS, bytes
 };
-// What `vms` VMs of `vcpus` vCPUs and `mem` bytes need from this host, with host threads per
-// vCPU when `thread_per_vcpu`. Raises the soft RLIMIT_NOFILE to what is needed when it can.
-LimitCheck check_limits(HostInfo& host, uint32_t vms, uint32_t vcpus, uint64_t mem,
-                        bool thread_per_vcpu);
-// File descriptors one VM costs: the VM fd and one per vCPU.
-inline uint64_t fds_per_vm(uint32_t vcpus) { return 1ull + vcpus; }
+ResourceSample sample_resources();
 
 }  // namespace kvmscale::app

@@ -27,6 +27,7 @@ struct RunTiming {
   uint64_t create_start_ns = 0;  // CLOCK_MONOTONIC: VM creation began
   uint64_t exec_start_ns = 0;    // CLOCK_MONOTONIC: executor started (the launch of every VM)
   uint64_t end_ns = 0;
+  uint64_t created_ns = 0;  // CLOCK_MONOTONIC: every VM created and its kvm_run pages mapped
 };
 
 nlohmann::json vm_record(const vmm::Vm& vm, const std::string& guest, uint64_t exec_start_ns);

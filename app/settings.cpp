@@ -124,7 +124,9 @@ std::vector<Setting> make_table() {
   return {
       count("vms", "vms", "number of VMs", &RunConfig::vms).required().eg("8"),
       count("vcpus", "vcpus", "vCPUs per VM (1-64)", &RunConfig::vcpus).required().eg("1"),
-      size("mem", "mem", "guest memory per VM, e.g. 16M, 1G (multiple of 2M, >= 8M)",
+      size("mem", "mem",
+           "guest memory per VM, e.g. 16M, 1G (multiple of 2M, >= 6M: the 4M boot area and one 2M "
+           "page of free RAM)",
            &RunConfig::mem)
           .required()
           .eg("32M"),

@@ -8,17 +8,21 @@
 #include <list>
 #include <map>
 #include <memory>
+#include <optional>
 #include <thread>
 
+#include "app/admission.hpp"
 #include "app/host_info.hpp"
 #include "app/pod_runtime.hpp"
 #include "app/record.hpp"
 #include "locks/registry.hpp"
+#include "mm/arena.hpp"
 #include "mm/thread_start.hpp"
 #include "sched/executor.hpp"
 #include "vmm/clock.hpp"
 #include "vmm/guest_images.hpp"
 #include "vmm/kvm.hpp"
+#include "vmm/run_area.hpp"
 
 namespace kvmscale::app {
 
@@ -57,7 +61,7 @@ uint64_t unix_now_ns() {
 std::vector<std::unique_ptr<Vm>> create_vms(const RunConfig& cfg, const KvmSystem& kvm,
                                             Backend backend,
                                             const std::vector<std::span<const uint8_t>>& images,
-                                            int workers) {
+                                            const mm::Arena& memory, int workers) {
   std::vector<std::unique_ptr<Vm>> vms(cfg.vms);
   std::atomic<uint32_t> next{0};
   std::atomic<bool> abort{false};
@@ -75,7 +79,10 @@ std::vector<std::unique_ptr<Vm>> create_vms(const RunConfig& cfg, const KvmSyste
       spec.guest_args = cfg.guest_args;
       spec.echo_console = cfg.echo_console;
       try {
-        vms[i] = std::make_unique<Vm>(kvm, backend, spec);
+        // kvm_run pages are mapped once all VMs exist: KVM_CREATE_VM's notifier registration
+        // walks every mapping of the process (mm_take_all_locks), so mapping them now would make
+        // creation O(VMs) per VM.
+        vms[i] = std::make_unique<Vm>(kvm, backend, spec, VmPlacement{memory.slot(i), true});
       } catch (...) {
         std::lock_guard lock(error_mu);
         if (!error) error = std::current_exception();
@@ -117,6 +124,45 @@ nlohmann::json tlb_stats(sched::Executor& ex) {
           {"misses", misses},
           {"stale_hits", stale},
           {"flushes_received", flushes}};
+}
+
+// The run's phases (docs/run-record.md). Boot ends when the last VM has booted (null if some
+// never did).
+nlohmann::json phases_json(const nlohmann::json& record, const RunTiming& t, uint64_t teardown_ns) {
+  nlohmann::json boot;
+  const auto& s = record["summary"];
+  if (s["vms"] != 0 && s["vms_booted"] == s["vms"] && s.contains("boot_ns"))
+    boot = s["boot_ns"]["max"];
+  return {{"create_ns", t.created_ns - t.create_start_ns},
+          {"setup_ns", t.exec_start_ns - t.created_ns},
+          {"boot_ns", boot},
+          {"run_ns", t.end_ns - t.exec_start_ns},
+          {"teardown_ns", teardown_ns}};
+}
+
+nlohmann::json resources_json(const ResourceSample& before, const ResourceSample& created,
+                              const ResourceSample& running, const ResourceSample& at_end,
+                              const ResourceSample& after) {
+  auto drop = [&](uint64_t avail) {
+    return before.mem_available > avail ? before.mem_available - avail : 0;
+  };
+  return {{"peak_rss_bytes", after.peak_rss},
+          {"threads_peak", std::max({running.threads, at_end.threads, created.threads})},
+          {"cpu_user_ns", after.cpu_user_ns - before.cpu_user_ns},
+          {"cpu_sys_ns", after.cpu_sys_ns - before.cpu_sys_ns},
+          {"cpu_create_ns",
+           (created.cpu_user_ns + created.cpu_sys_ns) - (before.cpu_user_ns + before.cpu_sys_ns)},
+          {"cpu_teardown_ns",
+           (after.cpu_user_ns + after.cpu_sys_ns) - (at_end.cpu_user_ns + at_end.cpu_sys_ns)},
+          {"mem_available_before", before.mem_available},
+          {"mem_available_created", created.mem_available},
+          {"mem_available_min_running",
+           running.mem_available ? running.mem_available : at_end.mem_available},
+          {"mem_available_after", after.mem_available},
+          {"mem_used_created", drop(created.mem_available)},
+          {"mem_used_peak",
+           drop(std::min(running.mem_available ? running.mem_available : at_end.mem_available,
+                         at_end.mem_available))}};
 }
 
 }  // namespace
@@ -169,7 +215,9 @@ nlohmann::json run_testbed_with_hooks(const RunConfig& cfg, const TestHooks& hoo
     throw RunError(std::string("kvmscale run needs a usable /dev/kvm: ") + e.what());
   }
   HostInfo host = probe_host(kvm.get());
-  LimitCheck limits = check_limits(host, cfg.vms, cfg.vcpus, cfg.mem, cfg.sched == "host");
+  std::vector<uint64_t> image_sizes;
+  for (const auto& image : images) image_sizes.push_back(image.size());
+  LimitCheck limits = check_limits(host, cfg, image_sizes);
   if (!limits.errors.empty()) {
     std::string msg = "this host cannot hold the run:";
     for (const auto& e : limits.errors) msg += "\n  " + e;
@@ -194,13 +242,24 @@ nlohmann::json run_testbed_with_hooks(const RunConfig& cfg, const TestHooks& hoo
   lock_policy.profile = cfg.lock_profile;
   locks::LockRegistry lock_registry(lock_policy);
 
+  // Declared before the VMs, so that they go after them: the VMs' memory and kvm_run pages
+  // live in these shared areas (teardown, below).
+  std::optional<mm::Arena> guest_memory;
+  std::optional<RunArea> run_pages;
+  const ResourceSample before = sample_resources();
   t.create_start_ns = now_ns();
   std::vector<std::unique_ptr<Vm>> vms;
   try {
-    vms = create_vms(cfg, *kvm, host.backend, images, std::max(1, host.online_cpus));
+    guest_memory.emplace(cfg.vms, cfg.mem, "guest memory");
+    vms = create_vms(cfg, *kvm, host.backend, images, *guest_memory, std::max(1, host.online_cpus));
+    run_pages.emplace(vms.size() * cfg.vcpus, kvm->vcpu_mmap_size());
+    for (size_t i = 0; i < vms.size(); i++) vms[i]->map_runs(*run_pages, i * cfg.vcpus);
   } catch (const std::exception& e) {
     throw RunError(std::string("creating VMs failed: ") + e.what());
   }
+  t.created_ns = now_ns();
+  const ResourceSample created = sample_resources();
+  ResourceSample running{};
   std::vector<Vm*> vm_ptrs;
   for (auto& vm : vms) vm_ptrs.push_back(vm.get());
   nlohmann::json numa_placement = nlohmann::json::array();
@@ -270,6 +329,7 @@ nlohmann::json run_testbed_with_hooks(const RunConfig& cfg, const TestHooks& hoo
       throw RunError(std::string("starting the run failed: ") + e.what());
     }
     const uint64_t deadline = t.exec_start_ns + cfg.duration_ns;
+    uint64_t last_sample = 0;
     for (;;) {
       uint64_t now = now_ns();
       if (executor->all_done()) break;
@@ -289,6 +349,13 @@ nlohmann::json run_testbed_with_hooks(const RunConfig& cfg, const TestHooks& hoo
             "guest page faults are not being served: one has waited unread for 1 s with no fault "
             "thread busy (the kernel could not start io_uring's worker thread for the "
             "userfaultfd reads? raise ulimit -u or the pids cgroup's pids.max)");
+      }
+      if (now - last_sample >= 100000000) {  // threads and memory while running, 10 Hz
+        ResourceSample r = sample_resources();
+        running.threads = std::max(running.threads, r.threads);
+        if (running.mem_available == 0 || r.mem_available < running.mem_available)
+          running.mem_available = r.mem_available;
+        last_sample = now;
       }
       if (wait_stop_signal(std::min<uint64_t>(2000000, deadline - now))) {
         end = EndReason::Interrupted;
@@ -326,6 +393,23 @@ nlohmann::json run_testbed_with_hooks(const RunConfig& cfg, const TestHooks& hoo
     for (auto& vmr : record["vms"]) vmr["pod"] = pod_vm_reports[vmr["index"].get<uint32_t>()];
   }
   if (cfg.numa) record["numa_placement"] = numa_placement;
+
+  // Teardown: close every vCPU fd (the VMs live on in their kvm_run pages), then unmap those
+  // pages a chunk at a time on many threads, which destroys the VMs with no per-VM unmap while
+  // others live, then the guest memory in one unmap (docs/scale.md).
+  const ResourceSample at_end = sample_resources();
+  const uint64_t teardown_start = now_ns();
+  cvms.clear();
+  vm_ptrs.clear();
+  vms.clear();
+  run_pages.reset();
+  guest_memory.reset();
+  const uint64_t teardown_ns = now_ns() - teardown_start;
+  const ResourceSample after = sample_resources();
+  record["run"]["phases"] = phases_json(record, t, teardown_ns);
+  record["run"]["resources"] = resources_json(before, created, running, at_end, after);
+  record["run"]["admission"] = {{"memory_needed", limits.memory_needed},
+                                {"assumptions", limits.assumptions}};
   return record;
 }
 

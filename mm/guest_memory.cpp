@@ -17,7 +17,9 @@ GuestMemory::GuestMemory(uint64_t size) : size_(size) {
   base_ = static_cast<uint8_t*>(p);
 }
 
-GuestMemory::~GuestMemory() { ::munmap(base_, size_); }
+GuestMemory::~GuestMemory() {
+  if (owned_) ::munmap(base_, size_);
+}
 
 std::string GuestMemory::bind_to_nodes(const std::vector<int>& nodes) const {
   if (numa_available() < 0) return "NUMA is not available on this host";

@@ -1,5 +1,6 @@
-// One VM's guest-physical memory: an anonymous mapping split into KVM memslots, and the only
-// bounds-checked path by which kvmscale reads or writes guest memory on a guest's behalf.
+// One VM's guest-physical memory: an anonymous mapping (its own, or a slot of a run's Arena)
+// split into KVM memslots, and the only bounds-checked path by which kvmscale reads or writes
+// guest memory on a guest's behalf.
 #pragma once
 
 #include <cstddef>
@@ -15,6 +16,8 @@ class GuestMemory {
  public:
   // `size` bytes of guest-physical memory starting at GPA 0. Throws std::system_error.
   explicit GuestMemory(uint64_t size);
+  // `size` bytes at `base`, which the caller maps and unmaps (a slot of a run's mm::Arena).
+  GuestMemory(uint8_t* base, uint64_t size) : size_(size), base_(base), owned_(false) {}
   GuestMemory(const GuestMemory&) = delete;
   GuestMemory& operator=(const GuestMemory&) = delete;
   ~GuestMemory();
@@ -41,6 +44,7 @@ class GuestMemory {
  private:
   uint64_t size_;
   uint8_t* base_;
+  bool owned_ = true;
 };
 
 }  // namespace kvmscale::mm

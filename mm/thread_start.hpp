@@ -35,13 +35,18 @@ inline std::string thread_start_message(const std::string& what, int err) {
 }
 
 // Starts `fn` on a new thread; `what` names it in the error ("pCPU thread 3 of 8").
-template <class F>
-std::thread start_thread(const std::string& what, F&& fn) {
+// Counts one start against the test hook; throws as under a pids limit when it says so.
+inline void count_thread_start(const std::string& what) {
   int expected = fail_thread_start_countdown.load();
   while (expected >= 0 &&
          !fail_thread_start_countdown.compare_exchange_weak(expected, expected - 1)) {
   }
   if (expected == 0) throw ThreadStartError(thread_start_message(what, EAGAIN));
+}
+
+template <class F>
+std::thread start_thread(const std::string& what, F&& fn) {
+  count_thread_start(what);
   try {
     return std::thread(std::forward<F>(fn));
   } catch (const std::system_error& e) {

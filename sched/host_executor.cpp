@@ -7,7 +7,7 @@
 #include <stdexcept>
 #include <thread>
 
-#include "mm/thread_start.hpp"
+#include "mm/arena.hpp"
 #include "sched/context_threads.hpp"
 #include "sched/executor.hpp"
 #include "sched/wake_slot.hpp"
@@ -15,9 +15,17 @@
 namespace kvmscale::sched {
 namespace {
 
+size_t count_vcpus(const std::vector<vmm::Vm*>& vms) {
+  size_t n = 0;
+  for (const vmm::Vm* vm : vms) n += vm->nr_vcpus();
+  return n;
+}
+
 class HostExecutor final : public Executor {
  public:
-  explicit HostExecutor(std::vector<vmm::Vm*> vms) : vms_(std::move(vms)) {
+  explicit HostExecutor(std::vector<vmm::Vm*> vms)
+      : vms_(std::move(vms)),
+        stacks_(count_vcpus(vms_), mm::kArenaStackSize, "vCPU thread stacks") {
     for (auto* vm : vms_) {
       first_context_.push_back(uint32_t(total_));
       slots_.emplace_back();
@@ -42,11 +50,12 @@ class HostExecutor final : public Executor {
     try {
       for (size_t m = 0; m < vms_.size(); m++)
         for (uint32_t i = 0; i < vms_[m]->nr_vcpus(); i++)
-          threads_.push_back(mm::start_thread("the thread of vCPU " + std::to_string(i) + " of vm" +
-                                                  std::to_string(vms_[m]->index()) + " (" +
-                                                  std::to_string(threads_.size() + 1) + " of " +
-                                                  std::to_string(total_) + " vCPU threads)",
-                                              [this, m, i] { vcpu_thread(m, i); }));
+          threads_.push_back(mm::StackThread::start(
+              stacks_, threads_.size(),
+              "the thread of vCPU " + std::to_string(i) + " of vm" +
+                  std::to_string(vms_[m]->index()) + " (" + std::to_string(threads_.size() + 1) +
+                  " of " + std::to_string(total_) + " vCPU threads)",
+              [this, m, i] { vcpu_thread(m, i); }));
     } catch (...) {
       // The vCPUs that never started are gone for cross-calls; stop and join the others.
       for (size_t c = threads_.size(); c < total_; c++)
@@ -150,7 +159,10 @@ class HostExecutor final : public Executor {
 
   std::vector<vmm::Vm*> vms_;
   std::vector<std::vector<std::unique_ptr<Slot>>> slots_;
-  std::vector<std::thread> threads_;
+  // One stack per vCPU thread from one mapping: thousands of threads start and end without a
+  // mapping change each (mm/arena.hpp).
+  mm::Arena stacks_;
+  std::vector<mm::StackThread> threads_;
   std::vector<uint32_t> first_context_;  // per VM: context index of its vCPU 0
   std::unique_ptr<ContextThreads> threads_of_;
   std::vector<mm::SoftTlb> tlbs_;              // per vCPU thread

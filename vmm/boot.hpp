@@ -22,7 +22,7 @@ struct BootParams {
 };
 
 // Smallest and largest guest memory the layout supports.
-inline constexpr uint64_t kMinGuestMem = KS_RAM_GPA + (4ull << 20);
+inline constexpr uint64_t kMinGuestMem = KS_RAM_GPA + (2ull << 20);  // one 2 MiB page of free RAM
 inline constexpr uint64_t kMaxGuestMem = KS_MAX_PD << 30;
 
 // Writes everything the guest finds at boot. Throws std::invalid_argument on a bad image/params.

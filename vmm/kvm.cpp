@@ -104,11 +104,13 @@ void VmFd::set_memory_region(uint32_t slot, uint64_t gpa, uint64_t size, void* h
   xioctl(fd_.get(), KVM_SET_USER_MEMORY_REGION, "KVM_SET_USER_MEMORY_REGION", &r);
 }
 
-VcpuFd VmFd::create_vcpu(int id) {
-  return VcpuFd(Fd(xioctl(fd_.get(), KVM_CREATE_VCPU, "KVM_CREATE_VCPU", id)), run_size_);
+VcpuFd VmFd::create_vcpu(int id, bool map_run) {
+  return VcpuFd(Fd(xioctl(fd_.get(), KVM_CREATE_VCPU, "KVM_CREATE_VCPU", id)),
+                map_run ? run_size_ : 0);
 }
 
 VcpuFd::VcpuFd(Fd fd, int run_size) : fd_(std::move(fd)), run_size_(run_size) {
+  if (run_size == 0) return;
   void* p = ::mmap(nullptr, run_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd_.get(), 0);
   if (p == MAP_FAILED) throw KvmError("mmap kvm_run", errno);
   run_ = static_cast<kvm_run*>(p);
@@ -118,7 +120,7 @@ VcpuFd::VcpuFd(VcpuFd&& o) noexcept
     : fd_(std::move(o.fd_)), run_(std::exchange(o.run_, nullptr)), run_size_(o.run_size_) {}
 
 VcpuFd::~VcpuFd() {
-  if (run_) ::munmap(run_, run_size_);
+  if (run_ && run_size_) ::munmap(run_, run_size_);
 }
 
 int VcpuFd::run() {

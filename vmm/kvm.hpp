@@ -48,7 +48,8 @@ class VmFd {
  public:
   VmFd(Fd fd, int run_size) : fd_(std::move(fd)), run_size_(run_size) {}
   void set_memory_region(uint32_t slot, uint64_t gpa, uint64_t size, void* hva);
-  VcpuFd create_vcpu(int id);
+  // With map_run false, the caller maps the kvm_run page later (VcpuFd::use_run).
+  VcpuFd create_vcpu(int id, bool map_run = true);
   int fd() const { return fd_.get(); }
 
  private:
@@ -56,9 +57,11 @@ class VmFd {
   int run_size_;
 };
 
-// A vCPU fd plus its shared kvm_run mapping.
+// A vCPU fd plus its shared kvm_run mapping: its own, or one a RunArea owns (then closing the fd
+// leaves the VM alive until that page is unmapped).
 class VcpuFd {
  public:
+  // Maps the kvm_run page itself when run_size > 0.
   VcpuFd(Fd fd, int run_size);
   VcpuFd(VcpuFd&& o) noexcept;
   VcpuFd& operator=(VcpuFd&&) = delete;
@@ -68,6 +71,8 @@ class VcpuFd {
   // One KVM_RUN. Returns 0, or -EINTR when a signal / immediate_exit stopped it; throws otherwise.
   int run();
   kvm_run* run_state() const { return run_; }
+  // Uses a kvm_run page mapped by someone else (vmm::RunArea), who also unmaps it.
+  void use_run(kvm_run* run) { run_ = run; }
 
   kvm_regs regs() const;
   void set_regs(const kvm_regs& r);

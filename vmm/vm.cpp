@@ -23,13 +23,14 @@ std::string hex(uint64_t v) {
 }
 }  // namespace
 
-Vm::Vm(const KvmSystem& kvm, Backend backend, const VmSpec& spec)
+Vm::Vm(const KvmSystem& kvm, Backend backend, const VmSpec& spec, VmPlacement placement)
     : spec_(spec),
-      mem_(std::make_unique<mm::GuestMemory>(spec.mem_size)),
-      fd_(kvm.create_vm()),
       console_(spec.echo_console, "[vm" + std::to_string(spec.index) + "] "),
       running_vcpus_(spec.nr_vcpus) {
-  uint64_t t0 = now_ns();
+  const uint64_t t0 = now_ns();  // the VM's memory and KVM_CREATE_VM count as its creation
+  mem_ = placement.memory ? std::make_unique<mm::GuestMemory>(placement.memory, spec.mem_size)
+                          : std::make_unique<mm::GuestMemory>(spec.mem_size);
+  VmFd fd = kvm.create_vm();
   BootParams bp;
   bp.vm_index = spec.index;
   bp.nr_vcpus = spec.nr_vcpus;
@@ -38,16 +39,22 @@ Vm::Vm(const KvmSystem& kvm, Backend backend, const VmSpec& spec)
   write_boot_area(*mem_, bp);
   // Slot 0: the VMM-owned low area (tables, pages, image, stacks). Slot 1: the guest's free RAM,
   // kept separate so that memory policies (populate-on-demand) can apply to it alone.
-  fd_.set_memory_region(0, 0, KS_RAM_GPA, mem_->host_base());
-  fd_.set_memory_region(1, KS_RAM_GPA, spec.mem_size - KS_RAM_GPA, mem_->host_base() + KS_RAM_GPA);
+  fd.set_memory_region(0, 0, KS_RAM_GPA, mem_->host_base());
+  fd.set_memory_region(1, KS_RAM_GPA, spec.mem_size - KS_RAM_GPA, mem_->host_base() + KS_RAM_GPA);
   for (uint32_t i = 0; i < spec.nr_vcpus; i++) {
-    VcpuFd vfd = fd_.create_vcpu(static_cast<int>(i));
+    VcpuFd vfd = fd.create_vcpu(static_cast<int>(i), !placement.defer_run_mapping);
     setup_vcpu(vfd, i, backend, kvm.supported_cpuid());
     vfd.set_signal_mask_during_run(run_signal_mask());
     auto* page = mem_->object_at<ks_hcall_page>(KS_HCALL_GPA + i * KS_PAGE_SIZE);
     vcpus_.push_back(std::make_unique<Vcpu>(std::move(vfd), i, page));
   }
   create_ns_ = now_ns() - t0;
+}
+
+void Vm::map_runs(RunArea& area, size_t first_slot) {
+  const uint64_t t0 = now_ns();
+  for (auto& v : vcpus_) v->fd().use_run(area.map(v->fd(), first_slot + v->index()));
+  create_ns_ += now_ns() - t0;
 }
 
 Action Vm::run_once(Vcpu& v, Kicker& kicker, PcpuAccess access) {

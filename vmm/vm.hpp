@@ -16,6 +16,7 @@
 #include "vmm/hypercall.hpp"
 #include "vmm/kick.hpp"
 #include "vmm/kvm.hpp"
+#include "vmm/run_area.hpp"
 
 namespace kvmscale::vmm {
 
@@ -26,6 +27,14 @@ struct VmSpec {
   std::span<const uint8_t> image;
   std::vector<uint64_t> guest_args;
   bool echo_console = false;
+};
+
+// Where a VM's memory and kvm_run pages live when one process holds many VMs: in a run's shared
+// areas, so that creating and destroying VMs changes no mapping while others live
+// (docs/scale.md). The defaults give the VM mappings of its own.
+struct VmPlacement {
+  uint8_t* memory = nullptr;       // spec.mem_size bytes the VM borrows (an mm::Arena slot)
+  bool defer_run_mapping = false;  // kvm_run pages come later, from Vm::map_runs
 };
 
 class Vcpu {
@@ -67,9 +76,13 @@ struct PcpuAccess {
 
 class Vm {
  public:
-  // Creates the KVM VM, its memslots and vCPUs, and writes the boot state. Throws KvmError or
+  // Creates the KVM VM, its memslots and vCPUs, and writes the boot state. The VM fd is closed
+  // once the vCPUs exist (they hold the VM), so a VM costs one fd per vCPU. Throws KvmError or
   // std::invalid_argument.
-  Vm(const KvmSystem& kvm, Backend backend, const VmSpec& spec);
+  Vm(const KvmSystem& kvm, Backend backend, const VmSpec& spec, VmPlacement placement = {});
+  // With defer_run_mapping: maps vCPU i's kvm_run page at slot first_slot + i of `area`, before
+  // the first run.
+  void map_runs(RunArea& area, size_t first_slot);
 
   uint32_t index() const { return spec_.index; }
   uint32_t nr_vcpus() const { return static_cast<uint32_t>(vcpus_.size()); }
@@ -78,7 +91,7 @@ class Vm {
   const mm::GuestMemory& memory() const { return *mem_; }
   const ConsoleLog& console() const { return console_; }
   uint64_t create_ns() const { return create_ns_; }
-  int fd_count() const { return 1 + static_cast<int>(vcpus_.size()); }
+  int fd_count() const { return static_cast<int>(vcpus_.size()); }
 
   // One KVM_RUN of `v` on the calling thread, and what to do about the exit.
   Action run_once(Vcpu& v, Kicker& kicker, PcpuAccess access = {});
@@ -107,7 +120,6 @@ class Vm {
 
   VmSpec spec_;
   std::unique_ptr<mm::GuestMemory> mem_;
-  VmFd fd_;
   std::vector<std::unique_ptr<Vcpu>> vcpus_;
   ConsoleLog console_;
   mm::P2mEpochs* epochs_ = nullptr;

@@ -1,0 +1,123 @@
+#include "app/admission.hpp"
+
+#include <sys/resource.h>
+
+#include <algorithm>
+
+#include "guests/include/kvmscale_abi.h"
+
+namespace kvmscale::app {
+
+namespace {
+uint64_t pages(uint64_t bytes) { return (bytes + KS_PAGE_SIZE - 1) / KS_PAGE_SIZE * KS_PAGE_SIZE; }
+
+// Built-in guests that touch free RAM: boot-zero zeroes all of it; fuzz and crash write where
+// their arguments or random numbers say. The others run in their image, stacks and hypercall
+// pages only.
+bool touches_free_ram(const std::string& guest) {
+  return guest == "boot-zero" || guest == "fuzz" || guest == "crash" ||
+         guest.rfind("file:", 0) == 0;
+}
+}  // namespace
+
+GuestFootprint guest_footprint(const RunConfig& cfg, const std::string& guest,
+                               uint64_t image_size) {
+  GuestFootprint f;
+  // What write_boot_area and the guest runtime touch below KS_RAM_GPA (guests/include/
+  // kvmscale_abi.h): GDT+TSS, PML4, PDPT, the page directories in use, boot info, per vCPU a
+  // hypercall page, a VIF page and a stack, and the image.
+  const uint64_t pds = (cfg.mem + (1ull << 30) - 1) >> 30;
+  f.boot_bytes =
+      (4 + pds) * KS_PAGE_SIZE + cfg.vcpus * (2 * KS_PAGE_SIZE + KS_STACK_SIZE) + pages(image_size);
+  const uint64_t ram = cfg.mem - KS_RAM_GPA;
+  if (!touches_free_ram(guest)) {
+    f.ram_bytes = 0;
+    f.assumption = guest + ": boot area only";
+  } else if (!cfg.pod_target.empty()) {
+    f.ram_bytes = cfg.pod_target_granules() * cfg.pod_granule;
+    f.assumption = guest + ": free RAM up to the PoD target (" + format_size(f.ram_bytes) + ")";
+  } else {
+    f.ram_bytes = ram;
+    f.assumption =
+        guest + (guest.rfind("file:", 0) == 0 ? ": unknown guest, assumed to touch" : ": touches") +
+        " all free RAM (" + format_size(ram) + ")";
+  }
+  return f;
+}
+
+LimitCheck check_limits(HostInfo& h, const RunConfig& cfg,
+                        const std::vector<uint64_t>& image_sizes) {
+  LimitCheck c;
+  const uint64_t vms = cfg.vms, vcpus = cfg.vcpus;
+  const bool thread_per_vcpu = cfg.sched == "host";
+
+  // File descriptors: one per vCPU once set up, plus a VM fd for each VM being created at once.
+  const uint64_t reserve = 64 + uint64_t(std::max(1, h.online_cpus));  // stdio, /dev/kvm, ...
+  const uint64_t fds = vms * fds_per_vm(cfg.vcpus) + reserve;
+  if (fds > h.nofile_soft) {
+    rlimit rl{h.nofile_soft, h.nofile_hard};
+    if (fds <= h.nofile_hard) {
+      rl.rlim_cur = fds;
+      if (setrlimit(RLIMIT_NOFILE, &rl) == 0) h.nofile_soft = fds;
+    }
+    if (fds > h.nofile_soft)
+      c.errors.push_back(
+          std::to_string(vms) + " VMs of " + std::to_string(vcpus) + " vCPU(s) need " +
+          std::to_string(fds) + " open files (one per vCPU, " + std::to_string(reserve) +
+          " spare) but RLIMIT_NOFILE is " + std::to_string(h.nofile_soft) + " (hard " +
+          std::to_string(h.nofile_hard) + "): at most " +
+          std::to_string(h.nofile_hard > reserve ? (h.nofile_hard - reserve) / vcpus : 0) +
+          " such VMs per process; raise ulimit -n or use --procs");
+  }
+
+  // Ours: a thread per vCPU with --sched host, else a thread per pCPU; plus KVM's own worker
+  // per VM (kvm-nx-lpage-recovery, a task of this process on Linux 6.1), which counts against
+  // kernel.threads-max and the pids cgroup.
+  const uint64_t ours = (thread_per_vcpu ? vms * vcpus : uint64_t(cfg.effective_pcpus())) + 16;
+  const uint64_t threads = ours + vms;
+  if (h.threads_max && threads > h.threads_max)
+    c.errors.push_back("needs " + std::to_string(threads) + " threads (" + std::to_string(ours) +
+                       " of kvmscale's, one KVM worker per VM) but kernel.threads-max is " +
+                       std::to_string(h.threads_max));
+  if (h.nproc_soft != RLIM_INFINITY && ours > h.nproc_soft)
+    c.errors.push_back("needs " + std::to_string(ours) + " threads but RLIMIT_NPROC is " +
+                       std::to_string(h.nproc_soft) + ": raise it (ulimit -u)");
+
+  // Mappings: a kvm_run page per vCPU; with PoD each VM's RAM is its own userfaultfd range.
+  const uint64_t maps = vms * (vcpus + (cfg.pod_target.empty() ? 0 : 2)) + 1024;
+  if (h.max_map_count && maps > h.max_map_count)
+    c.errors.push_back("needs " + std::to_string(maps) +
+                       " memory mappings but vm.max_map_count is " +
+                       std::to_string(h.max_map_count) + ": raise it (sysctl) or use --procs");
+
+  // Memory: what the guests touch plus the kernel's share, not vms x --mem.
+  const std::vector<std::string> guests = cfg.guest_list();
+  uint64_t touched = 0;
+  for (size_t g = 0; g < guests.size(); g++) {
+    const uint64_t n = vms / guests.size() + (g < vms % guests.size() ? 1 : 0);  // VM i: i % size
+    if (n == 0) continue;
+    GuestFootprint f = guest_footprint(cfg, guests[g], g < image_sizes.size() ? image_sizes[g] : 0);
+    touched += n * (f.boot_bytes + f.ram_bytes);
+    c.assumptions.push_back(std::to_string(n) + " VM(s) of " + f.assumption + ", boot area " +
+                            format_size(f.boot_bytes));
+  }
+  const uint64_t kernel = vms * kKernelBytesPerVm + vms * vcpus * kKernelBytesPerVcpu +
+                          (thread_per_vcpu ? vms * vcpus * kBytesPerVcpuThread : 0);
+  c.assumptions.push_back(
+      "kernel and VMM " + format_size(kernel) + " (estimated " + format_size(kKernelBytesPerVm) +
+      " per VM, " + format_size(kKernelBytesPerVcpu) + " per vCPU" +
+      (thread_per_vcpu ? ", " + format_size(kBytesPerVcpuThread) + " per vCPU thread" : "") + ")");
+  c.memory_needed = touched + kernel;
+  if (h.mem_total && c.memory_needed > h.mem_total)
+    c.errors.push_back("the run would use " + format_size(c.memory_needed) +
+                       " of host memory but the host has " + format_size(h.mem_total) + " (" +
+                       format_size(touched) + " touched by guests, " + format_size(kernel) +
+                       " kernel and VMM; guest RAM itself is reserved, not used)");
+  else if (h.mem_available && c.memory_needed > h.mem_available)
+    c.warnings.push_back("the run would use " + format_size(c.memory_needed) +
+                         " of host memory but only " + format_size(h.mem_available) +
+                         " is available: it may swap or meet the OOM killer");
+  return c;
+}
+
+}  // namespace kvmscale::app

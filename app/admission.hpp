@@ -1,0 +1,48 @@
+// Whether this host can hold a run: file descriptors, threads, memory mappings and the memory
+// the guests will actually touch (guest RAM is reserved with MAP_NORESERVE, so --mem alone costs
+// address space, not memory). Says what it assumed; refuses only what cannot fit.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "app/config.hpp"
+#include "app/host_info.hpp"
+
+namespace kvmscale::app {
+
+// Host memory per VM, per vCPU and per vCPU thread (--sched host) that admission assumes on top
+// of what guests touch: KVM's VM and vCPU structures and worker thread, the kvm_run page,
+// shadow or EPT tables of a small guest, a thread's kernel stack and touched user stack. An
+// estimate from MemAvailable before and while running thousands of idle VMs on Linux 6.1
+// (docs/scale.md); the record reports what the run really took (run.resources).
+inline constexpr uint64_t kKernelBytesPerVm = 192ull << 10;
+inline constexpr uint64_t kKernelBytesPerVcpu = 64ull << 10;
+inline constexpr uint64_t kBytesPerVcpuThread = 128ull << 10;
+
+// Host memory one VM will touch, and why.
+struct GuestFootprint {
+  uint64_t boot_bytes = 0;  // the boot area kvmscale writes and the guest's stacks
+  uint64_t ram_bytes = 0;   // free RAM the guest touches (its working set where known)
+  std::string assumption;   // e.g. "idle: boot area only"
+};
+// `guest` is a built-in name or "file:PATH"; `image_size` its bytes. With PoD the RAM a guest
+// can hold is at most the PoD target.
+GuestFootprint guest_footprint(const RunConfig& cfg, const std::string& guest, uint64_t image_size);
+
+struct LimitCheck {
+  std::vector<std::string> errors;       // the run cannot start
+  std::vector<std::string> warnings;     // it may, but say so
+  std::vector<std::string> assumptions;  // what the memory check assumed (in the record)
+  uint64_t memory_needed = 0;            // bytes of host memory the run is expected to use
+};
+// File descriptors one VM costs once set up: one per vCPU (the VM fd is closed: vmm/vm.hpp).
+inline uint64_t fds_per_vm(uint32_t vcpus) { return vcpus; }
+// What the run needs from this host. `image_sizes[i]` is the size of guest list entry i. Raises
+// the soft RLIMIT_NOFILE to what is needed when it can.
+LimitCheck check_limits(HostInfo& host, const RunConfig& cfg,
+                        const std::vector<uint64_t>& image_sizes);
+
+}  // namespace kvmscale::app
