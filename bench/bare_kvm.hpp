@@ -30,6 +30,8 @@ class BareVms {
   // Creates, sets up and runs one more VM until its `hlt`; it stays alive afterwards.
   void launch_one();
   uint32_t size() const { return uint32_t(vms_.size()); }
+  // Time spent inside KVM_CREATE_VM so far (it registers the VM's mmu notifier on this mm).
+  uint64_t create_vm_ns() const { return create_vm_ns_; }
 
   // Teardown the way a VMM freeing each VM does: munmap its kvm_run, close its vCPU fd (the VM
   // goes with the last reference). Every munmap runs the mmu notifier of every VM still alive.
@@ -47,6 +49,7 @@ class BareVms {
   size_t run_size_ = 0;
   uint8_t* arena_ = nullptr;
   uint32_t capacity_ = 0;
+  uint64_t create_vm_ns_ = 0;
   std::vector<Vm> vms_;
 };
 

@@ -240,7 +240,9 @@ int main(int argc, char** argv) {
                  "(repeatable)");
   app.add_option("--mem", o.mem, "--mem of the kvmscale guests (default: the smallest allowed)")
       ->capture_default_str();
-  app.add_option("--duration", o.duration, "--duration of the kvmscale runs")
+  app.add_option("--duration", o.duration,
+                 "--duration of the kvmscale runs; auto: 1 s + 3 ms per VM (time to boot them "
+                 "all on a loaded host)")
       ->capture_default_str();
   app.add_option("--pcpus", o.pcpus, "--pcpus of the credit runs (default: online CPUs)")
       ->check(CLI::Range(1, 4096))
@@ -294,7 +296,7 @@ int main(int argc, char** argv) {
     o.timeout_ns = uint64_t(timeout_s * 1e9);
     try {
       app::parse_size(o.mem);
-      app::parse_duration_ns(o.duration);
+      if (o.duration != "auto") app::parse_duration_ns(o.duration);
     } catch (const std::exception& e) {
       throw UsageError(std::string("--mem/--duration: ") + e.what());
     }

@@ -92,6 +92,11 @@ json Cell::to_json() const {
   return j;
 }
 
+std::string kvmscale_duration(const ScaleOptions& o, uint32_t n) {
+  if (o.duration != "auto") return o.duration;
+  return std::to_string(1000 + 3 * uint64_t(n)) + "ms";
+}
+
 Cell median_cell(const std::vector<Cell>& runs) {
   if (runs.empty()) throw std::logic_error("median_cell of nothing");
   for (const Cell& c : runs)
@@ -119,9 +124,10 @@ Cell measure_kvmscale(const std::string& sched, uint32_t n, const ScaleOptions& 
   Cell c;
   c.mode = sched;
   c.n = n;
-  std::vector<std::string> argv = {o.kvmscale, "run",     "--vms",  std::to_string(n), "--vcpus",
-                                   "1",        "--guest", "idle",   "--duration",      o.duration,
-                                   "--mem",    o.mem,     "--json", "--sched",         sched};
+  std::vector<std::string> argv = {
+      o.kvmscale, "run",     "--vms",  std::to_string(n), "--vcpus",
+      "1",        "--guest", "idle",   "--duration",      kvmscale_duration(o, n),
+      "--mem",    o.mem,     "--json", "--sched",         sched};
   if (sched == "credit") {
     argv.push_back("--pcpus");
     argv.push_back(std::to_string(o.pcpus));
@@ -139,6 +145,9 @@ Cell measure_kvmscale(const std::string& sched, uint32_t n, const ScaleOptions& 
   const uint64_t booted = u64_at(*rec, "summary", "vms_booted").value_or(0);
   if (booted != n) {
     c.error = "only " + std::to_string(booted) + " of " + std::to_string(n) + " VMs booted";
+    if (rec->contains("run") && (*rec)["run"].value("end_reason", "") == "duration")
+      c.error += " before the run's end (--duration " + kvmscale_duration(o, n) +
+                 "): give them longer with --duration";
     return c;
   }
 
@@ -198,7 +207,7 @@ Cell measure_bare(uint32_t n, const ScaleOptions& o) {
         const uint64_t t0 = now_ns();
         for (uint32_t i = 0; i < n; i++) vms.launch_one();
         const uint64_t t1 = now_ns();
-        json rep = {{"launch_ns", t1 - t0}};
+        json rep = {{"launch_ns", t1 - t0}, {"create_vm_ns", vms.create_vm_ns()}};
         if (unmap) {
           vms.unmap_each_vm();
           rep["teardown_ns"] = now_ns() - t1;
@@ -219,6 +228,7 @@ Cell measure_bare(uint32_t n, const ScaleOptions& o) {
   }
   c.launch_ns = (*rep)["launch_ns"].get<uint64_t>();
   c.launch_source = "bare loop: first KVM_CREATE_VM to the last VM's KVM_EXIT_HLT";
+  c.details["create_vm_ns"] = (*rep)["create_vm_ns"];  // of which inside KVM_CREATE_VM
   if (unmap) {
     c.teardown_ns = (*rep)["teardown_ns"].get<uint64_t>();
     c.teardown_source = "bare loop: per VM munmap(kvm_run) + close(vCPU fd)";

@@ -12,15 +12,19 @@
 namespace kvmscale::bench {
 
 struct ScaleOptions {
-  std::string kvmscale;                           // path of the kvmscale binary
-  std::vector<std::string> kvmscale_args;         // appended to both kvmscale runs (e.g. --procs 4)
-  std::string mem = "8M";                         // --mem of every kvmscale guest
-  std::string duration = "1s";                    // --duration of every kvmscale run
-  uint32_t pcpus = 1;                             // --pcpus of the credit runs
-  bool bare_unmap_teardown = false;               // bare teardown: per-VM munmap+close, not exit
+  std::string kvmscale;                    // path of the kvmscale binary
+  std::vector<std::string> kvmscale_args;  // appended to both kvmscale runs (e.g. --procs 4)
+  std::string mem = "8M";                  // --mem of every kvmscale guest
+  std::string duration = "auto";     // --duration of the kvmscale runs; auto: kvmscale_duration()
+  uint32_t pcpus = 1;                // --pcpus of the credit runs
+  bool bare_unmap_teardown = false;  // bare teardown: per-VM munmap+close, not exit
   uint64_t timeout_ns = 1800ull * 1000000000ull;  // per child process
   int mm_call_reps = 200;                         // timed calls per kind and VM count (notifier)
 };
+
+// The --duration a kvmscale run of N VMs gets: o.duration, or with "auto" 1 s + 3 ms per VM,
+// time for every VM to boot on a loaded 2-CPU host (launch counts only if all booted).
+std::string kvmscale_duration(const ScaleOptions& o, uint32_t n);
 
 // N VMs launched and torn down in one child process, in one mode (host, credit, bare).
 struct Cell {
