@@ -1,6 +1,7 @@
 // bench/bench_scale: its quick run measures every mode and the notifier section, and reports
 // positive figures in its JSON; bad input is refused before anything runs.
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <fstream>
@@ -79,6 +80,79 @@ TEST(BenchScale, BadInputIsRefusedBeforeAnythingRuns) {
     EXPECT_NE(r.err.find(c.says), std::string::npos) << r.err;
     EXPECT_TRUE(r.out.empty()) << "nothing measured: " << r.out;
   }
+}
+
+// A stand-in for kvmscale: a script printing `record` (a JSON text; NOW is replaced by the
+// wall clock at its start) and exiting with `exit_code`, and what bench_scale made of it.
+json bench_on_fake_record(const std::string& record, int exit_code, Spawned* run = nullptr) {
+  const std::string dir = testing::TempDir();
+  const std::string tag = std::to_string(getpid());
+  const std::string script = dir + "fake_kvmscale_" + tag,
+                    out = dir + "fake_bench_" + tag + ".json";
+  {
+    std::ofstream f(script);
+    f << "#!/bin/sh\nnow=$(date +%s%N)\ncat <<EOF | sed \"s/NOW/$now/\"\n"
+      << record << "\nEOF\n"
+      << (exit_code ? "echo 'kvmscale: this host cannot hold the run' >&2\n" : "") << "exit "
+      << exit_code << "\n";
+  }
+  ::chmod(script.c_str(), 0755);
+  Spawned r = spawn({KVMSCALE_BENCH_SCALE_BIN, "--modes", "host", "--n", "20", "--kvmscale", script,
+                     "--json", out},
+                    0, 30000);
+  if (run) *run = r;
+  std::ifstream f(out);
+  json j = json::parse(f, nullptr, false);
+  ::unlink(script.c_str());
+  ::unlink(out.c_str());
+  return j.is_object() ? j["sizes"][0]["cells"]["host"] : json();
+}
+
+TEST(BenchScale, UsesTheRecordsPhasesWhenItHasThem) {
+  SKIP_WITHOUT_KVM();
+  json c = bench_on_fake_record(R"({"run": {"started_unix_ns": NOW, "wall_ns": 1500000000,
+      "end_reason": "duration", "phases": {"create_ns": 2000000, "boot_ns": 1000000,
+      "run_ns": 1000000000, "teardown_ns": 500000}, "resources": {"peak_rss_bytes": 123}},
+      "summary": {"vms_booted": 20, "create_wall_ns": 7, "boot_ns": {"max": 7}}})",
+                                0);
+  ASSERT_TRUE(c.value("ok", false)) << c.dump();
+  EXPECT_EQ(c["launch_ns"], 3000000u) << "create_ns + boot_ns of run.phases";
+  EXPECT_EQ(c["teardown_ns"], 500000u) << "run.phases.teardown_ns";
+  EXPECT_EQ(c["launch_source"], "record: run.phases.create_ns + boot_ns");
+  EXPECT_EQ(c["details"]["resources"]["peak_rss_bytes"], 123) << "run.resources is kept";
+}
+
+TEST(BenchScale, FallsBackToTheRecordsTimingsWithoutPhases) {
+  SKIP_WITHOUT_KVM();
+  json c = bench_on_fake_record(R"({"run": {"started_unix_ns": NOW, "wall_ns": 1000,
+      "end_reason": "duration"}, "summary": {"vms_booted": 20, "create_wall_ns": 4000000,
+      "boot_ns": {"max": 6000000}}})",
+                                0);
+  ASSERT_TRUE(c.value("ok", false)) << c.dump();
+  EXPECT_EQ(c["launch_ns"], 10000000u) << "summary.create_wall_ns + summary.boot_ns.max";
+  EXPECT_GT(c["teardown_ns"].get<uint64_t>(), 0u) << "child exit - end of run";
+  EXPECT_NE(c["teardown_source"].get<std::string>().find("estimate"), std::string::npos)
+      << "a teardown not in the record is labelled an estimate";
+}
+
+TEST(BenchScale, AFailedOrPartialRunIsReportedNotMeasured) {
+  SKIP_WITHOUT_KVM();
+  Spawned r;
+  json refused = bench_on_fake_record("{}", 1, &r);
+  EXPECT_EQ(r.exit_code, 1) << "a failed cell fails the bench";
+  EXPECT_FALSE(refused.value("ok", true));
+  EXPECT_EQ(refused["error"], "exit 1: kvmscale: this host cannot hold the run") << refused.dump();
+  EXPECT_NE(r.out.find("host    failed: exit 1"), std::string::npos) << r.out;
+
+  json partial = bench_on_fake_record(R"({"run": {"started_unix_ns": NOW, "wall_ns": 1,
+      "end_reason": "duration"}, "summary": {"vms_booted": 5, "create_wall_ns": 1,
+      "boot_ns": {"max": 1}}})",
+                                      0);
+  EXPECT_FALSE(partial.value("ok", true));
+  EXPECT_NE(partial["error"].get<std::string>().find("only 5 of 20 VMs booted"), std::string::npos)
+      << partial.dump();
+  EXPECT_NE(partial["error"].get<std::string>().find("--duration"), std::string::npos)
+      << "says what to change: " << partial.dump();
 }
 
 }  // namespace
