@@ -339,6 +339,22 @@ int main(int argc, char** argv) {
   sigaddset(&stop, SIGTERM);
   sigprocmask(SIG_UNBLOCK, &stop, nullptr);
 
+  // kvmscale's records (it writes one per run whatever --json says) go to a directory of ours.
+  std::string records_template = (std::filesystem::temp_directory_path() / "bench_scale.XXXXXX");
+  if (!mkdtemp(records_template.data())) {
+    std::fprintf(stderr, "bench_scale: cannot create a temporary directory: %s\n",
+                 std::strerror(errno));
+    return 1;
+  }
+  o.records_dir = records_template;
+  struct RemoveDir {
+    std::string dir;
+    ~RemoveDir() {  // each record is removed once read; a killed run may leave a temporary
+      std::error_code ec;
+      std::filesystem::remove_all(dir, ec);
+    }
+  } remove_records{o.records_dir};
+
   const vmm::Backend backend = vmm::detect_backend();
   std::printf(
       "bench_scale: backend %s, %ld online CPUs; 1-vCPU idle VMs; kvmscale --mem %s --duration "

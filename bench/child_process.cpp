@@ -81,8 +81,11 @@ ChildRun run_child(const std::function<void(int out_fd)>& in_child, uint64_t tim
     }
     pollfd fds[2] = {{open_out ? out[0] : -1, POLLIN, 0}, {open_err ? err[0] : -1, POLLIN, 0}};
     int wait_ms = int(std::min<uint64_t>(1000, (timeout_ns - (now - r.start_ns)) / 1000000 + 1));
-    if (poll(fds, 2, wait_ms) < 0 && errno != EINTR)
-      throw std::system_error(errno, std::generic_category(), "poll");
+    if (poll(fds, 2, wait_ms) < 0 && errno != EINTR) {
+      std::perror("bench_scale: poll on a child's output");
+      kill(-pid, SIGKILL);  // never leave it running: reaped below
+      break;
+    }
     char buf[65536];
     for (int i = 0; i < 2; i++) {
       if (!(fds[i].revents & (POLLIN | POLLHUP | POLLERR))) continue;

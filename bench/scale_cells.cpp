@@ -132,9 +132,14 @@ Cell measure_kvmscale(const std::string& sched, uint32_t n, const ScaleOptions& 
     argv.push_back("--pcpus");
     argv.push_back(std::to_string(o.pcpus));
   }
+  // kvmscale always writes its record to --out (default: ./results/): keep it out of the way.
+  const std::string record_file = o.records_dir + "/" + sched + "-" + std::to_string(n) + "-" +
+                                  std::to_string(getpid()) + ".json";
+  argv.insert(argv.end(), {"--out", record_file, "--force"});
   argv.insert(argv.end(), o.kvmscale_args.begin(), o.kvmscale_args.end());
   c.details["command"] = argv;
   ChildRun r = run_program(argv, o.timeout_ns);
+  ::unlink(record_file.c_str());  // the same record came on stdout
   take_rusage(c, r);
   if (c.error = child_failure(r); !c.error.empty()) return c;
   std::optional<json> rec = parse_json(r.out);

@@ -14,7 +14,8 @@ namespace kvmscale::bench {
 struct ScaleOptions {
   std::string kvmscale;                    // path of the kvmscale binary
   std::vector<std::string> kvmscale_args;  // appended to both kvmscale runs (e.g. --procs 4)
-  std::string mem = "8M";                  // --mem of every kvmscale guest
+  std::string records_dir;  // kvmscale writes each record here too (--out); removed after reading
+  std::string mem = "8M";   // --mem of every kvmscale guest
   std::string duration = "auto";     // --duration of the kvmscale runs; auto: kvmscale_duration()
   uint32_t pcpus = 1;                // --pcpus of the credit runs
   bool bare_unmap_teardown = false;  // bare teardown: per-VM munmap+close, not exit
