@@ -116,7 +116,9 @@ std::string ChildRun::last_error_line() const {
   size_t end = err.find_last_not_of("\n ");
   if (end == std::string::npos) return {};
   size_t begin = err.rfind('\n', end);
-  return err.substr(begin == std::string::npos ? 0 : begin + 1, end + 1 - (begin + 1));
+  begin = begin == std::string::npos ? 0 : begin + 1;
+  begin = err.find_first_not_of(' ', begin);  // an indented detail line, e.g. kvmscale's limits
+  return err.substr(begin, end + 1 - begin);
 }
 
 ChildRun run_program(const std::vector<std::string>& argv, uint64_t timeout_ns) {
