@@ -374,8 +374,16 @@ int main(int argc, char** argv) {
         if (bench::stop_requested()) break;
         std::fprintf(stderr, "bench_scale: %s, N = %u (%d/%d) ...\n", mode.c_str(), n, r + 1,
                      repeat);
-        runs[mode].push_back(mode == "bare" ? bench::measure_bare(n, o)
-                                            : bench::measure_kvmscale(mode, n, o));
+        try {
+          runs[mode].push_back(mode == "bare" ? bench::measure_bare(n, o)
+                                              : bench::measure_kvmscale(mode, n, o));
+        } catch (const std::exception& e) {  // e.g. a record of an unexpected shape
+          Cell failed_cell;
+          failed_cell.mode = mode;
+          failed_cell.n = n;
+          failed_cell.error = std::string("unexpected output: ") + e.what();
+          runs[mode].push_back(failed_cell);
+        }
       }
     for (auto& [mode, cells] : runs) {
       Cell c = bench::median_cell(cells);
