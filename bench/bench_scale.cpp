@@ -166,8 +166,8 @@ json notifier_json_and_print(const std::vector<bench::NotifierRow>& rows, int re
       "\nmapping changes in a process holding M idle KVM VMs (median of %d calls each; each runs "
       "the mmu notifier of every VM of the process)\n",
       reps);
-  std::printf("%7s %21s %10s %13s %10s %13s %10s\n", "M", "madvise(DONTNEED)", "vs M=0", "munmap",
-              "vs M=0", "mprotect", "vs M=0");
+  std::printf("%7s %21s %8s %12s %8s %12s %8s %14s %8s\n", "M", "madvise(DONTNEED)", "vs M=0",
+              "munmap", "vs M=0", "mprotect", "vs M=0", "uffd WP fence", "vs M=0");
   const bench::NotifierRow* zero = nullptr;
   for (const auto& r : rows)
     if (r.vms == 0) zero = &r;
@@ -179,15 +179,23 @@ json notifier_json_and_print(const std::vector<bench::NotifierRow>& rows, int re
   for (const auto& r : rows) {
     json a = rel(r.cost.madvise_dontneed_ns, &bench::MmCallCost::madvise_dontneed_ns),
          b = rel(r.cost.munmap_ns, &bench::MmCallCost::munmap_ns),
-         c = rel(r.cost.mprotect_ns, &bench::MmCallCost::mprotect_ns);
-    std::printf("%7u %18.2f us %10s %10.2f us %10s %10.2f us %10s\n", r.vms,
+         c = rel(r.cost.mprotect_ns, &bench::MmCallCost::mprotect_ns),
+         d = rel(r.cost.uffd_writeprotect_ns, &bench::MmCallCost::uffd_writeprotect_ns);
+    const bool wp = r.cost.uffd_writeprotect_ns > 0;  // 0: no userfaultfd write-protect here
+    char fence[32] = "n/a";
+    if (wp) std::snprintf(fence, sizeof fence, "%.2f us", r.cost.uffd_writeprotect_ns / 1e3);
+    std::printf("%7u %18.2f us %8s %9.2f us %8s %9.2f us %8s %14s %8s\n", r.vms,
                 r.cost.madvise_dontneed_ns / 1e3, shown(a).c_str(), r.cost.munmap_ns / 1e3,
-                shown(b).c_str(), r.cost.mprotect_ns / 1e3, shown(c).c_str());
-    out.push_back({{"vms", r.vms},
-                   {"madvise_dontneed_ns", r.cost.madvise_dontneed_ns},
-                   {"munmap_ns", r.cost.munmap_ns},
-                   {"mprotect_ns", r.cost.mprotect_ns},
-                   {"vs_no_vms", {{"madvise_dontneed", a}, {"munmap", b}, {"mprotect", c}}}});
+                shown(b).c_str(), r.cost.mprotect_ns / 1e3, shown(c).c_str(), fence,
+                shown(d).c_str());
+    out.push_back(
+        {{"vms", r.vms},
+         {"madvise_dontneed_ns", r.cost.madvise_dontneed_ns},
+         {"munmap_ns", r.cost.munmap_ns},
+         {"mprotect_ns", r.cost.mprotect_ns},
+         {"uffd_writeprotect_ns", wp ? json(r.cost.uffd_writeprotect_ns) : json()},
+         {"vs_no_vms",
+          {{"madvise_dontneed", a}, {"munmap", b}, {"mprotect", c}, {"uffd_writeprotect", d}}}});
   }
   return out;
 }

@@ -261,7 +261,8 @@ std::vector<NotifierRow> measure_notifier(const std::vector<uint32_t>& vm_counts
           json row = {{"vms", m},
                       {"madvise_dontneed_ns", cost.madvise_dontneed_ns},
                       {"munmap_ns", cost.munmap_ns},
-                      {"mprotect_ns", cost.mprotect_ns}};
+                      {"mprotect_ns", cost.mprotect_ns},
+                      {"uffd_writeprotect_ns", cost.uffd_writeprotect_ns}};
           if (!write_all(out_fd, row.dump() + "\n")) return 1;
         }
         vms.close_fds_keep_mappings();
@@ -275,9 +276,10 @@ std::vector<NotifierRow> measure_notifier(const std::vector<uint32_t>& vm_counts
   for (std::string line; std::getline(lines, line);) {
     std::optional<json> j = parse_json(line);
     if (!j || !j->contains("vms")) throw std::runtime_error("notifier section: bad report line");
-    rows.push_back({(*j)["vms"].get<uint32_t>(),
-                    {(*j)["madvise_dontneed_ns"].get<double>(), (*j)["munmap_ns"].get<double>(),
-                     (*j)["mprotect_ns"].get<double>()}});
+    rows.push_back(
+        {(*j)["vms"].get<uint32_t>(),
+         {(*j)["madvise_dontneed_ns"].get<double>(), (*j)["munmap_ns"].get<double>(),
+          (*j)["mprotect_ns"].get<double>(), (*j)["uffd_writeprotect_ns"].get<double>()}});
   }
   if (rows.size() != counts.size())
     throw std::runtime_error("notifier section: " + std::to_string(rows.size()) + " of " +

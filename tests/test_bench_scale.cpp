@@ -46,13 +46,19 @@ TEST(BenchScale, QuickRunReportsEveryFigureOfEveryMode) {
 
   const json& notifier = j["notifier"];
   ASSERT_EQ(notifier.size(), 3u) << "--quick holds M = 0, 20, 100 VMs";
-  for (const json& row : notifier)
+  for (const json& row : notifier) {
     for (const auto& [field, ratio] : {std::pair{"madvise_dontneed_ns", "madvise_dontneed"},
                                        {"munmap_ns", "munmap"},
                                        {"mprotect_ns", "mprotect"}}) {
       EXPECT_TRUE(positive_number(row[field])) << row.dump();
       EXPECT_TRUE(positive_number(row["vs_no_vms"][ratio])) << row.dump();
     }
+    // null where the kernel (or its vm.unprivileged_userfaultfd) gives no userfaultfd WP
+    if (!row["uffd_writeprotect_ns"].is_null())
+      EXPECT_TRUE(positive_number(row["uffd_writeprotect_ns"]) &&
+                  positive_number(row["vs_no_vms"]["uffd_writeprotect"]))
+          << row.dump();
+  }
 }
 
 TEST(BenchScale, BadInputIsRefusedBeforeAnythingRuns) {
