@@ -54,10 +54,11 @@ TEST(BenchScale, QuickRunReportsEveryFigureOfEveryMode) {
       EXPECT_TRUE(positive_number(row["vs_no_vms"][ratio])) << row.dump();
     }
     // null where the kernel (or its vm.unprivileged_userfaultfd) gives no userfaultfd WP
-    if (!row["uffd_writeprotect_ns"].is_null())
+    if (!row["uffd_writeprotect_ns"].is_null()) {
       EXPECT_TRUE(positive_number(row["uffd_writeprotect_ns"]) &&
                   positive_number(row["vs_no_vms"]["uffd_writeprotect"]))
           << row.dump();
+    }
   }
 }
 
