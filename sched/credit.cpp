@@ -1,6 +1,7 @@
 #include "sched/credit.hpp"
 
 #include <algorithm>
+#include <array>
 #include <cassert>
 #include <thread>
 
@@ -45,6 +46,9 @@ struct CreditScheduler::Pcpu {
 #endif
   // Under `lock`.
   std::list<SchedVcpu*> runq;
+  // Per priority level: where __runq_insert's walk stops (the first queued vCPU of a lower
+  // level, or runq.end()). See runq_insert().
+  std::array<std::list<SchedVcpu*>::iterator, kPrioLevels> insert_at;
   SchedVcpu* curr = nullptr;
   std::vector<uint32_t> affinity_count;  // [q]: queued vCPUs that may run on q
   uint32_t last_tickle = 0;              // Xen's last_tickle_cpu (per pCPU)
@@ -127,6 +131,7 @@ CreditScheduler::CreditScheduler(uint32_t npcpus, CreditParams params, locks::Lo
     pc->affinity_count.assign(npcpus, 0);
     pc->affinity_bits = AtomicCpuSet(npcpus);
     pc->last_tickle = p;
+    pc->insert_at.fill(pc->runq.end());
     pcpus_.push_back(std::move(pc));
   }
   acct_lock_ = locks.make("sched", "acct");
@@ -189,7 +194,11 @@ void CreditScheduler::start(uint64_t now, std::function<uint32_t(const SchedVcpu
 // --- run-queue helpers: caller holds pc's lock --------------------------------------------------
 
 // __runq_insert: before the first vCPU of lower priority; a yielding vCPU goes one further, behind
-// one lower-priority vCPU if there is one.
+// one lower-priority vCPU if there is one. Xen finds that place by walking the queue (O(queue
+// length)); we keep, per priority level, where the walk would stop (`insert_at`), so an insert
+// is O(1) and lands exactly where Xen's walk would: a deliberate difference in cost only.
+// The walk compares the priorities the queued vCPUs had when queued or last re-sorted (`level`):
+// accounting changes priorities without run-queue locks and runq_sort() catches up at the tick.
 void CreditScheduler::runq_insert(Pcpu& pc, SchedVcpu& v, uint64_t now) {
   pc.held();
   assert(!v.queued && "BUG_ON(__vcpu_on_runq)");
@@ -197,11 +206,16 @@ void CreditScheduler::runq_insert(Pcpu& pc, SchedVcpu& v, uint64_t now) {
   assert(!v.parked.load(std::memory_order_relaxed) && "a parked vCPU is not runnable");
   v.state = VState::Runnable;
   v.since_ns = now;
-  int pri = v.pri.load(std::memory_order_relaxed);
-  auto it = pc.runq.begin();
-  while (it != pc.runq.end() && (*it)->pri.load(std::memory_order_relaxed) >= pri) ++it;
-  if (v.yield_flag && it != pc.runq.end()) ++it;
-  v.pos = pc.runq.insert(it, &v);
+  const uint32_t lv = prio_level(v.pri.load(std::memory_order_relaxed));
+  const auto stop = pc.insert_at[lv];  // the first queued vCPU of lower priority, or the end
+  const bool one_further = v.yield_flag && stop != pc.runq.end();
+  v.pos = pc.runq.insert(one_further ? std::next(stop) : stop, &v);
+  v.level = lv;
+  // Higher levels whose walk stopped at the same vCPU now stop at v (it is lower than them).
+  // Behind `stop`, v changes no level's stop: every level above lv stops at or before `stop`.
+  if (!one_further)
+    for (uint32_t up = 0; up < lv; up++)
+      if (pc.insert_at[up] == stop) pc.insert_at[up] = v.pos;
   v.queued = true;
   track_affinity(pc, v, true);
   update_runnable(pc);
@@ -210,6 +224,15 @@ void CreditScheduler::runq_insert(Pcpu& pc, SchedVcpu& v, uint64_t now) {
 void CreditScheduler::runq_remove(Pcpu& pc, SchedVcpu& v) {
   pc.held();
   assert(v.queued && "BUG_ON(!__vcpu_on_runq)");
+  // A level that stopped at v now stops at the next vCPU below it. Those skipped on the way (a
+  // yielder behind a lower vCPU; higher vCPUs left behind a lower one by runq_sort) stay behind
+  // the new stop until the next re-sort, so each is skipped once per level: amortised O(1).
+  for (uint32_t lv = 0; lv < kPrioLevels; lv++) {
+    if (pc.insert_at[lv] != v.pos) continue;
+    auto next = std::next(v.pos);
+    while (next != pc.runq.end() && (*next)->level <= lv) ++next;
+    pc.insert_at[lv] = next;
+  }
   pc.runq.erase(v.pos);
   v.queued = false;
   track_affinity(pc, v, false);
@@ -240,7 +263,9 @@ void CreditScheduler::track_affinity(Pcpu& pc, const SchedVcpu& v, bool queued) 
 }
 
 // csched_runq_sort: after an accounting pass, move every BOOST/UNDER vCPU ahead of the OVER ones,
-// keeping the order within each group (not a full sort: BOOST and UNDER stay interleaved).
+// keeping the order within each group (not a full sort: BOOST and UNDER stay interleaved). As
+// Xen's, O(queue length), once per accounting pass; it also re-reads the priorities that
+// runq_insert() compares (`level`) and where each level's walk stops.
 void CreditScheduler::runq_sort(Pcpu& pc) {
   pc.held();
   std::list<SchedVcpu*> over;
@@ -251,6 +276,12 @@ void CreditScheduler::runq_sort(Pcpu& pc) {
     it = next;
   }
   pc.runq.splice(pc.runq.end(), over);  // list iterators (v->pos) stay valid across splices
+  for (auto& at : pc.insert_at) at = pc.runq.end();
+  for (auto it = pc.runq.rbegin(); it != pc.runq.rend(); ++it) {
+    SchedVcpu& v = **it;
+    v.level = prio_level(v.pri.load(std::memory_order_relaxed));
+    for (uint32_t up = 0; up < v.level; up++) pc.insert_at[up] = std::prev(it.base());
+  }
 }
 
 std::vector<SchedVcpu*> CreditScheduler::queued(uint32_t p) const {
@@ -484,7 +515,7 @@ void CreditScheduler::acct_stop_locked(SchedVcpu& v) {
   }
 }
 
-void CreditScheduler::tick(uint32_t p, uint64_t now) {
+bool CreditScheduler::tick(uint32_t p, uint64_t now) {
   Pcpu& pc = *pcpus_[p];
   SchedVcpu* to_activate = nullptr;
   {
@@ -505,10 +536,11 @@ void CreditScheduler::tick(uint32_t p, uint64_t now) {
     }
   }
   if (to_activate) acct_start(*to_activate);
-  if (p == 0 && !params_.round_robin && now >= next_acct_ns_) {
-    account(now);
-    while (next_acct_ns_ <= now) next_acct_ns_ += params_.tslice_ns;
-  }
+  if (p != 0 || params_.round_robin || now < next_acct_ns_) return false;
+  while (next_acct_ns_ <= now) next_acct_ns_ += params_.tslice_ns;
+  if (!params_.account_on_tick) return true;
+  account(now);
+  return false;
 }
 
 void CreditScheduler::account(uint64_t now) {
