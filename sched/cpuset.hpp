@@ -23,6 +23,8 @@ class CpuSet {
   void set(uint32_t i) { words_[i / 64] |= 1ull << (i % 64); }
   void clear(uint32_t i) { words_[i / 64] &= ~(1ull << (i % 64)); }
   bool test(uint32_t i) const { return i < size_ && (words_[i / 64] >> (i % 64)) & 1; }
+  // Members 64*w .. 64*w+63 at once (bits past size() must be clear).
+  void set_word(uint32_t w, uint64_t bits) { words_[w] = bits; }
   uint32_t count() const {
     uint32_t n = 0;
     for (uint64_t w : words_) n += __builtin_popcountll(w);

@@ -54,6 +54,12 @@ struct CreditScheduler::Pcpu {
   uint32_t last_tickle = 0;              // Xen's last_tickle_cpu (per pCPU)
   uint64_t last_acct_gen = 0;            // Xen's runq_sort_last
   PcpuSchedStats stats;                  // counters of decisions taken under `lock`
+  // Working sets of runq_tickle() and load_balance(), under `lock`: kept between calls so that
+  // neither allocates once they have their size.
+  struct {
+    CpuSet idle, mask;
+    std::vector<uint32_t> workers;
+  } scratch;
   // Read without the lock.
   std::atomic<bool> need_resched{false};
   std::atomic<uint32_t> nr_runnable{0};   // queued + running (4.9's nr_runnable)
@@ -297,7 +303,9 @@ void CreditScheduler::set_idle(uint32_t p, bool idle) {
     idle_mask_.clear(p, std::memory_order_relaxed);
 }
 
-CpuSet CreditScheduler::idlers() const { return idle_mask_.snapshot(std::memory_order_relaxed); }
+void CreditScheduler::read_idlers(CpuSet& out) const {
+  idle_mask_.snapshot_into(out, std::memory_order_relaxed);
+}
 
 // burn_credits: 10 credits per ms of running; the sub-credit remainder carries to the next burn.
 void CreditScheduler::burn(SchedVcpu& v, uint64_t now) {
@@ -449,8 +457,10 @@ SchedVcpu* CreditScheduler::load_balance(Pcpu& pc, int local_pri, uint64_t now) 
     for (size_t k = 0; k < nodes_.size() && !found; k++) {
       const uint32_t ni = uint32_t((pc.node_idx + k) % nodes_.size());
       // Busy peers of this node ("workers"), visited from the first (4.7) or after the bias.
-      CpuSet idle = idlers();
-      std::vector<uint32_t> workers;
+      CpuSet& idle = pc.scratch.idle;
+      read_idlers(idle);
+      std::vector<uint32_t>& workers = pc.scratch.workers;
+      workers.clear();
       for (uint32_t q = 0; q < np; q++)
         if (q != pc.index && pcpus_[q]->node_idx == ni && !idle.test(q)) workers.push_back(q);
       if (workers.empty()) continue;
@@ -682,7 +692,8 @@ void CreditScheduler::runq_tickle(Pcpu& pc, SchedVcpu& v) {
   pc.held();
   const int new_pri = v.pri.load(std::memory_order_relaxed);
   const int cur_pri = pc.curr ? pc.curr->pri.load(std::memory_order_relaxed) : int(Prio::Idle);
-  const CpuSet idle = idlers();
+  const CpuSet& idle = pc.scratch.idle;
+  read_idlers(pc.scratch.idle);
   const bool idlers_empty = idle.empty();
   if (cur_pri == int(Prio::Idle) || (idlers_empty && new_pri > cur_pri)) {
     tickle(pc, pc.index, cur_pri != int(Prio::Idle));
@@ -691,7 +702,8 @@ void CreditScheduler::runq_tickle(Pcpu& pc, SchedVcpu& v) {
   if (idlers_empty) return;
   for (int step = kSoft; step <= kHard; step++) {
     if (step == kSoft && !v.has_soft) continue;
-    CpuSet mask = step == kSoft ? v.soft_affinity : v.affinity;
+    CpuSet& mask = pc.scratch.mask;
+    mask = step == kSoft ? v.soft_affinity : v.affinity;
     if (step == kSoft) mask &= v.affinity;
     mask &= idle;
     if (mask.empty() && step == kSoft) continue;

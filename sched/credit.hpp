@@ -135,7 +135,7 @@ class CreditScheduler {
   void park(SchedVcpu& v);
   void unpark(SchedVcpu& v, uint64_t now);
   void set_idle(uint32_t p, bool idle);
-  CpuSet idlers() const;
+  void read_idlers(CpuSet& out) const;  // the idle mask, into out's storage
 
   CreditParams params_;
   PcpuSignals& signals_;

@@ -689,7 +689,7 @@ namespace {
 // yielder goes one further. Priorities as they were when each vCPU was queued.
 struct XenRunq {
   std::vector<std::pair<SchedVcpu*, int>> q;  // vCPU, priority when queued
-  uint64_t yielders_behind_lower = 0;          // how often a yielder went one further
+  uint64_t yielders_behind_lower = 0;         // how often a yielder went one further
   void insert(SchedVcpu* v, int pri, bool yield) {
     auto it = q.begin();
     while (it != q.end() && it->second >= pri) ++it;
@@ -823,4 +823,28 @@ TEST(CreditRunq, SliceEndCostDoesNotGrowWithQueueLength) {
   RecordProperty("ns_per_slice_end_10000", std::to_string(large));
   EXPECT_LT(large / small, 3.0) << small << " ns per slice end with 1,000 queued vCPUs, " << large
                                 << " with 10,000";
+}
+
+// PcpuExecutor runs the accounting on its own thread: pCPU 0's tick only says a pass is due, once
+// per timeslice, and leaves the pass (O(active vCPUs)) to the caller.
+TEST(CreditRule, TheMasterTickCanHandTheAccountingPassToTheCaller) {
+  CreditParams params = no_ratelimit(Balance::None);
+  params.account_on_tick = false;
+  Fixture f(2, params);
+  auto& a = f.vcpu(f.s.add_domain(256, 0), 0);
+  f.s.start(0);
+  ASSERT_EQ(f.s.schedule(0, 0).next, &a);
+  EXPECT_FALSE(f.s.tick(0, 10 * ms)) << "not due before a timeslice";
+  ASSERT_TRUE(a.active.load());
+  const int before = a.credit.load();
+  EXPECT_FALSE(f.s.tick(1, 30 * ms)) << "only the master pCPU accounts";
+  EXPECT_TRUE(f.s.tick(0, 30 * ms));
+  EXPECT_EQ(f.s.report()["accounting_passes"], 0) << "the tick did not run the pass itself";
+  EXPECT_EQ(a.credit.load(), before - 200) << "only the burn of 20 ms more";
+  EXPECT_FALSE(f.s.tick(0, 40 * ms)) << "one pass per timeslice";
+  f.s.account(40 * ms);
+  EXPECT_EQ(f.s.report()["accounting_passes"], 1);
+  EXPECT_TRUE(f.s.tick(0, 95 * ms)) << "late: one pass, not two";
+  EXPECT_FALSE(f.s.tick(0, 100 * ms));
+  EXPECT_TRUE(f.s.tick(0, 120 * ms));
 }
