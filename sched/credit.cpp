@@ -497,9 +497,21 @@ SchedVcpu* CreditScheduler::load_balance(Pcpu& pc, int local_pri, uint64_t now) 
 // --- ticks, accounting (csched_tick, csched_vcpu_acct, csched_acct) -----------------------------
 
 // __csched_vcpu_acct_start: on the front of its domain's active list, the domain on the front of
-// the active domains.
-void CreditScheduler::acct_start(SchedVcpu& v) {
-  Guard<AnyLock> g(*acct_lock_);
+// the active domains. With `may_wait` false it only tries the accounting lock: while a pass runs
+// on the accounting thread (which the host may preempt), a pCPU's tick does not spin behind it;
+// the vCPU stays inactive and the next tick that finds it running tries again.
+bool CreditScheduler::acct_start(SchedVcpu& v, bool may_wait) {
+  if (may_wait) {
+    Guard<AnyLock> g(*acct_lock_);
+    acct_start_locked(v);
+    return true;
+  }
+  locks::TryGuard<AnyLock> g(*acct_lock_);
+  if (g.owns()) acct_start_locked(v);
+  return g.owns();
+}
+
+void CreditScheduler::acct_start_locked(SchedVcpu& v) {
   if (v.active.load(std::memory_order_relaxed) || v.done.load(std::memory_order_relaxed)) return;
   SchedDomain& d = *v.dom;
   v.active.store(true, std::memory_order_relaxed);
@@ -545,7 +557,8 @@ bool CreditScheduler::tick(uint32_t p, uint64_t now) {
       pc.last_acct_gen = gen;
     }
   }
-  if (to_activate) acct_start(*to_activate);
+  if (to_activate && !acct_start(*to_activate, params_.account_on_tick))
+    pc.stats.activations_deferred++;  // pc.stats: only p's thread ticks p
   if (p != 0 || params_.round_robin || now < next_acct_ns_) return false;
   while (next_acct_ns_ <= now) next_acct_ns_ += params_.tslice_ns;
   if (!params_.account_on_tick) return true;
@@ -785,6 +798,7 @@ nlohmann::json CreditScheduler::report() const {
                      {"idle_picks", pc->stats.idle_picks},
                      {"tickles", pc->stats.tickles},
                      {"tickle_preempts", pc->stats.tickle_preempts},
+                     {"activations_deferred", pc->stats.activations_deferred},
                      {"balance",
                       {{"attempts_idle", b.attempts_idle},
                        {"attempts_over", b.attempts_over},

@@ -130,7 +130,8 @@ class CreditScheduler {
   SchedVcpu* runq_steal(Pcpu& thief, Pcpu& peer, int min_pri, int step, uint64_t now);
   bool peer_worth_trying(Pcpu& thief, const Pcpu& peer);
   bool has_soft_affinity(const SchedVcpu& v) const;
-  void acct_start(SchedVcpu& v);
+  bool acct_start(SchedVcpu& v, bool may_wait);  // false: the lock was busy, not activated
+  void acct_start_locked(SchedVcpu& v);
   void acct_stop_locked(SchedVcpu& v);
   void park(SchedVcpu& v);
   void unpark(SchedVcpu& v, uint64_t now);

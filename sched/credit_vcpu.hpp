@@ -96,6 +96,7 @@ struct BalanceStats {
 struct PcpuSchedStats {
   uint64_t schedules = 0, ticks = 0, idle_picks = 0, context_switches = 0;
   uint64_t tickles = 0, tickle_preempts = 0;  // sent from here; of which preempted a vCPU
+  uint64_t activations_deferred = 0;  // ticks that found the accounting lock busy (pass running)
   BalanceStats balance;
 };
 
