@@ -13,6 +13,7 @@
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "app/config.hpp"
@@ -65,8 +66,14 @@ class PodRuntime {
                   ram, vm->memory().size() - KS_RAM_GPA, cfg.pod_granule, pp, uffd_,
                   locks.make("pod", "pod[vm" + std::to_string(vm->index()) + "]"), flush,
                   KS_RAM_GPA, [this, vm] { out_of_memory(*vm); })));
+      pods_.back()->ram = uintptr_t(ram);
       vm->set_p2m_epochs(pods_.back()->pod.get());
+      pod_of_vm_.emplace(vm, pods_.back().get());
     }
+    // Faults find their VM by address: a binary search instead of a scan of every VM.
+    for (auto& p : pods_) by_address_.push_back(p.get());
+    std::sort(by_address_.begin(), by_address_.end(),
+              [](const VmPod* a, const VmPod* b) { return a->ram < b->ram; });
     // By default one fault thread per pCPU: as many initiators can flush at once as there are
     // pCPUs that can fault at once, as in Xen where the faulting pCPU itself initiates.
     const uint32_t threads =
@@ -100,17 +107,16 @@ class PodRuntime {
   }
 
   nlohmann::json vm_report(const vmm::Vm& vm) const {
-    for (const auto& p : pods_)
-      if (p->vm == &vm) {
-        nlohmann::json r = p->pod->report();
-        const sched::P2mSync& s = ex_.p2m_sync(vm);
-        r["flush_mask_mean"] = s.flushes() ? double(s.mask_total()) / double(s.flushes()) : 0.0;
-        r["flush_mask_max"] = s.mask_max();
-        r["fault_stall_ns"] = p->stall_ns.load();
-        r["fault_stall_max_ns"] = p->stall_max_ns.load();
-        return r;
-      }
-    return nullptr;
+    auto it = pod_of_vm_.find(&vm);
+    if (it == pod_of_vm_.end()) return nullptr;
+    const VmPod& p = *it->second;
+    nlohmann::json r = p.pod->report();
+    const sched::P2mSync& s = ex_.p2m_sync(vm);
+    r["flush_mask_mean"] = s.flushes() ? double(s.mask_total()) / double(s.flushes()) : 0.0;
+    r["flush_mask_max"] = s.mask_max();
+    r["fault_stall_ns"] = p.stall_ns.load();
+    r["fault_stall_max_ns"] = p.stall_max_ns.load();
+    return r;
   }
   nlohmann::json report() const {
     nlohmann::json r = cc_.report();
@@ -135,14 +141,22 @@ class PodRuntime {
     VmPod(vmm::Vm* v, std::unique_ptr<mm::PodVm> p) : vm(v), pod(std::move(p)) {}
     vmm::Vm* vm;
     std::unique_ptr<mm::PodVm> pod;
+    uintptr_t ram = 0;  // host address of the RAM its PoD covers
     // Time its vCPUs waited on faults while a service thread resolved them (from reading the
     // fault to waking the vCPU; the kernel's delivery before that is not visible here).
     std::atomic<uint64_t> stall_ns{0}, stall_max_ns{0};
   };
+  // The VM whose PoD RAM holds `address`, or null.
+  VmPod* pod_at(uint64_t address) const {
+    auto after = std::upper_bound(by_address_.begin(), by_address_.end(), address,
+                                  [](uint64_t a, const VmPod* p) { return a < p->ram; });
+    if (after == by_address_.begin()) return nullptr;
+    VmPod* p = *std::prev(after);
+    return p->pod->contains(address) ? p : nullptr;
+  }
   void on_fault(const mm::FaultEvent& ev) {
-    for (auto& owned : pods_) {
-      VmPod& p = *owned;
-      if (!p.pod->contains(ev.address)) continue;
+    if (VmPod* found = pod_at(ev.address)) {
+      VmPod& p = *found;
       // The faulting context cannot answer cross-calls until its fault is resolved.
       int ctx = ex_.context_of_thread(ev.tid);
       if (ctx >= 0) cc_.set_stalled(uint32_t(ctx), true);
@@ -157,7 +171,6 @@ class PodRuntime {
       while (stalled > prev && !p.stall_max_ns.compare_exchange_weak(prev, stalled)) {
       }
       if (o == mm::PodVm::Outcome::OutOfMemory) out_of_memory(*p.vm);
-      return;
     }
   }
   // Xen crashes the domain ("out of PoD memory"): only this VM stops.
@@ -173,6 +186,8 @@ class PodRuntime {
   mm::Userfaultfd uffd_;
   sched::CrossCall cc_;
   std::vector<std::unique_ptr<VmPod>> pods_;
+  std::vector<VmPod*> by_address_;  // by `ram`, ascending
+  std::unordered_map<const vmm::Vm*, VmPod*> pod_of_vm_;
   std::unique_ptr<mm::FaultService> faults_;
   std::atomic<uint64_t> oom_{0};
   uint64_t fault_events_ = 0;

@@ -32,10 +32,13 @@ class AtomicCpuSet {
   // The members, word by word (not one atomic snapshot of the whole set).
   CpuSet snapshot(std::memory_order mo) const {
     CpuSet s(size_);
-    for (uint32_t w = 0; w < words(); w++)
-      for (uint64_t bits = words_[w].load(mo); bits; bits &= bits - 1)
-        s.set(w * 64 + uint32_t(__builtin_ctzll(bits)));
+    snapshot_into(s, mo);
     return s;
+  }
+  // The same into `out`, reusing its storage once it has this set's size (no allocation).
+  void snapshot_into(CpuSet& out, std::memory_order mo) const {
+    if (out.size() != size_) out = CpuSet(size_);
+    for (uint32_t w = 0; w < words(); w++) out.set_word(w, words_[w].load(mo));
   }
 
  private:

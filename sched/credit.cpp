@@ -1,6 +1,7 @@
 #include "sched/credit.hpp"
 
 #include <algorithm>
+#include <array>
 #include <cassert>
 #include <thread>
 
@@ -45,11 +46,20 @@ struct CreditScheduler::Pcpu {
 #endif
   // Under `lock`.
   std::list<SchedVcpu*> runq;
+  // Per priority level: where __runq_insert's walk stops (the first queued vCPU of a lower
+  // level, or runq.end()). See runq_insert().
+  std::array<std::list<SchedVcpu*>::iterator, kPrioLevels> insert_at;
   SchedVcpu* curr = nullptr;
   std::vector<uint32_t> affinity_count;  // [q]: queued vCPUs that may run on q
   uint32_t last_tickle = 0;              // Xen's last_tickle_cpu (per pCPU)
   uint64_t last_acct_gen = 0;            // Xen's runq_sort_last
   PcpuSchedStats stats;                  // counters of decisions taken under `lock`
+  // Working sets of runq_tickle() and load_balance(), under `lock`: kept between calls so that
+  // neither allocates once they have their size.
+  struct {
+    CpuSet idle, mask;
+    std::vector<uint32_t> workers;
+  } scratch;
   // Read without the lock.
   std::atomic<bool> need_resched{false};
   std::atomic<uint32_t> nr_runnable{0};   // queued + running (4.9's nr_runnable)
@@ -127,6 +137,7 @@ CreditScheduler::CreditScheduler(uint32_t npcpus, CreditParams params, locks::Lo
     pc->affinity_count.assign(npcpus, 0);
     pc->affinity_bits = AtomicCpuSet(npcpus);
     pc->last_tickle = p;
+    pc->insert_at.fill(pc->runq.end());
     pcpus_.push_back(std::move(pc));
   }
   acct_lock_ = locks.make("sched", "acct");
@@ -189,7 +200,11 @@ void CreditScheduler::start(uint64_t now, std::function<uint32_t(const SchedVcpu
 // --- run-queue helpers: caller holds pc's lock --------------------------------------------------
 
 // __runq_insert: before the first vCPU of lower priority; a yielding vCPU goes one further, behind
-// one lower-priority vCPU if there is one.
+// one lower-priority vCPU if there is one. Xen finds that place by walking the queue (O(queue
+// length)); we keep, per priority level, where the walk would stop (`insert_at`), so an insert
+// is O(1) and lands exactly where Xen's walk would: a deliberate difference in cost only.
+// The walk compares the priorities the queued vCPUs had when queued or last re-sorted (`level`):
+// accounting changes priorities without run-queue locks and runq_sort() catches up at the tick.
 void CreditScheduler::runq_insert(Pcpu& pc, SchedVcpu& v, uint64_t now) {
   pc.held();
   assert(!v.queued && "BUG_ON(__vcpu_on_runq)");
@@ -197,11 +212,16 @@ void CreditScheduler::runq_insert(Pcpu& pc, SchedVcpu& v, uint64_t now) {
   assert(!v.parked.load(std::memory_order_relaxed) && "a parked vCPU is not runnable");
   v.state = VState::Runnable;
   v.since_ns = now;
-  int pri = v.pri.load(std::memory_order_relaxed);
-  auto it = pc.runq.begin();
-  while (it != pc.runq.end() && (*it)->pri.load(std::memory_order_relaxed) >= pri) ++it;
-  if (v.yield_flag && it != pc.runq.end()) ++it;
-  v.pos = pc.runq.insert(it, &v);
+  const uint32_t lv = prio_level(v.pri.load(std::memory_order_relaxed));
+  const auto stop = pc.insert_at[lv];  // the first queued vCPU of lower priority, or the end
+  const bool one_further = v.yield_flag && stop != pc.runq.end();
+  v.pos = pc.runq.insert(one_further ? std::next(stop) : stop, &v);
+  v.level = lv;
+  // Higher levels whose walk stopped at the same vCPU now stop at v (it is lower than them).
+  // Behind `stop`, v changes no level's stop: every level above lv stops at or before `stop`.
+  if (!one_further)
+    for (uint32_t up = 0; up < lv; up++)
+      if (pc.insert_at[up] == stop) pc.insert_at[up] = v.pos;
   v.queued = true;
   track_affinity(pc, v, true);
   update_runnable(pc);
@@ -210,6 +230,15 @@ void CreditScheduler::runq_insert(Pcpu& pc, SchedVcpu& v, uint64_t now) {
 void CreditScheduler::runq_remove(Pcpu& pc, SchedVcpu& v) {
   pc.held();
   assert(v.queued && "BUG_ON(!__vcpu_on_runq)");
+  // A level that stopped at v now stops at the next vCPU below it. Those skipped on the way (a
+  // yielder behind a lower vCPU; higher vCPUs left behind a lower one by runq_sort) stay behind
+  // the new stop until the next re-sort, so each is skipped once per level: amortised O(1).
+  for (uint32_t lv = 0; lv < kPrioLevels; lv++) {
+    if (pc.insert_at[lv] != v.pos) continue;
+    auto next = std::next(v.pos);
+    while (next != pc.runq.end() && (*next)->level <= lv) ++next;
+    pc.insert_at[lv] = next;
+  }
   pc.runq.erase(v.pos);
   v.queued = false;
   track_affinity(pc, v, false);
@@ -240,7 +269,9 @@ void CreditScheduler::track_affinity(Pcpu& pc, const SchedVcpu& v, bool queued) 
 }
 
 // csched_runq_sort: after an accounting pass, move every BOOST/UNDER vCPU ahead of the OVER ones,
-// keeping the order within each group (not a full sort: BOOST and UNDER stay interleaved).
+// keeping the order within each group (not a full sort: BOOST and UNDER stay interleaved). As
+// Xen's, O(queue length), once per accounting pass; it also re-reads the priorities that
+// runq_insert() compares (`level`) and where each level's walk stops.
 void CreditScheduler::runq_sort(Pcpu& pc) {
   pc.held();
   std::list<SchedVcpu*> over;
@@ -251,6 +282,12 @@ void CreditScheduler::runq_sort(Pcpu& pc) {
     it = next;
   }
   pc.runq.splice(pc.runq.end(), over);  // list iterators (v->pos) stay valid across splices
+  for (auto& at : pc.insert_at) at = pc.runq.end();
+  for (auto it = pc.runq.rbegin(); it != pc.runq.rend(); ++it) {
+    SchedVcpu& v = **it;
+    v.level = prio_level(v.pri.load(std::memory_order_relaxed));
+    for (uint32_t up = 0; up < v.level; up++) pc.insert_at[up] = std::prev(it.base());
+  }
 }
 
 std::vector<SchedVcpu*> CreditScheduler::queued(uint32_t p) const {
@@ -266,7 +303,9 @@ void CreditScheduler::set_idle(uint32_t p, bool idle) {
     idle_mask_.clear(p, std::memory_order_relaxed);
 }
 
-CpuSet CreditScheduler::idlers() const { return idle_mask_.snapshot(std::memory_order_relaxed); }
+void CreditScheduler::read_idlers(CpuSet& out) const {
+  idle_mask_.snapshot_into(out, std::memory_order_relaxed);
+}
 
 // burn_credits: 10 credits per ms of running; the sub-credit remainder carries to the next burn.
 void CreditScheduler::burn(SchedVcpu& v, uint64_t now) {
@@ -418,8 +457,10 @@ SchedVcpu* CreditScheduler::load_balance(Pcpu& pc, int local_pri, uint64_t now) 
     for (size_t k = 0; k < nodes_.size() && !found; k++) {
       const uint32_t ni = uint32_t((pc.node_idx + k) % nodes_.size());
       // Busy peers of this node ("workers"), visited from the first (4.7) or after the bias.
-      CpuSet idle = idlers();
-      std::vector<uint32_t> workers;
+      CpuSet& idle = pc.scratch.idle;
+      read_idlers(idle);
+      std::vector<uint32_t>& workers = pc.scratch.workers;
+      workers.clear();
       for (uint32_t q = 0; q < np; q++)
         if (q != pc.index && pcpus_[q]->node_idx == ni && !idle.test(q)) workers.push_back(q);
       if (workers.empty()) continue;
@@ -456,9 +497,21 @@ SchedVcpu* CreditScheduler::load_balance(Pcpu& pc, int local_pri, uint64_t now) 
 // --- ticks, accounting (csched_tick, csched_vcpu_acct, csched_acct) -----------------------------
 
 // __csched_vcpu_acct_start: on the front of its domain's active list, the domain on the front of
-// the active domains.
-void CreditScheduler::acct_start(SchedVcpu& v) {
-  Guard<AnyLock> g(*acct_lock_);
+// the active domains. With `may_wait` false it only tries the accounting lock: while a pass runs
+// on the accounting thread (which the host may preempt), a pCPU's tick does not spin behind it;
+// the vCPU stays inactive and the next tick that finds it running tries again.
+bool CreditScheduler::acct_start(SchedVcpu& v, bool may_wait) {
+  if (may_wait) {
+    Guard<AnyLock> g(*acct_lock_);
+    acct_start_locked(v);
+    return true;
+  }
+  locks::TryGuard<AnyLock> g(*acct_lock_);
+  if (g.owns()) acct_start_locked(v);
+  return g.owns();
+}
+
+void CreditScheduler::acct_start_locked(SchedVcpu& v) {
   if (v.active.load(std::memory_order_relaxed) || v.done.load(std::memory_order_relaxed)) return;
   SchedDomain& d = *v.dom;
   v.active.store(true, std::memory_order_relaxed);
@@ -484,7 +537,7 @@ void CreditScheduler::acct_stop_locked(SchedVcpu& v) {
   }
 }
 
-void CreditScheduler::tick(uint32_t p, uint64_t now) {
+bool CreditScheduler::tick(uint32_t p, uint64_t now) {
   Pcpu& pc = *pcpus_[p];
   SchedVcpu* to_activate = nullptr;
   {
@@ -504,11 +557,13 @@ void CreditScheduler::tick(uint32_t p, uint64_t now) {
       pc.last_acct_gen = gen;
     }
   }
-  if (to_activate) acct_start(*to_activate);
-  if (p == 0 && !params_.round_robin && now >= next_acct_ns_) {
-    account(now);
-    while (next_acct_ns_ <= now) next_acct_ns_ += params_.tslice_ns;
-  }
+  if (to_activate && !acct_start(*to_activate, params_.account_on_tick))
+    pc.stats.activations_deferred++;  // pc.stats: only p's thread ticks p
+  if (p != 0 || params_.round_robin || now < next_acct_ns_) return false;
+  while (next_acct_ns_ <= now) next_acct_ns_ += params_.tslice_ns;
+  if (!params_.account_on_tick) return true;
+  account(now);
+  return false;
 }
 
 void CreditScheduler::account(uint64_t now) {
@@ -650,7 +705,8 @@ void CreditScheduler::runq_tickle(Pcpu& pc, SchedVcpu& v) {
   pc.held();
   const int new_pri = v.pri.load(std::memory_order_relaxed);
   const int cur_pri = pc.curr ? pc.curr->pri.load(std::memory_order_relaxed) : int(Prio::Idle);
-  const CpuSet idle = idlers();
+  const CpuSet& idle = pc.scratch.idle;
+  read_idlers(pc.scratch.idle);
   const bool idlers_empty = idle.empty();
   if (cur_pri == int(Prio::Idle) || (idlers_empty && new_pri > cur_pri)) {
     tickle(pc, pc.index, cur_pri != int(Prio::Idle));
@@ -659,7 +715,8 @@ void CreditScheduler::runq_tickle(Pcpu& pc, SchedVcpu& v) {
   if (idlers_empty) return;
   for (int step = kSoft; step <= kHard; step++) {
     if (step == kSoft && !v.has_soft) continue;
-    CpuSet mask = step == kSoft ? v.soft_affinity : v.affinity;
+    CpuSet& mask = pc.scratch.mask;
+    mask = step == kSoft ? v.soft_affinity : v.affinity;
     if (step == kSoft) mask &= v.affinity;
     mask &= idle;
     if (mask.empty() && step == kSoft) continue;
@@ -741,6 +798,7 @@ nlohmann::json CreditScheduler::report() const {
                      {"idle_picks", pc->stats.idle_picks},
                      {"tickles", pc->stats.tickles},
                      {"tickle_preempts", pc->stats.tickle_preempts},
+                     {"activations_deferred", pc->stats.activations_deferred},
                      {"balance",
                       {{"attempts_idle", b.attempts_idle},
                        {"attempts_over", b.attempts_over},

@@ -54,6 +54,9 @@ struct CreditParams {
   uint64_t migration_delay_ns = 0;
   Balance balance = Balance::Xen;
   bool round_robin = false;  // --sched rr: same machinery, no credits or priorities
+  // true: the master pCPU's tick runs account() when due. false: tick() only says it is due and
+  // the caller runs it elsewhere (PcpuExecutor: on its accounting thread).
+  bool account_on_tick = true;
 };
 
 // How the scheduler asks its executor to act on pCPUs.
@@ -88,8 +91,9 @@ class CreditScheduler {
   Decision schedule(uint32_t p, uint64_t now);
   // Tick on pCPU p (csched_tick): burn the current vCPU's credits, end its BOOST, activate it,
   // re-sort the queue after an accounting pass; on the master pCPU 0 run accounting when due.
-  // It never preempts (preemption comes from the slice end and from tickles).
-  void tick(uint32_t p, uint64_t now);
+  // It never preempts (preemption comes from the slice end and from tickles). True: a pass is
+  // due and params().account_on_tick is false, so the caller must run account() itself.
+  bool tick(uint32_t p, uint64_t now);
   // The current vCPU of p wants to block (hypercall). False: a wake was pending, keep running.
   bool block(uint32_t p, SchedVcpu& v, uint64_t now);
   void yield(uint32_t p, SchedVcpu& v);
@@ -100,7 +104,8 @@ class CreditScheduler {
   // True when p must call schedule() (a tickle, block, yield, park or finish asked for it).
   bool need_resched(uint32_t p) const;
 
-  // Accounting pass (csched_acct; also run from tick on the master pCPU).
+  // Accounting pass (csched_acct; run from tick on the master pCPU, or by the caller's timer).
+  // O(active vCPUs) under the accounting lock, as Xen's.
   void account(uint64_t now);
 
   nlohmann::json report() const;  // after the run
@@ -125,12 +130,13 @@ class CreditScheduler {
   SchedVcpu* runq_steal(Pcpu& thief, Pcpu& peer, int min_pri, int step, uint64_t now);
   bool peer_worth_trying(Pcpu& thief, const Pcpu& peer);
   bool has_soft_affinity(const SchedVcpu& v) const;
-  void acct_start(SchedVcpu& v);
+  bool acct_start(SchedVcpu& v, bool may_wait);  // false: the lock was busy, not activated
+  void acct_start_locked(SchedVcpu& v);
   void acct_stop_locked(SchedVcpu& v);
   void park(SchedVcpu& v);
   void unpark(SchedVcpu& v, uint64_t now);
   void set_idle(uint32_t p, bool idle);
-  CpuSet idlers() const;
+  void read_idlers(CpuSet& out) const;  // the idle mask, into out's storage
 
   CreditParams params_;
   PcpuSignals& signals_;

@@ -12,6 +12,9 @@
 namespace kvmscale::sched {
 
 enum class Prio : int { Boost = 0, Under = -1, Over = -2, Idle = -64 };
+// The priorities a queued vCPU can have, as levels 0 (BOOST), 1 (UNDER), 2 (OVER).
+inline constexpr uint32_t kPrioLevels = 3;
+inline uint32_t prio_level(int pri) { return uint32_t(int(Prio::Boost) - pri); }
 
 inline constexpr int kCreditsPerMs = 10;  // 1 credit = 100 us of pCPU time
 
@@ -60,7 +63,8 @@ struct SchedVcpu {
   VState state = VState::Runnable;
   bool queued = false;
   std::list<SchedVcpu*>::iterator pos;  // in its run queue while queued
-  bool yield_flag = false;              // CSCHED_FLAG_VCPU_YIELD
+  uint32_t level = 0;  // prio_level() when queued or last re-sorted (runq_insert's walk reads it)
+  bool yield_flag = false;    // CSCHED_FLAG_VCPU_YIELD
   bool wake_pending = false;  // a wake that came while not blocked: the next block returns at once
   uint64_t block_gen = 0;     // bumps at every block; a timeout for an older block is stale
   int64_t block_result = 0;   // 0 woken, 1 timed out
@@ -92,6 +96,7 @@ struct BalanceStats {
 struct PcpuSchedStats {
   uint64_t schedules = 0, ticks = 0, idle_picks = 0, context_switches = 0;
   uint64_t tickles = 0, tickle_preempts = 0;  // sent from here; of which preempted a vCPU
+  uint64_t activations_deferred = 0;  // ticks that found the accounting lock busy (pass running)
   BalanceStats balance;
 };
 

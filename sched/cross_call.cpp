@@ -25,9 +25,11 @@ bool parse_call_lock_mode(const std::string& s, CallLockMode& out) {
 }
 
 // One cross-call. Each target's state goes 0 (pending) -> 1 (ran) or 2 (excused while stalled);
-// `remaining` drops once per target, whichever happens first.
+// `remaining` drops once per target, whichever happens first. Targets are numbered by their place
+// in the call's list, so a call costs its targets, not every context (10,000 vCPU threads under
+// `--sched host`).
 struct CrossCall::Call {
-  Call(Fn f, uint32_t npcpus) : fn(std::move(f)), state(npcpus) {}
+  Call(Fn f, uint32_t targets) : fn(std::move(f)), state(targets) {}
   Fn fn;
   std::vector<std::atomic<uint8_t>> state;
   std::atomic<uint32_t> remaining{0};
@@ -58,11 +60,11 @@ CrossCall::~CrossCall() = default;
 // the initiator waits for the target, or the target runs the call. With only acquire/release
 // both loads could read the old values (the excused target would then use a translation the
 // flush was meant to remove); x86's locked RMW happens to be a full fence, other CPUs differ.
-void CrossCall::post(uint32_t t, const std::shared_ptr<Call>& c) {
+void CrossCall::post(uint32_t t, const std::shared_ptr<Call>& c, uint32_t target) {
   Slot& s = *slots_[t];
   {
     std::lock_guard g(s.mu);
-    s.pending.push_back(c);
+    s.pending.push_back({c, target});
   }
   s.has_pending.store(true, std::memory_order_seq_cst);
 }
@@ -70,15 +72,15 @@ void CrossCall::post(uint32_t t, const std::shared_ptr<Call>& c) {
 void CrossCall::serve(uint32_t p) {
   Slot& s = *slots_[p];
   if (!s.has_pending.load(std::memory_order_seq_cst)) return;
-  std::vector<std::shared_ptr<Call>> calls;
+  std::vector<Posted> calls;
   {
     std::lock_guard g(s.mu);
     calls.swap(s.pending);
     s.has_pending.store(false, std::memory_order_relaxed);
   }
   for (auto& c : calls) {
-    c->fn(p);
-    c->settle(p, 1);
+    c.call->fn(p);
+    c.call->settle(c.target, 1);
     KS_PROBE(xcall_ack, p, 0);
   }
 }
@@ -120,22 +122,23 @@ void CrossCall::on_selected_cpus(const CpuSet& targets, const Fn& fn, int self, 
   }
   const uint64_t locked = locks::lock_clock_ns();
   KS_PROBE(xcall_send, initiator, uint32_t(list.size()), locked - started);
-  auto call = std::make_shared<Call>(fn, npcpus());
+  auto call = std::make_shared<Call>(fn, uint32_t(list.size()));
   call->remaining.store(uint32_t(list.size()));
   uint64_t t0 = locks::lock_clock_ns();
-  bool self_targeted = false;
-  for (uint32_t t : list) {
+  int self_at = -1;  // self's place in the list
+  for (uint32_t i = 0; i < list.size(); i++) {
+    const uint32_t t = list[i];
     if (int(t) == self) {
-      self_targeted = true;
+      self_at = int(i);
       continue;
     }
-    post(t, call);
+    post(t, call, i);
     kick_(t);
     kicks_.fetch_add(1, std::memory_order_relaxed);
   }
-  if (self_targeted) {
+  if (self_at >= 0) {
     fn(uint32_t(self));
-    call->settle(uint32_t(self), 1);
+    call->settle(uint32_t(self_at), 1);
     KS_PROBE(xcall_ack, uint32_t(self), 0);
   }
   // Wait for every ack, serving our own mailbox and excusing targets that are stalled. Spin a
@@ -143,16 +146,18 @@ void CrossCall::on_selected_cpus(const CpuSet& targets, const Fn& fn, int self, 
   for (uint32_t spins = 0; call->remaining.load(std::memory_order_acquire) > 0; spins++) {
     if (spins >= 64) sched_yield();
     poll();
-    for (uint32_t t : list)
+    for (uint32_t i = 0; i < list.size(); i++) {
+      const uint32_t t = list[i];
       if (slots_[t]->stalled.load(std::memory_order_seq_cst) != 0 &&
-          call->state[t].load(std::memory_order_acquire) == 0) {
+          call->state[i].load(std::memory_order_acquire) == 0) {
         uint8_t before = 0;
-        if (call->state[t].compare_exchange_strong(before, 2, std::memory_order_acq_rel)) {
+        if (call->state[i].compare_exchange_strong(before, 2, std::memory_order_acq_rel)) {
           call->remaining.fetch_sub(1, std::memory_order_release);
           excused_.fetch_add(1, std::memory_order_relaxed);
           KS_PROBE(xcall_ack, t, 1);
         }
       }
+    }
     locks::cpu_relax();
   }
   uint64_t lat = locks::lock_clock_ns() - t0;

@@ -65,15 +65,19 @@ class CrossCall {
 
  private:
   struct Call;
+  struct Posted {
+    std::shared_ptr<Call> call;
+    uint32_t target;  // this slot's place in the call's target list
+  };
   struct Slot {
     std::atomic<bool> has_pending{false};
     std::mutex mu;
-    std::vector<std::shared_ptr<Call>> pending;
+    std::vector<Posted> pending;
     std::atomic<uint32_t> stalled{0};      // kIdle/kGone bits, plus kFaultUnit per fault in service
     std::unique_ptr<locks::AnyLock> lock;  // percpu mode
   };
   static constexpr uint32_t kFaultUnit = 1u << 8;
-  void post(uint32_t t, const std::shared_ptr<Call>& c);
+  void post(uint32_t t, const std::shared_ptr<Call>& c, uint32_t target);
 
   CallLockMode mode_;
   std::vector<std::unique_ptr<Slot>> slots_;

@@ -6,6 +6,7 @@
 #include <atomic>
 #include <stdexcept>
 #include <thread>
+#include <unordered_map>
 
 #include "mm/arena.hpp"
 #include "sched/context_threads.hpp"
@@ -27,6 +28,7 @@ class HostExecutor final : public Executor {
       : vms_(std::move(vms)),
         stacks_(count_vcpus(vms_), mm::kArenaStackSize, "vCPU thread stacks") {
     for (auto* vm : vms_) {
+      index_of_.emplace(vm, index_of_.size());
       first_context_.push_back(uint32_t(total_));
       slots_.emplace_back();
       for (uint32_t i = 0; i < vm->nr_vcpus(); i++) {
@@ -70,16 +72,15 @@ class HostExecutor final : public Executor {
   uint32_t contexts() const override { return uint32_t(total_); }
   void kick_context(uint32_t c) override { slot_of(c).kicker.kick(); }
   P2mSync& p2m_sync(const vmm::Vm& vm) const override {
-    for (size_t m = 0; m < vms_.size(); m++)
-      if (vms_[m] == &vm) return *p2m_[m];
-    throw std::out_of_range("p2m_sync: not a VM of this executor");
+    auto it = index_of_.find(&vm);
+    if (it == index_of_.end()) throw std::out_of_range("p2m_sync: not a VM of this executor");
+    return *p2m_[it->second];
   }
   int context_of_thread(uint32_t tid) const override { return threads_of_->find(tid); }
   void set_cross_call(CrossCall* cc) override { cc_ = cc; }
   mm::SoftTlb& tlb(uint32_t c) override { return tlbs_[c]; }
   void stop_vm(vmm::Vm& vm) override {
-    for (size_t m = 0; m < vms_.size(); m++)
-      if (vms_[m] == &vm) stop_vm(m);
+    if (auto it = index_of_.find(&vm); it != index_of_.end()) stop_vm(it->second);
   }
 
   void stop() override {
@@ -158,6 +159,7 @@ class HostExecutor final : public Executor {
   }
 
   std::vector<vmm::Vm*> vms_;
+  std::unordered_map<const vmm::Vm*, size_t> index_of_;  // into vms_: per-VM lookups are O(1)
   std::vector<std::vector<std::unique_ptr<Slot>>> slots_;
   // One stack per vCPU thread from one mapping: thousands of threads start and end without a
   // mapping change each (mm/arena.hpp).

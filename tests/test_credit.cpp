@@ -1,7 +1,10 @@
 // CreditScheduler with fake vCPUs and a virtual clock: deterministic, no KVM, no threads.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <chrono>
 #include <map>
+#include <string>
 
 #include "sched/credit.hpp"
 
@@ -677,4 +680,171 @@ TEST(AtomicCpuSet, MembersFillAndTestAndClear) {
   s.fill(mo);
   EXPECT_EQ(s.snapshot(mo).count(), 130u) << "fill sets no index past the size";
   EXPECT_EQ(s.snapshot(mo).to_string(), "0-129");
+}
+
+// --- run-queue order and cost at scale (issue 13) ----------------------------------------------
+
+namespace {
+// Xen 4.7's __runq_insert, literally: walk from the head to the first vCPU of lower priority; a
+// yielder goes one further. Priorities as they were when each vCPU was queued.
+struct XenRunq {
+  std::vector<std::pair<SchedVcpu*, int>> q;  // vCPU, priority when queued
+  uint64_t yielders_behind_lower = 0;         // how often a yielder went one further
+  void insert(SchedVcpu* v, int pri, bool yield) {
+    auto it = q.begin();
+    while (it != q.end() && it->second >= pri) ++it;
+    if (yield && it != q.end()) {
+      ++it;
+      yielders_behind_lower++;
+    }
+    q.insert(it, {v, pri});
+  }
+  std::vector<SchedVcpu*> order() const {
+    std::vector<SchedVcpu*> o;
+    for (auto& e : q) o.push_back(e.first);
+    return o;
+  }
+};
+}  // namespace
+
+// Random wakes, blocks, yields, slice ends and priority changes of running or blocked vCPUs (as
+// accounting makes them): after every step the queue is exactly what Xen's linear walk builds.
+TEST(CreditRunq, OrderIsXensLinearInsertUnderRandomOperations) {
+  Fixture f(1, no_ratelimit(Balance::None));
+  std::vector<SchedVcpu*> vs;
+  for (int i = 0; i < 12; i++) vs.push_back(&f.vcpu(f.s.add_domain(256, 0)));
+  const int pris[] = {int(Prio::Boost), int(Prio::Under), int(Prio::Over)};
+  uint64_t seed = 42, now = 0;
+  auto rnd = [&](uint64_t n) {
+    seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+    return (seed >> 33) % n;
+  };
+  for (SchedVcpu* v : vs) v->pri = pris[rnd(3)];
+  XenRunq xen;
+  f.s.start(0);
+  for (SchedVcpu* v : vs) xen.insert(v, v->pri.load(), false);
+  ASSERT_EQ(f.s.queued(0), xen.order());
+  SchedVcpu* cur = nullptr;
+  bool yielded = false;
+  for (int step = 0; step < 20000; step++) {
+    now += ms;
+    switch (rnd(5)) {
+      case 0:  // slice end: the running vCPU competes again, then the head runs
+      case 1: {
+        if (cur && cur->state == VState::Running)
+          xen.insert(cur, cur->pri.load(), yielded);  // schedule() requeues cur first
+        yielded = false;
+        SchedVcpu* expect = xen.q.empty() ? nullptr : xen.q.front().first;
+        if (expect) xen.q.erase(xen.q.begin());
+        cur = f.s.schedule(0, now).next;
+        ASSERT_EQ(cur, expect) << "step " << step;
+        break;
+      }
+      case 2:
+        if (cur && cur->state == VState::Running) {
+          if (rnd(2)) {
+            f.s.yield(0, *cur);
+            yielded = true;
+          } else {
+            ASSERT_TRUE(f.s.block(0, *cur, now));
+          }
+        }
+        break;
+      case 3: {  // wake a blocked vCPU that is no longer current
+        SchedVcpu* v = vs[rnd(vs.size())];
+        if (v->state != VState::Blocked || v == cur) break;
+        v->pri = pris[1 + rnd(2)];  // accounting ran while it slept: UNDER (boosts) or OVER
+        f.s.wake(*v, now);
+        xen.insert(v, v->pri.load(), false);
+        break;
+      }
+      case 4:  // accounting changes the running vCPU's priority
+        if (cur) cur->pri = pris[rnd(3)];
+        break;
+    }
+    ASSERT_EQ(f.s.queued(0), xen.order()) << "step " << step;
+  }
+  EXPECT_GT(xen.yielders_behind_lower, 500u) << "the walk's odd case must be exercised";
+}
+
+// csched_runq_sort moves only OVER vCPUs back: a BOOSTed vCPU that accounting made UNDER stays
+// ahead of a BOOSTed one queued after it, and the next BOOST goes in front of both.
+TEST(CreditRunq, ResortKeepsBoostAndUnderInterleavedAsXen) {
+  Fixture f(1, no_ratelimit(Balance::None));
+  auto& d = f.s.add_domain(256, 0);
+  auto &a = f.vcpu(d), &b = f.vcpu(d), &c = f.vcpu(d), &e = f.vcpu(d);
+  f.s.start(0);
+  uint64_t now = 0;
+  ASSERT_EQ(f.s.schedule(0, now).next, &a);
+  f.s.tick(0, now += ms / 10);  // a is active (accounted), the others never are
+  const std::vector<SchedVcpu*> in_turn = {&a, &b, &c, &e, nullptr};
+  for (size_t i = 0; i + 1 < in_turn.size(); i++) {  // each blocks, the next one runs
+    ASSERT_TRUE(f.s.block(0, *in_turn[i], now += ms));
+    ASSERT_EQ(f.s.schedule(0, now).next, in_turn[i + 1]);
+  }
+  f.s.wake(a, now += ms);
+  f.s.wake(e, now += ms);
+  ASSERT_EQ(f.s.queued(0), (std::vector<SchedVcpu*>{&a, &e}));
+  f.s.account(now += ms);  // a: BOOST ends, UNDER; e is not active: still BOOST
+  ASSERT_EQ(a.pri.load(), int(Prio::Under));
+  ASSERT_EQ(e.pri.load(), int(Prio::Boost));
+  f.s.tick(0, now += ms);  // re-sort: nothing is OVER, the order stays
+  f.s.wake(b, now += ms);  // BOOST: before the first vCPU of lower priority, a
+  f.s.wake(c, now += ms);
+  EXPECT_EQ(f.s.queued(0), (std::vector<SchedVcpu*>{&b, &c, &a, &e}));
+}
+
+namespace {
+// Nanoseconds per schedule() at a slice end on one pCPU queueing n UNDER vCPUs, each in its own
+// domain: every call requeues the running vCPU behind its equals and runs the head. Best of a
+// few rounds, so a busy host inflates neither size more than the other.
+double ns_per_slice_end(uint32_t n) {
+  Fixture f(1, no_ratelimit(Balance::None));
+  for (uint32_t i = 0; i < n; i++) f.vcpu(f.s.add_domain(256, 0));
+  f.s.start(0);
+  uint64_t now = 0;
+  double best = 1e18;
+  for (int round = 0; round < 7; round++) {
+    constexpr int kCalls = 2000;
+    auto t0 = std::chrono::steady_clock::now();
+    for (int i = 0; i < kCalls; i++) f.s.schedule(0, now += ms);
+    std::chrono::duration<double, std::nano> dt = std::chrono::steady_clock::now() - t0;
+    best = std::min(best, dt.count() / kCalls);
+  }
+  return best;
+}
+}  // namespace
+
+// __runq_insert walks the queue: 10,000 queued vCPUs made every slice end 10x dearer than 1,000.
+// Now an insert costs the same at any length.
+TEST(CreditRunq, SliceEndCostDoesNotGrowWithQueueLength) {
+  const double small = ns_per_slice_end(1000), large = ns_per_slice_end(10000);
+  RecordProperty("ns_per_slice_end_1000", std::to_string(small));
+  RecordProperty("ns_per_slice_end_10000", std::to_string(large));
+  EXPECT_LT(large / small, 3.0) << small << " ns per slice end with 1,000 queued vCPUs, " << large
+                                << " with 10,000";
+}
+
+// PcpuExecutor runs the accounting on its own thread: pCPU 0's tick only says a pass is due, once
+// per timeslice, and leaves the pass (O(active vCPUs)) to the caller.
+TEST(CreditRule, TheMasterTickCanHandTheAccountingPassToTheCaller) {
+  CreditParams params = no_ratelimit(Balance::None);
+  params.account_on_tick = false;
+  Fixture f(2, params);
+  auto& a = f.vcpu(f.s.add_domain(256, 0), 0);
+  f.s.start(0);
+  ASSERT_EQ(f.s.schedule(0, 0).next, &a);
+  EXPECT_FALSE(f.s.tick(0, 10 * ms)) << "not due before a timeslice";
+  ASSERT_TRUE(a.active.load());
+  const int before = a.credit.load();
+  EXPECT_FALSE(f.s.tick(1, 30 * ms)) << "only the master pCPU accounts";
+  EXPECT_TRUE(f.s.tick(0, 30 * ms));
+  EXPECT_EQ(f.s.report()["accounting_passes"], 0) << "the tick did not run the pass itself";
+  EXPECT_EQ(a.credit.load(), before - 200) << "only the burn of 20 ms more";
+  EXPECT_FALSE(f.s.tick(0, 40 * ms)) << "one pass per timeslice";
+  f.s.account(40 * ms);
+  EXPECT_EQ(f.s.report()["accounting_passes"], 1);
+  EXPECT_TRUE(f.s.tick(0, 95 * ms)) << "late: one pass, not two";
+  EXPECT_FALSE(f.s.tick(0, 100 * ms));
+  EXPECT_TRUE(f.s.tick(0, 120 * ms));
 }

@@ -1,14 +1,18 @@
 // Cross-calls between fake pCPUs (plain threads that serve at safe points), both call-lock modes.
 #include <gtest/gtest.h>
+#include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <deque>
 #include <mutex>
 #include <random>
+#include <string>
 #include <thread>
 
+#include "sched/context_threads.hpp"
 #include "sched/cross_call.hpp"
 #include "sched/p2m_sync.hpp"
 
@@ -370,4 +374,101 @@ TEST(P2mSync, AnEntryRacingAFlushIsEitherTargetedOrMarked) {
     flusher.join();
     ASSERT_TRUE(targeted || marked) << "round " << round;
   }
+}
+
+// --- thread id -> context (sched/context_threads.hpp) -------------------------------------------
+
+TEST(ContextThreads, FindsTheContextOfARegisteredThreadOnly) {
+  ContextThreads t(3);
+  t.register_thread(0, 101);
+  t.register_thread(2, 303);
+  EXPECT_EQ(t.find(101), 0);
+  EXPECT_EQ(t.find(303), 2);
+  EXPECT_EQ(t.find(202), -1) << "context 1 has no thread yet";
+  EXPECT_EQ(t.find(0), -1);
+  t.register_thread(1, 101);  // thread id 101 was reused by context 1's thread
+  EXPECT_EQ(t.find(101), 1);
+  t.register_thread(2, 404);  // context 2 moved to another thread
+  EXPECT_EQ(t.find(404), 2);
+  EXPECT_EQ(t.find(303), -1) << "context 2 no longer runs on 303";
+  t.register_current(0);
+  EXPECT_EQ(t.find(uint32_t(gettid())), 0);
+  EXPECT_THROW(t.register_thread(3, 505), std::out_of_range);
+}
+
+TEST(ContextThreads, ManyThreadsRegisteringAtOnceAreAllFound) {
+  constexpr uint32_t kContexts = 4096;
+  ContextThreads t(kContexts);
+  std::vector<std::thread> ts;
+  for (uint32_t w = 0; w < 4; w++)
+    ts.emplace_back([&t, w] {
+      for (uint32_t c = w; c < kContexts; c += 4) t.register_thread(c, 7000 + c * 13);
+    });
+  for (auto& th : ts) th.join();
+  for (uint32_t c = 0; c < kContexts; c++) ASSERT_EQ(t.find(7000 + c * 13), int(c));
+}
+
+namespace {
+// Nanoseconds per find() among n registered threads (half the lookups miss, as a fault from a
+// thread that runs no context does). Best of a few rounds.
+double ns_per_find(uint32_t n) {
+  ContextThreads t(n);
+  for (uint32_t c = 0; c < n; c++) t.register_thread(c, 1000 + 3 * c);
+  double best = 1e18;
+  volatile int sink = 0;
+  for (int round = 0; round < 5; round++) {
+    constexpr uint32_t kFinds = 20000;
+    auto t0 = std::chrono::steady_clock::now();
+    for (uint32_t i = 0; i < kFinds; i++) sink = sink + t.find(1000 + (i * 7919) % (6 * n));
+    std::chrono::duration<double, std::nano> dt = std::chrono::steady_clock::now() - t0;
+    best = std::min(best, dt.count() / kFinds);
+  }
+  return best;
+}
+}  // namespace
+
+// Every fault asks which context its thread runs; with a vCPU thread per context (`--sched host`)
+// a scan made that 10x dearer at 10,000 vCPUs than at 1,000.
+TEST(ContextThreads, FindCostDoesNotGrowWithTheContexts) {
+  const double small = ns_per_find(1000), large = ns_per_find(10000);
+  RecordProperty("ns_per_find_1000", std::to_string(small));
+  RecordProperty("ns_per_find_10000", std::to_string(large));
+  EXPECT_LT(large / small, 3.0) << small << " ns per find among 1,000 threads, " << large
+                                << " among 10,000";
+}
+
+namespace {
+// Nanoseconds per call from context 0 to itself and the last context (stalled: excused at once,
+// then it drains its mailbox) among n contexts. Best of a few rounds.
+double ns_per_two_target_call(uint32_t n) {
+  Fake f(n, CallLockMode::Global);
+  f.cc.set_stalled(n - 1, true, CrossCall::kIdle);
+  CpuSet targets(n);
+  targets.set(0);
+  targets.set(n - 1);
+  double best = 1e18;
+  for (int round = 0; round < 5; round++) {
+    constexpr int kCalls = 2000;
+    auto t0 = std::chrono::steady_clock::now();
+    for (int i = 0; i < kCalls; i++) {
+      f.cc.on_selected_cpus(
+          targets, [](uint32_t) {}, 0);
+      f.cc.serve(n - 1);  // drains its mailbox (the call was excused)
+    }
+    std::chrono::duration<double, std::nano> dt = std::chrono::steady_clock::now() - t0;
+    best = std::min(best, dt.count() / kCalls);
+  }
+  return best;
+}
+}  // namespace
+
+// A flush cross-calls its VM's dirty mask; under `--sched host` there is a context per vCPU
+// thread of the process. A call's cost is its targets: it neither tests every context nor keeps
+// a state per context.
+TEST(CrossCall, CostIsTheTargetsNotTheContexts) {
+  const double small = ns_per_two_target_call(1000), large = ns_per_two_target_call(10000);
+  RecordProperty("ns_per_call_1000", std::to_string(small));
+  RecordProperty("ns_per_call_10000", std::to_string(large));
+  EXPECT_LT(large / small, 3.0) << small << " ns per call among 1,000 contexts, " << large
+                                << " among 10,000";
 }
