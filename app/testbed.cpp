@@ -58,7 +58,9 @@ std::vector<std::unique_ptr<Vm>> create_vms(const RunConfig& cfg, const KvmSyste
                                             Backend backend,
                                             const std::vector<std::span<const uint8_t>>& images,
                                             int workers) {
-  std::vector<std::unique_ptr<Vm>> vms(cfg.vms);
+  // A VMM child of a sharded run (--procs) builds its shard's VMs under their run-wide indices.
+  const uint32_t count = cfg.shard_vms(), first = cfg.shard.first_vm;
+  std::vector<std::unique_ptr<Vm>> vms(count);
   std::atomic<uint32_t> next{0};
   std::atomic<bool> abort{false};
   std::exception_ptr error;
@@ -66,12 +68,12 @@ std::vector<std::unique_ptr<Vm>> create_vms(const RunConfig& cfg, const KvmSyste
   auto work = [&] {
     for (;;) {
       uint32_t i = next.fetch_add(1);
-      if (i >= cfg.vms || abort.load()) return;
+      if (i >= count || abort.load()) return;
       VmSpec spec;
-      spec.index = i;
+      spec.index = first + i;
       spec.nr_vcpus = cfg.vcpus;
       spec.mem_size = cfg.mem;
-      spec.image = images[i % images.size()];
+      spec.image = images[(first + i) % images.size()];
       spec.guest_args = cfg.guest_args;
       spec.echo_console = cfg.echo_console;
       try {
@@ -169,7 +171,7 @@ nlohmann::json run_testbed_with_hooks(const RunConfig& cfg, const TestHooks& hoo
     throw RunError(std::string("kvmscale run needs a usable /dev/kvm: ") + e.what());
   }
   HostInfo host = probe_host(kvm.get());
-  LimitCheck limits = check_limits(host, cfg.vms, cfg.vcpus, cfg.mem, cfg.sched == "host");
+  LimitCheck limits = check_limits(host, cfg.shard_vms(), cfg.vcpus, cfg.mem, cfg.sched == "host");
   if (!limits.errors.empty()) {
     std::string msg = "this host cannot hold the run:";
     for (const auto& e : limits.errors) msg += "\n  " + e;
@@ -230,7 +232,7 @@ nlohmann::json run_testbed_with_hooks(const RunConfig& cfg, const TestHooks& hoo
   nlohmann::json pod_report;
   std::map<uint32_t, nlohmann::json> pod_vm_reports;
   t.exec_start_ns = now_ns();
-  if (vms.size() < cfg.vms) {
+  if (vms.size() < cfg.shard_vms()) {
     end = EndReason::Interrupted;
   } else {
     std::unique_ptr<sched::Executor> executor;
@@ -238,7 +240,7 @@ nlohmann::json run_testbed_with_hooks(const RunConfig& cfg, const TestHooks& hoo
       executor = sched::make_host_executor(vm_ptrs);
     } else {
       sched::PcpuOptions o;
-      o.npcpus = cfg.effective_pcpus();
+      o.npcpus = cfg.shard_pcpus();
       o.bind = cfg.pcpu_bind;
       o.params.tslice_ns = cfg.tslice_ns;
       o.params.ratelimit_ns = cfg.ratelimit_ns;
@@ -247,10 +249,12 @@ nlohmann::json run_testbed_with_hooks(const RunConfig& cfg, const TestHooks& hoo
       sched::parse_balance(cfg.balance, o.params.balance);
       o.weight_of = [&](uint32_t vm) { return cfg.weight_of(vm); };
       o.cap_of = [&](uint32_t vm) { return cfg.cap_of(vm); };
+      // k counts this process's vCPUs; pins name run-wide pCPUs, which a shard's pool numbers
+      // from its first (app/procs.cpp refuses pins into another pool).
       o.affinity_of = [&](uint32_t k) {
-        auto pins = cfg.pin_of(k);
+        auto pins = cfg.pin_of(cfg.shard.first_vm * cfg.vcpus + k);
         if (pins.empty()) return sched::CpuSet(o.npcpus, true);
-        return sched::CpuSet::single(o.npcpus, pins[0]);
+        return sched::CpuSet::single(o.npcpus, pins[0] - cfg.shard.first_pcpu);
       };
       executor = sched::make_pcpu_executor(vm_ptrs, o, lock_registry);
     }
