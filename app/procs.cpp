@@ -142,6 +142,25 @@ void add_counters(json& into, const json& from) {
   }
 }
 
+// A pool's cpulist ("0-1,3") in run-wide pCPU numbers: each number moved up by `first`.
+std::string shift_cpulist(const std::string& list, uint32_t first) {
+  std::string out, num;
+  auto flush = [&] {
+    if (!num.empty()) out += std::to_string(std::stoul(num) + first);
+    num.clear();
+  };
+  for (char ch : list) {
+    if (ch >= '0' && ch <= '9') {
+      num += ch;
+      continue;
+    }
+    flush();
+    out += ch;
+  }
+  flush();
+  return out;
+}
+
 double ratio(uint64_t num, uint64_t den) { return den ? double(num) / double(den) : 0.0; }
 
 // Credit/rr: one report per pool, numbered run-wide (pCPUs from the pool's first, vCPU ids and
@@ -171,7 +190,10 @@ json merge_sched(const RunConfig& cfg, const std::vector<ShardResult>& rs) {
     for (json v : s["vcpus"]) {
       v["id"] = v["id"].get<uint32_t>() + r.shard.first_vm * cfg.vcpus;
       v["domain"] = v["domain"].get<uint32_t>() + r.shard.first_vm;
-      v["pool"] = r.shard.index;  // pcpus_used and affinity are numbered within the pool
+      v["pool"] = r.shard.index;
+      for (const char* set : {"pcpus_used", "affinity"})
+        if (v.contains(set) && v[set].is_string())
+          v[set] = shift_cpulist(v[set].get<std::string>(), r.shard.first_pcpu);
       m["vcpus"].push_back(v);
     }
     for (const auto& v : s["vms"]) {
@@ -309,9 +331,9 @@ void merge_run_extras(json& run, const std::vector<ShardResult>& rs) {
 }
 
 std::string status_text(int st) {
-  if (WIFEXITED(st)) return "exit " + std::to_string(WEXITSTATUS(st));
+  if (WIFEXITED(st)) return "exited with status " + std::to_string(WEXITSTATUS(st));
   if (WIFSIGNALED(st))
-    return "killed by signal " + std::to_string(WTERMSIG(st)) + " (" + strsignal(WTERMSIG(st)) +
+    return "was killed by signal " + std::to_string(WTERMSIG(st)) + " (" + strsignal(WTERMSIG(st)) +
            ")";
   return "status " + std::to_string(st);
 }
@@ -548,8 +570,7 @@ json run_sharded(const RunConfig& cfg, const ProcsPlan& plan) {
       c.end_ns = now_ns();
       bool child_interrupted = false;
       if (!ended_ok(c.status, &child_interrupted))
-        fail("the run failed: " + describe(c) + " ended with " + status_text(c.status) +
-             stderr_tail(c));
+        fail("the run failed: " + describe(c) + " " + status_text(c.status) + stderr_tail(c));
       if (child_interrupted && !interrupted) {
         interrupted = true;  // stopped from outside: the run ends for every process
         for (Child& o : children)

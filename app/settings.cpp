@@ -231,6 +231,7 @@ std::vector<Setting> make_table() {
            "(credit/rr) its own pool of --pcpus: a count or auto (one per 5000 VMs, more if "
            "RLIMIT_NOFILE's hard limit needs it)",
            &RunConfig::procs)
+          .legacy_value("1")  // records from before --procs ran in one process
           .axis_split(A::None)
           .eg("2"),
       text("out", "out", "record file (*.json) or directory for run-<time>.json", &RunConfig::out)
