@@ -525,10 +525,24 @@ bool ended_ok(int status, bool* interrupted) {
   return WEXITSTATUS(status) == kExitOk || WEXITSTATUS(status) == kExitInterrupted;
 }
 
+// What the whole run needs from the host: each process checks its own fds and mappings (limits
+// per process), but memory and threads are the host's and the user's, shared by all processes.
+std::vector<std::string> check_run_wide_limits(const RunConfig& cfg) {
+  HostInfo host = probe_host(nullptr);
+  LimitCheck c = check_limits(host, cfg.vms, cfg.vcpus, cfg.mem, cfg.sched == "host");
+  std::string errors;
+  for (const auto& e : c.errors)
+    if (e.find("open files") == std::string::npos && e.find("memory mappings") == std::string::npos)
+      errors += "\n  " + e;
+  if (!errors.empty()) throw RunError("this host cannot hold the run:" + errors);
+  return c.warnings;
+}
+
 }  // namespace
 
 json run_sharded(const RunConfig& cfg, const ProcsPlan& plan) {
   const uint64_t started_unix = unix_now_ns(), start = now_ns();
+  const std::vector<std::string> warnings = check_run_wide_limits(cfg);
   std::error_code ec;
   const std::string exe = fs::read_symlink("/proc/self/exe", ec).string();
   if (ec) throw RunError("cannot find this executable to start VMM processes: " + ec.message());
@@ -604,8 +618,13 @@ json run_sharded(const RunConfig& cfg, const ProcsPlan& plan) {
       std::cerr << "[proc " << c.shard.index << "] " << line << "\n";
     results.push_back(std::move(r));
   }
-  return merge_shard_records(cfg, plan, results, started_unix, now_ns() - start,
-                             parent_interrupted || interrupted);
+  json record = merge_shard_records(cfg, plan, results, started_unix, now_ns() - start,
+                                    parent_interrupted || interrupted);
+  for (const auto& w : warnings)
+    if (std::find(record["run"]["warnings"].begin(), record["run"]["warnings"].end(), w) ==
+        record["run"]["warnings"].end())
+      record["run"]["warnings"].push_back(w);
+  return record;
 }
 
 int shard_child_main(const std::string& record_path) {

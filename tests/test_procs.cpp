@@ -237,3 +237,20 @@ TEST(Procs, BadProcsValuesAreRefused) {
     EXPECT_EQ(s.err.find("[proc "), std::string::npos) << "started processes: " << s.err;
   }
 }
+
+TEST(Procs, HostMemoryIsCheckedForTheWholeRunNotPerProcess) {
+  // Each process's half fits in host memory; the run does not: refused before any process starts.
+  std::ifstream meminfo("/proc/meminfo");
+  std::string key;
+  uint64_t kib = 0;
+  while (meminfo >> key >> kib && key != "MemTotal:") meminfo.ignore(256, '\n');
+  const uint64_t vms = kib / (8 << 10) + 2;  // 8 MiB each: just over the host's memory
+  if (vms > 100000) GTEST_SKIP() << "this host's memory holds more 8M VMs than --vms allows";
+  test::Spawned s =
+      test::spawn({KVMSCALE_BIN, "run", "--vms", std::to_string(vms), "--vcpus", "1", "--mem", "8M",
+                   "--guest", "idle", "--procs", "2", "--out", scratch("mem").string()},
+                  0, 60000);
+  EXPECT_EQ(s.exit_code, 1) << s.err;
+  EXPECT_NE(s.err.find("exceeds host memory"), std::string::npos) << s.err;
+  EXPECT_EQ(s.err.find("[proc "), std::string::npos) << "started processes: " << s.err;
+}
