@@ -76,7 +76,10 @@ struct RunConfig {
 
   // This process's VMs and pCPUs: the shard's, else the whole run's.
   uint32_t shard_vms() const { return shard.vms ? shard.vms : vms; }
-  uint32_t shard_pcpus() const { return shard.vms ? shard.pcpus : effective_pcpus(); }
+  // Host mode has no pools: the host's CPUs.
+  uint32_t shard_pcpus() const {
+    return shard.vms && sched != "host" ? shard.pcpus : effective_pcpus();
+  }
 
   // The guest VM `vm` runs: the file name with --guest-file, else guest[vm % list size].
   // The guest entries VMs take round-robin: built-in names and file:PATH images.

@@ -254,3 +254,28 @@ TEST(Procs, HostMemoryIsCheckedForTheWholeRunNotPerProcess) {
   EXPECT_NE(s.err.find("exceeds host memory"), std::string::npos) << s.err;
   EXPECT_EQ(s.err.find("[proc "), std::string::npos) << "started processes: " << s.err;
 }
+
+TEST(Procs, PodRunsInEveryProcessWithOneFaultThreadPerPoolPcpu) {
+  SKIP_WITHOUT_KVM();
+  int rc = -1;
+  // 3 pCPUs over 2 pools (2 + 1): "--fault-threads 0" is one per pCPU of the process's pool.
+  json r = run_record(
+      {"--vms", "2", "--vcpus", "2", "--mem", "16M", "--guest", "boot-zero", "--pod-target", "50%",
+       "--sched", "credit", "--pcpus", "3", "--procs", "2", "--duration", "60s"},
+      "pod.json", &rc);
+  ASSERT_EQ(rc, 0);
+  EXPECT_EQ(r["summary"]["vms_booted"], 2);
+  ASSERT_TRUE(r.contains("cross_calls"));
+  EXPECT_EQ(r["tlb"]["stale_hits"], 0);
+  EXPECT_EQ(r["tlb"]["flushes_received"].size(), 3u);  // every pool's pCPUs, in order
+  for (const json& vm : r["vms"]) {
+    ASSERT_TRUE(vm.contains("pod")) << vm["index"];
+    EXPECT_GT(vm["pod"]["reclaimed"].get<uint64_t>(), 0u) << vm["index"];
+  }
+  uint64_t initiators = 0;
+  for (const json& i : r["cross_calls"]["initiators"])
+    if (!i["context"].is_null()) initiators++;
+  EXPECT_LE(initiators, 3u);
+  // Each process served its faults with as many threads as its pool has pCPUs: 2 + 1.
+  EXPECT_EQ(r["cross_calls"]["fault_threads"], 3);
+}
