@@ -3,8 +3,11 @@
 #include <sys/resource.h>
 
 #include <algorithm>
+#include <filesystem>
+#include <system_error>
 
 #include "guests/include/kvmscale_abi.h"
+#include "vmm/guest_images.hpp"
 
 namespace kvmscale::app {
 
@@ -45,14 +48,26 @@ GuestFootprint guest_footprint(const RunConfig& cfg, const std::string& guest,
   return f;
 }
 
+std::vector<uint64_t> guest_image_sizes(const RunConfig& cfg) {
+  std::vector<uint64_t> sizes;
+  for (const auto& g : cfg.guest_list()) {
+    std::error_code ec;
+    uint64_t n = g.rfind("file:", 0) == 0 ? std::filesystem::file_size(g.substr(5), ec)
+                                         : vmm::builtin_guest_image(g).size();
+    sizes.push_back(ec ? 0 : n);
+  }
+  return sizes;
+}
+
 LimitCheck check_limits(HostInfo& h, const RunConfig& cfg,
                         const std::vector<uint64_t>& image_sizes) {
   LimitCheck c;
-  const uint64_t vms = cfg.vms, vcpus = cfg.vcpus;
-  const bool thread_per_vcpu = cfg.sched == "host";
+  const uint64_t vcpus = cfg.vcpus;
+  // Fds and mappings are this process's: the VMs of its shard (all of them unless --procs).
+  const uint64_t vms = cfg.shard_vms();
 
-  // File descriptors: one per vCPU once set up, plus a VM fd for each VM being created at once.
-  const uint64_t reserve = 64 + uint64_t(std::max(1, h.online_cpus));  // stdio, /dev/kvm, ...
+  // File descriptors: one per vCPU once set up, and some to spare.
+  const uint64_t reserve = kSpareFds;
   const uint64_t fds = vms * fds_per_vm(cfg.vcpus) + reserve;
   if (fds > h.nofile_soft) {
     rlimit rl{h.nofile_soft, h.nofile_hard};
@@ -70,8 +85,31 @@ LimitCheck check_limits(HostInfo& h, const RunConfig& cfg,
           " such VMs per process; raise ulimit -n or use --procs");
   }
 
+  // Mappings: a kvm_run page per vCPU; with PoD each VM's RAM is its own userfaultfd range.
+  const uint64_t maps = vms * (vcpus + (cfg.pod_target.empty() ? 0 : 2)) + 1024;
+  if (h.max_map_count && maps > h.max_map_count)
+    c.errors.push_back("needs " + std::to_string(maps) +
+                       " memory mappings but vm.max_map_count is " +
+                       std::to_string(h.max_map_count) + ": raise it (sysctl) or use --procs");
+
+  LimitCheck host = check_host_limits(h, cfg, image_sizes);
+  auto append = [](std::vector<std::string>& to, const std::vector<std::string>& from) {
+    to.insert(to.end(), from.begin(), from.end());
+  };
+  append(c.errors, host.errors);
+  append(c.warnings, host.warnings);
+  append(c.assumptions, host.assumptions);
+  c.memory_needed = host.memory_needed;
+  return c;
+}
+
+LimitCheck check_host_limits(const HostInfo& h, const RunConfig& cfg,
+                             const std::vector<uint64_t>& image_sizes) {
+  LimitCheck c;
+  const bool thread_per_vcpu = cfg.sched == "host";
+  const uint64_t vcpus = cfg.vcpus, vms = cfg.vms;
   // Ours: a thread per vCPU with --sched host, else a thread per pCPU; plus KVM's own worker
-  // per VM (kvm-nx-lpage-recovery, a task of this process on Linux 6.1), which counts against
+  // per VM (kvm-nx-lpage-recovery, a task of this process on recent kernels), which counts against
   // kernel.threads-max and the pids cgroup.
   const uint64_t ours = (thread_per_vcpu ? vms * vcpus : uint64_t(cfg.effective_pcpus())) + 16;
   const uint64_t threads = ours + vms;
@@ -82,13 +120,6 @@ LimitCheck check_limits(HostInfo& h, const RunConfig& cfg,
   if (h.nproc_soft != RLIM_INFINITY && ours > h.nproc_soft)
     c.errors.push_back("needs " + std::to_string(ours) + " threads but RLIMIT_NPROC is " +
                        std::to_string(h.nproc_soft) + ": raise it (ulimit -u)");
-
-  // Mappings: a kvm_run page per vCPU; with PoD each VM's RAM is its own userfaultfd range.
-  const uint64_t maps = vms * (vcpus + (cfg.pod_target.empty() ? 0 : 2)) + 1024;
-  if (h.max_map_count && maps > h.max_map_count)
-    c.errors.push_back("needs " + std::to_string(maps) +
-                       " memory mappings but vm.max_map_count is " +
-                       std::to_string(h.max_map_count) + ": raise it (sysctl) or use --procs");
 
   // Memory: what the guests touch plus the kernel's share, not vms x --mem.
   const std::vector<std::string> guests = cfg.guest_list();

@@ -38,11 +38,22 @@ struct LimitCheck {
   std::vector<std::string> assumptions;  // what the memory check assumed (in the record)
   uint64_t memory_needed = 0;            // bytes of host memory the run is expected to use
 };
+// The size of each guest list entry's image (0 where a file cannot be read).
+std::vector<uint64_t> guest_image_sizes(const RunConfig& cfg);
+// Fds a process keeps beyond its VMs' (stdio, /dev/kvm, records, the VM fds of VMs being
+// created: at most kCreationWorkers at once).
+inline constexpr uint64_t kSpareFds = 64;
+inline constexpr int kCreationWorkers = 8;
 // File descriptors one VM costs once set up: one per vCPU (the VM fd is closed: vmm/vm.hpp).
 inline uint64_t fds_per_vm(uint32_t vcpus) { return vcpus; }
-// What the run needs from this host. `image_sizes[i]` is the size of guest list entry i. Raises
-// the soft RLIMIT_NOFILE to what is needed when it can.
+// What the run needs from this host: fds and mappings for the VMs of this process (its shard
+// under --procs), threads and memory for the whole run. `image_sizes[i]` is the size of guest
+// list entry i (0 where unknown). Raises the soft RLIMIT_NOFILE to what is needed when it can.
 LimitCheck check_limits(HostInfo& host, const RunConfig& cfg,
                         const std::vector<uint64_t>& image_sizes);
+// Only the limits shared by every process of a sharded run (threads, memory), for its parent
+// before it starts them.
+LimitCheck check_host_limits(const HostInfo& host, const RunConfig& cfg,
+                             const std::vector<uint64_t>& image_sizes);
 
 }  // namespace kvmscale::app

@@ -1,6 +1,7 @@
 #include "app/cli.hpp"
 
 #include <linux/userfaultfd.h>
+#include <sys/resource.h>
 
 #include <CLI/CLI.hpp>
 #include <algorithm>
@@ -12,6 +13,7 @@
 #include "app/admission.hpp"
 #include "app/config.hpp"
 #include "app/host_info.hpp"
+#include "app/procs.hpp"
 #include "app/record.hpp"
 #include "app/settings.hpp"
 #include "app/testbed.hpp"
@@ -100,7 +102,16 @@ void check_output(const RunConfig& cfg, bool force) {
 
 int do_run(const RunConfig& cfg, bool force) {
   check_output(cfg, force);
-  nlohmann::json record = run_testbed(cfg);
+  rlimit nofile{};
+  getrlimit(RLIMIT_NOFILE, &nofile);
+  const ProcsPlan plan = plan_procs(cfg, nofile.rlim_max);
+  nlohmann::json record;
+  if (plan.shards.size() > 1) {
+    record = run_sharded(cfg, plan);
+  } else {
+    record = run_testbed(cfg);
+    record["run"]["procs"] = {{"count", 1}, {"rule", plan.rule}};
+  }
   std::string path = record_path(cfg.out, record["run"]["started_unix_ns"].get<uint64_t>());
   std::string text = record.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
   try {
@@ -241,6 +252,11 @@ int cli_main(int argc, char** argv, const std::vector<Subcommand*>& more) {
   CLI::App* info = app.add_subcommand("info", "backend, capabilities, host CPUs and limits");
   info->add_flag("--json", info_json, "print JSON");
 
+  // A VMM process of a sharded run (app/procs.hpp); started by `run --procs`, not by people.
+  std::string shard_record;
+  CLI::App* shard = app.add_subcommand(kShardCommand, "")->group("");
+  shard->add_option("--record", shard_record)->required();
+
   for (Subcommand* sub : more) sub->add_to(app);
 
   try {
@@ -265,9 +281,10 @@ int cli_main(int argc, char** argv, const std::vector<Subcommand*>& more) {
     if (*info) return do_info(info_json);
     for (Subcommand* sub : more)
       if (int rc = sub->run_if_selected(); rc >= 0) return rc;
-    finish_run_flags(cfg, flags);
     install_kick_signal();
     block_stop_signals();
+    if (*shard) return shard_child_main(shard_record);
+    finish_run_flags(cfg, flags);
     return do_run(cfg, flags.force);
   } catch (const ConfigError& e) {
     std::cerr << "kvmscale: " << e.what() << "\n";

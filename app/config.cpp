@@ -259,6 +259,33 @@ std::vector<std::string> RunConfig::ineffective_settings() const {
   return w;
 }
 
+uint32_t RunConfig::procs_given() const {
+  if (procs == "auto" || !decimal_count_error(procs).empty()) return 0;
+  return uint32_t(std::min<uint64_t>(parse_u64(procs), 100000));
+}
+
+nlohmann::json Shard::to_json() const {
+  return {{"index", index}, {"count", count},           {"first_vm", first_vm},
+          {"vms", vms},     {"first_pcpu", first_pcpu}, {"pcpus", pcpus}};
+}
+
+Shard Shard::from_json(const nlohmann::json& j) {
+  Shard s;
+  try {
+    s.index = j.at("index").get<uint32_t>();
+    s.count = j.at("count").get<uint32_t>();
+    s.first_vm = j.at("first_vm").get<uint32_t>();
+    s.vms = j.at("vms").get<uint32_t>();
+    s.first_pcpu = j.at("first_pcpu").get<uint32_t>();
+    s.pcpus = j.at("pcpus").get<uint32_t>();
+  } catch (const nlohmann::json::exception& e) {
+    throw ConfigError(std::string("invalid shard: ") + e.what());
+  }
+  if (s.count < 1 || s.index >= s.count || s.vms < 1)
+    throw ConfigError("invalid shard: index, count or vms out of range");
+  return s;
+}
+
 uint32_t RunConfig::effective_pcpus() const {
   return pcpus ? pcpus : uint32_t(std::max(1L, sysconf(_SC_NPROCESSORS_ONLN)));
 }
@@ -342,6 +369,19 @@ void RunConfig::validate() const {
   if (call_lock != "global" && call_lock != "percpu")
     throw ConfigError("unknown --call-lock '" + call_lock + "' (available: global, percpu)");
   if (fault_threads > 64) throw ConfigError("--fault-threads must be 0 (one per pCPU) or 1-64");
+  if (procs != "auto") {
+    if (std::string why = decimal_count_error(procs); !why.empty() || procs == "0")
+      throw ConfigError("--procs must be auto or a count of at least 1 (got '" + procs + "')");
+    const uint32_t k = procs_given();
+    if (k > vms)
+      throw ConfigError("--procs " + procs + " exceeds --vms " + std::to_string(vms) +
+                        ": every VMM process needs at least one VM");
+    if (sched != "host" && k > effective_pcpus())
+      throw ConfigError("--procs " + procs + " exceeds the " + std::to_string(effective_pcpus()) +
+                        " pCPUs of --sched " + sched +
+                        ": each process schedules its own pool of at least one pCPU (give more "
+                        "--pcpus or fewer --procs)");
+  }
   pod_target_granules();  // validates --pod-target
   try {
     locks::LockPolicy::parse(lock, lock_classes());

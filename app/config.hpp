@@ -29,6 +29,18 @@ uint64_t parse_duration_ns(const std::string& text);
 std::string format_size(uint64_t bytes);
 std::string format_duration(uint64_t ns);
 
+// The part of a run one VMM process runs when the run is sharded over processes (--procs,
+// app/procs.hpp): VMs [first_vm, first_vm + vms) and, under credit/rr, its own pool of pCPUs
+// [first_pcpu, first_pcpu + pcpus) with its own scheduler (Xen 4.7's cpupools). Set only in a
+// VMM child; vms == 0 means the whole run.
+struct Shard {
+  uint32_t index = 0, count = 1;
+  uint32_t first_vm = 0, vms = 0;
+  uint32_t first_pcpu = 0, pcpus = 0;
+  nlohmann::json to_json() const;
+  static Shard from_json(const nlohmann::json& j);  // throws ConfigError
+};
+
 struct RunConfig {
   uint32_t vms = 4;
   uint32_t vcpus = 2;
@@ -59,6 +71,15 @@ struct RunConfig {
   std::string out = "results";
   bool json = false;
   bool echo_console = false;
+  std::string procs = "auto";  // VMM processes: auto or a count (app/procs.hpp)
+  Shard shard;                 // not a setting: a VMM child's part of the run
+
+  // This process's VMs and pCPUs: the shard's, else the whole run's.
+  uint32_t shard_vms() const { return shard.vms ? shard.vms : vms; }
+  // Host mode has no pools: the host's CPUs.
+  uint32_t shard_pcpus() const {
+    return shard.vms && sched != "host" ? shard.pcpus : effective_pcpus();
+  }
 
   // The guest VM `vm` runs: the file name with --guest-file, else guest[vm % list size].
   // The guest entries VMs take round-robin: built-in names and file:PATH images.
@@ -67,6 +88,8 @@ struct RunConfig {
   uint32_t weight_of(uint32_t vm) const;
   uint32_t cap_of(uint32_t vm) const;
   uint32_t effective_pcpus() const;
+  // --procs as a count, or 0 for auto.
+  uint32_t procs_given() const;
   // Settings given that this run will not use (e.g. --pcpus with --sched host): warnings for
   // stderr and the record's run.warnings.
   std::vector<std::string> ineffective_settings() const;

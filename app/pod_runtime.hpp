@@ -76,11 +76,12 @@ class PodRuntime {
               [](const VmPod* a, const VmPod* b) { return a->ram < b->ram; });
     // By default one fault thread per pCPU: as many initiators can flush at once as there are
     // pCPUs that can fault at once, as in Xen where the faulting pCPU itself initiates.
-    const uint32_t threads =
-        cfg.fault_threads ? cfg.fault_threads : std::min(64u, cfg.effective_pcpus());
+    // In a process of a sharded run (--procs): the pCPUs of its own pool.
+    fault_threads_ = cfg.fault_threads ? cfg.fault_threads : std::min(64u, cfg.shard_pcpus());
     try {
       faults_ = std::make_unique<mm::FaultService>(
-          uffd_, int(threads), [this](const mm::FaultEvent& ev) { on_fault(ev); }, read_faults);
+          uffd_, int(fault_threads_), [this](const mm::FaultEvent& ev) { on_fault(ev); },
+          read_faults);
     } catch (...) {
       detach();  // the executor and the VMs must not keep pointers into what is destroyed
       throw;
@@ -121,6 +122,7 @@ class PodRuntime {
   nlohmann::json report() const {
     nlohmann::json r = cc_.report();
     r["fault_events"] = fault_events_;
+    r["fault_threads"] = fault_threads_;
     uint64_t flushes = 0, mask_total = 0, mask_max = 0;
     for (const auto& p : pods_) {
       const sched::P2mSync& s = ex_.p2m_sync(*p->vm);
@@ -189,6 +191,7 @@ class PodRuntime {
   std::vector<VmPod*> by_address_;  // by `ram`, ascending
   std::unordered_map<const vmm::Vm*, VmPod*> pod_of_vm_;
   std::unique_ptr<mm::FaultService> faults_;
+  uint32_t fault_threads_ = 0;
   std::atomic<uint64_t> oom_{0};
   uint64_t fault_events_ = 0;
 };

@@ -290,6 +290,9 @@ std::string summary_table(const nlohmann::json& r) {
       << format_duration(s["boot_ns"]["p50"]) << " p90 " << format_duration(s["boot_ns"]["p90"])
       << " max " << format_duration(s["boot_ns"]["max"]);
   o << "\n";
+  if (r.contains("procs"))
+    o << "VMM processes: " << r["procs"].size() << " (" << run["procs"]["rule"].get<std::string>()
+      << ")\n";
   for (const auto& w : run["warnings"]) o << "warning: " << w.get<std::string>() << "\n";
   return o.str();
 }

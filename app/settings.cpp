@@ -228,6 +228,14 @@ std::vector<Setting> make_table() {
           .eg("call=mcs,runq=ticket"),
       on_off("lock-profile", "lock_profile", "lock profiling: on or off", &RunConfig::lock_profile)
           .eg("off"),
+      text("procs", "procs",
+           "VMM processes the VMs are sharded over, each with its own memory, fds, threads and "
+           "(credit/rr) its own pool of --pcpus: a count or auto (one per 5000 VMs, more if "
+           "RLIMIT_NOFILE's hard limit needs it)",
+           &RunConfig::procs)
+          .legacy_value("1")  // records from before --procs ran in one process
+          .axis_split(A::None)
+          .eg("2"),
       text("out", "out", "record file (*.json) or directory for run-<time>.json", &RunConfig::out)
           .axis_split(A::None)
           .eg("r.json"),

@@ -62,7 +62,9 @@ std::vector<std::unique_ptr<Vm>> create_vms(const RunConfig& cfg, const KvmSyste
                                             Backend backend,
                                             const std::vector<std::span<const uint8_t>>& images,
                                             const mm::Arena& memory, int workers) {
-  std::vector<std::unique_ptr<Vm>> vms(cfg.vms);
+  // A VMM child of a sharded run (--procs) builds its shard's VMs under their run-wide indices.
+  const uint32_t count = cfg.shard_vms(), first = cfg.shard.first_vm;
+  std::vector<std::unique_ptr<Vm>> vms(count);
   std::atomic<uint32_t> next{0};
   std::atomic<bool> abort{false};
   std::exception_ptr error;
@@ -70,12 +72,12 @@ std::vector<std::unique_ptr<Vm>> create_vms(const RunConfig& cfg, const KvmSyste
   auto work = [&] {
     for (;;) {
       uint32_t i = next.fetch_add(1);
-      if (i >= cfg.vms || abort.load()) return;
+      if (i >= count || abort.load()) return;
       VmSpec spec;
-      spec.index = i;
+      spec.index = first + i;
       spec.nr_vcpus = cfg.vcpus;
       spec.mem_size = cfg.mem;
-      spec.image = images[i % images.size()];
+      spec.image = images[(first + i) % images.size()];
       spec.guest_args = cfg.guest_args;
       spec.echo_console = cfg.echo_console;
       try {
@@ -250,8 +252,9 @@ nlohmann::json run_testbed_with_hooks(const RunConfig& cfg, const TestHooks& hoo
   t.create_start_ns = now_ns();
   std::vector<std::unique_ptr<Vm>> vms;
   try {
-    guest_memory.emplace(cfg.vms, cfg.mem, "guest memory");
-    vms = create_vms(cfg, *kvm, host.backend, images, *guest_memory, std::max(1, host.online_cpus));
+    guest_memory.emplace(cfg.shard_vms(), cfg.mem, "guest memory");
+    vms = create_vms(cfg, *kvm, host.backend, images, *guest_memory,
+                     std::clamp(host.online_cpus, 1, kCreationWorkers));
     run_pages.emplace(vms.size() * cfg.vcpus, kvm->vcpu_mmap_size());
     for (size_t i = 0; i < vms.size(); i++) vms[i]->map_runs(*run_pages, i * cfg.vcpus);
   } catch (const std::exception& e) {
@@ -289,7 +292,7 @@ nlohmann::json run_testbed_with_hooks(const RunConfig& cfg, const TestHooks& hoo
   nlohmann::json pod_report;
   std::map<uint32_t, nlohmann::json> pod_vm_reports;
   t.exec_start_ns = now_ns();
-  if (vms.size() < cfg.vms) {
+  if (vms.size() < cfg.shard_vms()) {
     end = EndReason::Interrupted;
   } else {
     std::unique_ptr<sched::Executor> executor;
@@ -297,7 +300,7 @@ nlohmann::json run_testbed_with_hooks(const RunConfig& cfg, const TestHooks& hoo
       executor = sched::make_host_executor(vm_ptrs);
     } else {
       sched::PcpuOptions o;
-      o.npcpus = cfg.effective_pcpus();
+      o.npcpus = cfg.shard_pcpus();
       o.bind = cfg.pcpu_bind;
       o.params.tslice_ns = cfg.tslice_ns;
       o.params.ratelimit_ns = cfg.ratelimit_ns;
@@ -306,10 +309,12 @@ nlohmann::json run_testbed_with_hooks(const RunConfig& cfg, const TestHooks& hoo
       sched::parse_balance(cfg.balance, o.params.balance);
       o.weight_of = [&](uint32_t vm) { return cfg.weight_of(vm); };
       o.cap_of = [&](uint32_t vm) { return cfg.cap_of(vm); };
+      // k counts this process's vCPUs; pins name run-wide pCPUs, which a shard's pool numbers
+      // from its first (app/procs.cpp refuses pins into another pool).
       o.affinity_of = [&](uint32_t k) {
-        auto pins = cfg.pin_of(k);
+        auto pins = cfg.pin_of(cfg.shard.first_vm * cfg.vcpus + k);
         if (pins.empty()) return sched::CpuSet(o.npcpus, true);
-        return sched::CpuSet::single(o.npcpus, pins[0]);
+        return sched::CpuSet::single(o.npcpus, pins[0] - cfg.shard.first_pcpu);
       };
       executor = sched::make_pcpu_executor(vm_ptrs, o, lock_registry);
     }

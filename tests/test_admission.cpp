@@ -82,7 +82,7 @@ TEST(Admission, TheFdLimitStatesHowManyVmsFit) {
   EXPECT_TRUE(check_limits(h, idle_vms(19900), {4096}).errors.empty());
   LimitCheck over = check_limits(h, idle_vms(19990), {4096});
   ASSERT_FALSE(over.errors.empty());
-  EXPECT_NE(over.errors[0].find("at most 19934 such VMs per process"), std::string::npos)
+  EXPECT_NE(over.errors[0].find("at most 19936 such VMs per process"), std::string::npos)
       << over.errors[0];
   EXPECT_NE(over.errors[0].find("--procs"), std::string::npos);
 }

@@ -264,15 +264,18 @@ TEST(Settings, RecordConfigKeysArePinnedAndOldRecordsReadAsTheyRan) {
                                         "out",
                                         "json",
                                         "echo_console",
-                                        "migration_delay_ns"};
+                                        "migration_delay_ns",
+                                        "procs"};
   std::set<std::string> keys;
   const nlohmann::json j = RunConfig{}.to_json();
   for (const auto& [k, v] : j.items()) keys.insert(k);
   EXPECT_EQ(keys, pinned);
   nlohmann::json old = j;
-  for (const char* k : {"pod_reclaim", "fault_threads", "migration_delay_ns"}) old.erase(k);
+  for (const char* k : {"pod_reclaim", "fault_threads", "migration_delay_ns", "procs"})
+    old.erase(k);
   RunConfig r = RunConfig::from_json(old);
   EXPECT_EQ(r.pod_reclaim, "batched");
   EXPECT_EQ(r.fault_threads, 1u) << "one fault thread before --fault-threads 0 existed";
   EXPECT_EQ(r.migration_delay_ns, 0u);
+  EXPECT_EQ(r.procs, "1") << "one process before --procs existed";
 }
