@@ -311,33 +311,48 @@ json merge_summary(const json& vms, const std::vector<ShardResult>& rs) {
   return summary;
 }
 
-// run.phases: the processes run side by side, so each phase lasts as long as its slowest.
-// run.resources: what all of them held at once (sums), the host's memory before the first and
-// after the last.
+// run.phases: the processes run side by side, so each phase lasts as long as its slowest (boot
+// null if some process's VMs did not all boot). run.resources: what all of them held at once
+// (sums: RSS, threads, CPU), the host's MemAvailable as readings of one host (the highest before,
+// the lowest at every later point) and the memory used as the drop between them.
 void merge_run_extras(json& run, const std::vector<ShardResult>& rs) {
   for (const auto& r : rs) {
     const json& c = r.record["run"];
     if (c.contains("phases") && c["phases"].is_object()) {
       json& m = run["phases"];
-      for (const auto& [k, v] : c["phases"].items())
-        if (v.is_number_unsigned())
-          m[k] =
-              m.contains(k) ? std::max(m[k].get<uint64_t>(), v.get<uint64_t>()) : v.get<uint64_t>();
+      for (const auto& [k, v] : c["phases"].items()) {
+        if (v.is_null() || (m.contains(k) && m[k].is_null()))
+          m[k] = nullptr;
+        else if (v.is_number_unsigned())
+          m[k] = m.contains(k) ? std::max(m[k].get<uint64_t>(), v.get<uint64_t>())
+                               : v.get<uint64_t>();
+      }
     }
     if (c.contains("resources") && c["resources"].is_object()) {
       json& m = run["resources"];
       for (const auto& [k, v] : c["resources"].items()) {
-        if (!v.is_number()) continue;
+        if (!v.is_number_unsigned() || k.rfind("mem_used_", 0) == 0) continue;
+        const uint64_t x = v.get<uint64_t>();
         if (!m.contains(k))
-          m[k] = v;
-        else if (k.find("before") != std::string::npos)
-          m[k] = std::max(m[k].get<uint64_t>(), v.get<uint64_t>());
-        else if (k.find("after") != std::string::npos)
-          m[k] = std::min(m[k].get<uint64_t>(), v.get<uint64_t>());
+          m[k] = x;
+        else if (k == "mem_available_before")
+          m[k] = std::max(m[k].get<uint64_t>(), x);
+        else if (k.rfind("mem_available_", 0) == 0)
+          m[k] = std::min(m[k].get<uint64_t>(), x);
         else
-          m[k] = m[k].get<uint64_t>() + v.get<uint64_t>();
+          m[k] = m[k].get<uint64_t>() + x;
       }
     }
+  }
+  json& m = run["resources"];
+  if (m.is_object() && m.contains("mem_available_before")) {
+    const uint64_t before = m["mem_available_before"].get<uint64_t>();
+    auto drop = [&](const char* key) {
+      const uint64_t a = m.value(key, before);
+      return before > a ? before - a : 0;
+    };
+    m["mem_used_created"] = drop("mem_available_created");
+    m["mem_used_peak"] = drop("mem_available_min_running");
   }
 }
 

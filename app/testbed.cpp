@@ -248,6 +248,7 @@ nlohmann::json run_testbed_with_hooks(const RunConfig& cfg, const TestHooks& hoo
   // live in these shared areas (teardown, below).
   std::optional<mm::Arena> guest_memory;
   std::optional<RunArea> run_pages;
+  mm::settle_malloc_mappings();
   const ResourceSample before = sample_resources();
   t.create_start_ns = now_ns();
   std::vector<std::unique_ptr<Vm>> vms;
@@ -343,7 +344,7 @@ nlohmann::json run_testbed_with_hooks(const RunConfig& cfg, const TestHooks& hoo
         break;
       }
       if (std::any_of(vm_ptrs.begin(), vm_ptrs.end(),
-                      [](const Vm* vm) { return !vm->host_error().empty(); }))
+                      [](const Vm* vm) { return vm->failed_on_host(); }))
         break;  // reported below
       if (pod && !pod->faults_served(now)) {
         // The vCPUs would wait for their faults to the end and the record would look like a

@@ -1,5 +1,6 @@
 #include "mm/arena.hpp"
 
+#include <malloc.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -36,6 +37,13 @@ Arena::Arena(size_t slots, size_t slot_size, const char* what)
 
 Arena::~Arena() {
   if (base_) ::munmap(base_, slots_ * slot_size_);
+}
+
+void settle_malloc_mappings() {
+  ::mallopt(M_ARENA_MAX, 1);
+  ::mallopt(M_TRIM_THRESHOLD, 1 << 30);
+  ::mallopt(M_TOP_PAD, 16 << 20);
+  ::mallopt(M_MMAP_THRESHOLD, 32 << 20);  // glibc's maximum on 64-bit
 }
 
 StackThread::StackThread(StackThread&& o) noexcept

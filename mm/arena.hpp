@@ -33,6 +33,13 @@ class Arena {
   uint8_t* base_ = nullptr;
 };
 
+// Makes glibc's malloc stop changing mappings as the heap grows and shrinks: one arena for
+// every thread (another thread's arena grows a page at a time by mprotect, e.g. a VM-creation
+// worker's: an mprotect per page of Vm objects, each calling every VM's notifier), no trimming,
+// and large blocks from the heap rather than their own mmap and munmap. Call before the first
+// VM exists. No effect under sanitizers (their allocators map memory in large slabs).
+void settle_malloc_mappings();
+
 // Stack size of threads started on an Arena: exit handlers are shallow, and the stack is only
 // committed as it is touched. Sanitizers need deeper frames.
 #if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)

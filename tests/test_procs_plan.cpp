@@ -118,11 +118,16 @@ nlohmann::json child_record(uint32_t first_vm, uint32_t vms, uint64_t boot_base)
             {"end_reason", "duration"},
             {"interrupted", false},
             {"warnings", {"w-common", "w" + std::to_string(first_vm)}},
-            {"phases", {{"create_ns", 10 + first_vm}, {"teardown_ns", 50 - first_vm}}},
+            {"phases",
+             {{"create_ns", 10 + first_vm},
+              {"teardown_ns", 50 - first_vm},
+              {"boot_ns", first_vm == 0 ? json(5) : json()}}},
             {"resources",
              {{"peak_rss_bytes", 1000},
-              {"threads", 3},
+              {"threads_peak", 3},
               {"mem_available_before", 5000 - first_vm},
+              {"mem_available_min_running", 3000 - first_vm},
+              {"mem_used_peak", 1},
               {"mem_available_after", 4000 - first_vm}}}}},
           {"summary",
            {{"vms", vms}, {"exits_total", 7}, {"create_ns_total", 20}, {"create_wall_ns", 9}}},
@@ -171,12 +176,16 @@ TEST(ProcsMerge, OneRecordReadsLikeAnUnshardedRun) {
   EXPECT_EQ(m["run"]["end_reason"], "duration");
   EXPECT_EQ(m["run"]["warnings"], json({"w-common", "w0", "w3"}));
   EXPECT_EQ(m["run"]["procs"]["count"], 2);
-  // Phases: the slowest process's; resources: summed, memory before highest, after lowest.
+  // Phases: the slowest process's, boot null when a process's VMs did not all boot;
+  // resources: summed, MemAvailable before highest and later lowest, memory used their drop.
   EXPECT_EQ(m["run"]["phases"]["create_ns"], 13);
   EXPECT_EQ(m["run"]["phases"]["teardown_ns"], 50);
+  EXPECT_TRUE(m["run"]["phases"]["boot_ns"].is_null());
   EXPECT_EQ(m["run"]["resources"]["peak_rss_bytes"], 2000);
-  EXPECT_EQ(m["run"]["resources"]["threads"], 6);
+  EXPECT_EQ(m["run"]["resources"]["threads_peak"], 6);
   EXPECT_EQ(m["run"]["resources"]["mem_available_before"], 5000);
+  EXPECT_EQ(m["run"]["resources"]["mem_available_min_running"], 2997);
+  EXPECT_EQ(m["run"]["resources"]["mem_used_peak"], 2003);
   EXPECT_EQ(m["run"]["resources"]["mem_available_after"], 3997);
   EXPECT_EQ(m["locks"]["classes"]["pod"]["acquisitions"], 4);
   EXPECT_EQ(m["locks"]["classes"]["pod"]["wait_max_ns"], 8);

@@ -156,6 +156,7 @@ Action Vm::host_failure(const std::string& what) {
     std::lock_guard lock(fate_mu_);
     if (host_error_.empty()) host_error_ = "vm" + std::to_string(index()) + ": " + what;
   }
+  failed_on_host_.store(true, std::memory_order_release);
   return Action::crash("host error: " + what);
 }
 

@@ -113,6 +113,8 @@ class Vm {
   // Not empty once KVM_RUN itself failed for one of its vCPUs (the host's failure, not the
   // guest's: the VM is crashed with this reason and the run fails).
   std::string host_error() const;
+  // host_error() is not empty; lock-free, for watching thousands of VMs.
+  bool failed_on_host() const { return failed_on_host_.load(std::memory_order_acquire); }
 
  private:
   Action handle_exit(Vcpu& v, PcpuAccess access);
@@ -127,6 +129,7 @@ class Vm {
   std::atomic<VmState> state_{VmState::Running};
   std::atomic<uint32_t> running_vcpus_;
   std::atomic<uint64_t> double_runs_{0};
+  std::atomic<bool> failed_on_host_{false};
   mutable std::mutex fate_mu_;
   std::string crash_reason_, host_error_;
   int64_t exit_code_ = 0;
