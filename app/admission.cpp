@@ -8,6 +8,7 @@
 
 #include "guests/include/kvmscale_abi.h"
 #include "vmm/guest_images.hpp"
+#include "vmm/run_area.hpp"
 
 namespace kvmscale::app {
 
@@ -53,7 +54,7 @@ std::vector<uint64_t> guest_image_sizes(const RunConfig& cfg) {
   for (const auto& g : cfg.guest_list()) {
     std::error_code ec;
     uint64_t n = g.rfind("file:", 0) == 0 ? std::filesystem::file_size(g.substr(5), ec)
-                                         : vmm::builtin_guest_image(g).size();
+                                          : vmm::builtin_guest_image(g).size();
     sizes.push_back(ec ? 0 : n);
   }
   return sizes;
@@ -68,7 +69,12 @@ LimitCheck check_limits(HostInfo& h, const RunConfig& cfg,
 
   // File descriptors: one per vCPU once set up, and some to spare.
   const uint64_t reserve = kSpareFds;
-  const uint64_t fds = vms * fds_per_vm(cfg.vcpus) + reserve;
+  // With PoD: a userfaultfd, an eventfd and an io_uring per fault thread (mm/fault_service.cpp).
+  const uint64_t pod_fds =
+      cfg.pod_target.empty()
+          ? 0
+          : 2 + (cfg.fault_threads ? cfg.fault_threads : uint64_t(cfg.shard_pcpus()));
+  const uint64_t fds = vms * fds_per_vm(cfg.vcpus) + reserve + pod_fds;
   if (fds > h.nofile_soft) {
     rlimit rl{h.nofile_soft, h.nofile_hard};
     if (fds <= h.nofile_hard) {
@@ -85,6 +91,14 @@ LimitCheck check_limits(HostInfo& h, const RunConfig& cfg,
           " such VMs per process; raise ulimit -n or use --procs");
   }
 
+  // Address space: the process's guest memory is one reservation (mm::Arena).
+  const uint64_t reserved = vms * cfg.mem;
+  if (reserved > kMaxGuestReservation)
+    c.errors.push_back(std::to_string(vms) + " VMs of " + format_size(cfg.mem) + " reserve " +
+                       format_size(reserved) + " of address space in one process, over the " +
+                       format_size(kMaxGuestReservation) + " kvmscale allows of the 128T a " +
+                       "process has: use --procs or a smaller --mem");
+
   // Mappings: a kvm_run page per vCPU; with PoD each VM's RAM is its own userfaultfd range.
   const uint64_t maps = vms * (vcpus + (cfg.pod_target.empty() ? 0 : 2)) + 1024;
   if (h.max_map_count && maps > h.max_map_count)
@@ -92,6 +106,8 @@ LimitCheck check_limits(HostInfo& h, const RunConfig& cfg,
                        " memory mappings but vm.max_map_count is " +
                        std::to_string(h.max_map_count) + ": raise it (sysctl) or use --procs");
 
+  // The parent of a sharded run checked the host for the whole run before starting processes.
+  if (cfg.shard.vms) return c;
   LimitCheck host = check_host_limits(h, cfg, image_sizes);
   auto append = [](std::vector<std::string>& to, const std::vector<std::string>& from) {
     to.insert(to.end(), from.begin(), from.end());
@@ -112,14 +128,23 @@ LimitCheck check_host_limits(const HostInfo& h, const RunConfig& cfg,
   // per VM (kvm-nx-lpage-recovery, a task of this process on recent kernels), which counts against
   // kernel.threads-max and the pids cgroup.
   const uint64_t ours = (thread_per_vcpu ? vms * vcpus : uint64_t(cfg.effective_pcpus())) + 16;
-  const uint64_t threads = ours + vms;
+  // The kernel's workers are tasks of the user too (RLIMIT_NPROC, pids.max), as are the
+  // teardown threads (vmm::RunArea).
+  const uint64_t threads = ours + vms + vmm::RunArea::kReleaseThreads;
   if (h.threads_max && threads > h.threads_max)
     c.errors.push_back("needs " + std::to_string(threads) + " threads (" + std::to_string(ours) +
                        " of kvmscale's, one KVM worker per VM) but kernel.threads-max is " +
                        std::to_string(h.threads_max));
-  if (h.nproc_soft != RLIM_INFINITY && ours > h.nproc_soft)
-    c.errors.push_back("needs " + std::to_string(ours) + " threads but RLIMIT_NPROC is " +
+  if (h.nproc_soft != RLIM_INFINITY && threads > h.nproc_soft)
+    c.errors.push_back("needs " + std::to_string(threads) + " tasks (" + std::to_string(ours) +
+                       " of kvmscale's, one KVM worker per VM, teardown) but RLIMIT_NPROC is " +
                        std::to_string(h.nproc_soft) + ": raise it (ulimit -u)");
+  if (h.pid_max && threads > h.pid_max / 2)
+    c.warnings.push_back("needs " + std::to_string(threads) +
+                         " tasks, over half of "
+                         "kernel.pid_max (" +
+                         std::to_string(h.pid_max) +
+                         ") shared by every task of the host: thread starts may fail");
 
   // Memory: what the guests touch plus the kernel's share, not vms x --mem.
   const std::vector<std::string> guests = cfg.guest_list();

@@ -40,6 +40,8 @@ struct LimitCheck {
 };
 // The size of each guest list entry's image (0 where a file cannot be read).
 std::vector<uint64_t> guest_image_sizes(const RunConfig& cfg);
+// Guest memory one process may reserve (of the 128 TiB of an x86-64 process's address space).
+inline constexpr uint64_t kMaxGuestReservation = 64ull << 40;
 // Fds a process keeps beyond its VMs' (stdio, /dev/kvm, records, the VM fds of VMs being
 // created: at most kCreationWorkers at once).
 inline constexpr uint64_t kSpareFds = 64;

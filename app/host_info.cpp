@@ -207,6 +207,7 @@ HostInfo probe_host(const KvmSystem* kvm) {
   }
   if (getrlimit(RLIMIT_NPROC, &rl) == 0) h.nproc_soft = rl.rlim_cur;
   h.threads_max = read_number("/proc/sys/kernel/threads-max");
+  h.pid_max = read_number("/proc/sys/kernel/pid_max");
   h.max_map_count = read_number("/proc/sys/vm/max_map_count");
   h.uffd_features = probe_uffd_features();
   if (kvm != nullptr) {
@@ -252,6 +253,7 @@ nlohmann::json HostInfo::to_json() const {
         {"nofile_hard", nofile_hard},
         {"nproc_soft", nproc_soft},
         {"threads_max", threads_max},
+        {"pid_max", pid_max},
         {"max_map_count", max_map_count}}},
       {"userfaultfd",
        {{"available", uffd_features >= 0},

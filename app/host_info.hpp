@@ -43,6 +43,7 @@ struct HostInfo {
   uint64_t nofile_soft = 0, nofile_hard = 0;
   uint64_t nproc_soft = 0;
   uint64_t threads_max = 0;
+  uint64_t pid_max = 0;  // kernel.pid_max: tasks of the whole host
   uint64_t max_map_count = 0;
   // userfaultfd (populate-on-demand): -1 unavailable, else the UFFDIO_API feature bits.
   int64_t uffd_features = -1;

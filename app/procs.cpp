@@ -100,6 +100,18 @@ ProcsPlan plan_procs(const RunConfig& cfg, uint64_t nofile_hard) {
     k = uint32_t(want);
     plan.rule += " -> " + std::to_string(k);
   }
+  // A process whose VMs' fds cannot fit would fail its own check after it started: say so now.
+  const uint64_t largest_shard = ceil_div(cfg.vms, k);
+  if (k > 1 && nofile_hard > kSpareFds &&
+      largest_shard * fds_per_vm(cfg.vcpus) > nofile_hard - kSpareFds)
+    throw RunError(
+        "--procs " + std::to_string(k) + ": a process of " + std::to_string(largest_shard) +
+        " VMs needs " + std::to_string(largest_shard * fds_per_vm(cfg.vcpus)) +
+        " fds but RLIMIT_NOFILE's hard limit is " + std::to_string(nofile_hard) +
+        (cfg.sched != "host"
+             ? " and --sched " + cfg.sched + " allows at most one process per pCPU (--pcpus)"
+             : std::string()) +
+        ": raise ulimit -n, or use fewer VMs or vCPUs");
   if (k > 1 && cfg.pcpu_bind)
     throw ConfigError(
         "--pcpu-bind binds each process's pCPU i to the i-th allowed host CPU, so "
@@ -189,7 +201,7 @@ json merge_sched(const RunConfig& cfg, const std::vector<ShardResult>& rs) {
   m["pcpus"] = json::array();
   m["vcpus"] = json::array();
   m["vms"] = json::array();
-  uint64_t passes = 0, wall = 0, total_run = 0;
+  uint64_t passes = 0, accounting = 0, wall = 0, total_run = 0;
   double overhead = 0;
   for (const auto& r : rs) {
     const json& s = r.record["sched"];
@@ -212,6 +224,7 @@ json merge_sched(const RunConfig& cfg, const std::vector<ShardResult>& rs) {
       total_run += v["run_ns"].get<uint64_t>();
     }
     passes += s.value("accounting_passes", uint64_t{0});
+    accounting += s.value("accounting_ns", uint64_t{0});
     wall = std::max(wall, s.value("wall_ns", uint64_t{0}));
     overhead += s.value("sched_overhead", 0.0) * double(r.shard.pcpus);
   }
@@ -225,6 +238,7 @@ json merge_sched(const RunConfig& cfg, const std::vector<ShardResult>& rs) {
   }
   m["jain_fairness"] = sum_sq > 0 ? sum * sum / (double(m["vms"].size()) * sum_sq) : 1.0;
   m["accounting_passes"] = passes;
+  if (first.contains("accounting_ns")) m["accounting_ns"] = accounting;
   m["wall_ns"] = wall;
   m["sched_overhead"] = overhead / double(cfg.effective_pcpus());
   m["double_runs"] = double_runs;
@@ -324,14 +338,14 @@ void merge_run_extras(json& run, const std::vector<ShardResult>& rs) {
         if (v.is_null() || (m.contains(k) && m[k].is_null()))
           m[k] = nullptr;
         else if (v.is_number_unsigned())
-          m[k] = m.contains(k) ? std::max(m[k].get<uint64_t>(), v.get<uint64_t>())
-                               : v.get<uint64_t>();
+          m[k] =
+              m.contains(k) ? std::max(m[k].get<uint64_t>(), v.get<uint64_t>()) : v.get<uint64_t>();
       }
     }
     if (c.contains("resources") && c["resources"].is_object()) {
       json& m = run["resources"];
       for (const auto& [k, v] : c["resources"].items()) {
-        if (!v.is_number_unsigned() || k.rfind("mem_used_", 0) == 0) continue;
+        if (!v.is_number() || k.rfind("mem_used_", 0) == 0) continue;
         const uint64_t x = v.get<uint64_t>();
         if (!m.contains(k))
           m[k] = x;
@@ -553,19 +567,23 @@ bool ended_ok(int status, bool* interrupted) {
 
 // What the whole run needs from the host: each process checks its own fds and mappings (limits
 // per process), but memory and threads are the host's and the user's, shared by all processes.
-std::vector<std::string> check_run_wide_limits(const RunConfig& cfg) {
+LimitCheck check_run_wide_limits(const RunConfig& cfg) {
   LimitCheck c = check_host_limits(probe_host(nullptr), cfg, guest_image_sizes(cfg));
   std::string errors;
   for (const auto& e : c.errors) errors += "\n  " + e;
   if (!errors.empty()) throw RunError("this host cannot hold the run:" + errors);
-  return c.warnings;
+  return c;
 }
 
 }  // namespace
 
 json run_sharded(const RunConfig& cfg, const ProcsPlan& plan) {
   const uint64_t started_unix = unix_now_ns(), start = now_ns();
-  const std::vector<std::string> warnings = check_run_wide_limits(cfg);
+  // Inherited as ignored, SIGCHLD would have the kernel reap the children itself: waitpid
+  // would never see them end.
+  ::signal(SIGCHLD, SIG_DFL);
+  const LimitCheck admission = check_run_wide_limits(cfg);
+  const std::vector<std::string>& warnings = admission.warnings;
   std::error_code ec;
   const std::string exe = fs::read_symlink("/proc/self/exe", ec).string();
   if (ec) throw RunError("cannot find this executable to start VMM processes: " + ec.message());
@@ -647,6 +665,9 @@ json run_sharded(const RunConfig& cfg, const ProcsPlan& plan) {
     if (std::find(record["run"]["warnings"].begin(), record["run"]["warnings"].end(), w) ==
         record["run"]["warnings"].end())
       record["run"]["warnings"].push_back(w);
+  // The whole run's admission (the processes skip the host-wide part).
+  record["run"]["admission"] = {{"memory_needed", admission.memory_needed},
+                                {"assumptions", admission.assumptions}};
   return record;
 }
 

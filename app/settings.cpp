@@ -230,8 +230,8 @@ std::vector<Setting> make_table() {
           .eg("off"),
       text("procs", "procs",
            "VMM processes the VMs are sharded over, each with its own memory, fds, threads and "
-           "(credit/rr) its own pool of --pcpus: a count or auto (one per 5000 VMs, more if "
-           "RLIMIT_NOFILE's hard limit needs it)",
+           "(credit/rr) its own pool of --pcpus: a count or auto (as many as RLIMIT_NOFILE's hard "
+           "limit needs, and with --sched host at least one per 5000 VMs)",
            &RunConfig::procs)
           .legacy_value("1")  // records from before --procs ran in one process
           .axis_split(A::None)

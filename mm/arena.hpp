@@ -50,8 +50,10 @@ inline constexpr size_t kArenaStackSize = 256u << 10;
 
 // A joinable thread whose stack is a slot of an Arena: starting and ending it maps, protects and
 // advises nothing (glibc leaves user stacks alone). There is no guard page (a guard is an
-// mprotect per thread); instead a canary at the stack's far end is checked at join, and a
-// thread that overran its stack ends the process with a message rather than run on corrupted.
+// mprotect per thread); instead a canary word at the stack's far end is checked at join, and a
+// thread found to have overrun its stack ends the process with a message. A detector, not a
+// guard: an overrun has already written into the neighbouring slot (another thread's stack top,
+// its struct pthread and TLS), and a large frame can step over the canary.
 class StackThread {
  public:
   StackThread() = default;

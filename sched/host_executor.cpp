@@ -49,6 +49,7 @@ class HostExecutor final : public Executor {
 
   void start() override {
     live_.store(total_);
+    threads_.reserve(total_);  // a push_back that throws would join a running vCPU thread
     try {
       for (size_t m = 0; m < vms_.size(); m++)
         for (uint32_t i = 0; i < vms_[m]->nr_vcpus(); i++)

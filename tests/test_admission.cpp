@@ -108,3 +108,44 @@ TEST(Admission, MemGoesDownToTheLayoutsMinimum) {
     EXPECT_NE(std::string(e.what()).find("between 6M"), std::string::npos) << e.what();
   }
 }
+
+TEST(Admission, AProcessReservesAtMost64TOfGuestMemoryAndSaysUseProcs) {
+  HostInfo h = host_like_this_one();
+  h.mem_total = h.mem_available = 1ull << 50;  // memory is not what stops this run
+  RunConfig c = idle_vms(40000);
+  c.mem = 4ull << 30;  // 160T of address space in one process, more than x86-64 gives it
+  LimitCheck l = check_limits(h, c, {4096});
+  ASSERT_FALSE(l.errors.empty());
+  EXPECT_TRUE(mentions(l.errors, "of address space in one process")) << l.errors[0];
+  EXPECT_TRUE(mentions(l.errors, "use --procs"));
+}
+
+TEST(Admission, PodFaultServiceFdsAndKernelTasksAreCounted) {
+  HostInfo h = host_like_this_one();
+  RunConfig pod = idle_vms(19900);
+  pod.pod_target = "50%";
+  pod.fault_threads = 64;  // an io_uring each, plus the userfaultfd and an eventfd
+  EXPECT_TRUE(mentions(check_limits(h, pod, {4096}).errors, "open files"));
+  pod.pod_target.clear();
+  EXPECT_FALSE(mentions(check_limits(h, pod, {4096}).errors, "open files"));
+
+  h.nproc_soft = 15000;  // 10,000 vCPU threads fit; with KVM's workers they do not
+  h.pid_max = 32768;
+  LimitCheck host_mode = check_limits(h, idle_vms(10000, "host"), {4096});
+  EXPECT_TRUE(mentions(host_mode.errors, "RLIMIT_NPROC"));
+  EXPECT_TRUE(mentions(host_mode.warnings, "kernel.pid_max"));
+}
+
+TEST(Admission, AProcessOfAShardedRunChecksOnlyItsOwnFdsAndMappings) {
+  HostInfo h = host_like_this_one();
+  RunConfig c = idle_vms(30000, "host");  // 30,000 vCPU threads: over the user's limit
+  h.nproc_soft = 20000;
+  EXPECT_TRUE(mentions(check_limits(h, c, {4096}).errors, "RLIMIT_NPROC"));
+  c.shard.vms = 15000;  // the parent checked the host for the whole run
+  c.shard.count = 2;
+  LimitCheck l = check_limits(h, c, {4096});
+  EXPECT_TRUE(l.errors.empty()) << l.errors.front();
+  EXPECT_TRUE(l.assumptions.empty());
+  c.shard.vms = 19990;  // but its own fds are its own
+  EXPECT_TRUE(mentions(check_limits(h, c, {4096}).errors, "open files"));
+}

@@ -253,6 +253,8 @@ TEST(Procs, HostMemoryIsCheckedForTheWholeRunNotPerProcess) {
       0, 60000);
   EXPECT_EQ(s.exit_code, 1) << s.err;
   EXPECT_NE(s.err.find("of host memory but the host has"), std::string::npos) << s.err;
+  EXPECT_EQ(s.err.find("VMM process"), std::string::npos) << "a process started: " << s.err;
+  EXPECT_EQ(s.err.find("stderr ends"), std::string::npos) << "a process started: " << s.err;
   EXPECT_EQ(s.err.find("[proc "), std::string::npos) << "started processes: " << s.err;
 }
 

@@ -4,6 +4,7 @@
 #include "app/cli.hpp"
 #include "app/config.hpp"
 #include "app/procs.hpp"
+#include "app/testbed.hpp"
 
 using namespace kvmscale::app;
 
@@ -31,10 +32,19 @@ TEST(ProcsPlan, AutoIsOneProcessPer5000VmsInHostModeOrWhatTheFdLimitHolds) {
                  20000);
   EXPECT_EQ(p.shards.size(), 1u);
   EXPECT_NE(p.rule.find("split only to fit"), std::string::npos) << p.rule;
-  p = plan_procs(args({"--vms", "15000", "--vcpus", "4", "--sched", "credit", "--pcpus", "2"}),
+  p = plan_procs(args({"--vms", "9000", "--vcpus", "4", "--sched", "credit", "--pcpus", "2"}),
                  20000);
-  EXPECT_EQ(p.shards.size(), 2u);
-  EXPECT_NE(p.rule.find("at most 2 (one pCPU per pool)"), std::string::npos) << p.rule;
+  EXPECT_EQ(p.shards.size(), 2u);  // 4,984 4-vCPU VMs fit a process
+  EXPECT_NE(p.rule.find("-> 2"), std::string::npos) << p.rule;
+  // Two pools of 7,500 4-vCPU VMs need 30,000 fds each: refused before any process starts.
+  try {
+    plan_procs(args({"--vms", "15000", "--vcpus", "4", "--sched", "credit", "--pcpus", "2"}),
+               20000);
+    FAIL() << "a plan whose processes cannot hold their VMs' fds was accepted";
+  } catch (const RunError& e) {
+    EXPECT_NE(std::string(e.what()).find("at most one process per pCPU"), std::string::npos)
+        << e.what();
+  }
 }
 
 TEST(ProcsPlan, VmsAndPcpusAreSplitContiguously) {

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <optional>
 
 #include "mm/arena.hpp"
 
@@ -65,23 +66,25 @@ void RunArea::release(unsigned threads) {
       }
     }
   };
+  if (std::find(in_place_.begin(), in_place_.end(), true) == in_place_.end()) return;
   const size_t chunks = (pages_ + kChunk - 1) / kChunk;
   const size_t helpers =
       std::min<size_t>(threads, chunks) > 1 ? std::min<size_t>(threads, chunks) - 1 : 0;
-  if (helpers > 0) {
-    mm::Arena stacks(helpers, mm::kArenaStackSize, "teardown thread stacks");
-    std::vector<mm::StackThread> pool;
-    try {
+  // Never throws (it runs from the destructor, also while a RunError unwinds): without stacks
+  // or threads, the calling thread unmaps everything itself, only slower.
+  std::optional<mm::Arena> stacks;
+  std::vector<mm::StackThread> pool;
+  try {
+    if (helpers > 0) {
+      stacks.emplace(helpers, mm::kArenaStackSize, "teardown thread stacks");
+      pool.reserve(helpers);
       for (size_t t = 0; t < helpers; t++)
-        pool.push_back(mm::StackThread::start(stacks, t, "teardown thread", unmap_chunks));
-    } catch (const std::exception&) {
-      // fewer helpers: the calling thread does the rest
+        pool.push_back(mm::StackThread::start(*stacks, t, "teardown thread", unmap_chunks));
     }
-    unmap_chunks();
-    for (auto& t : pool) t.join();
-  } else {
-    unmap_chunks();
+  } catch (const std::exception&) {
   }
+  unmap_chunks();
+  for (auto& t : pool) t.join();
   std::fill(in_place_.begin(), in_place_.end(), false);
 }
 

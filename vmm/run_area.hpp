@@ -27,13 +27,15 @@ class RunArea {
   ~RunArea() { release(kReleaseThreads); }
 
   // Threads that unmap at the end: they mostly sleep in the kernel's grace-period waits, so
-  // many more than CPUs (3,000 VMs that ran: 18.5 s on 1 thread, 2.5 s on 64, 0.7 s on 256, on a 2-CPU host).
+  // many more than CPUs (3,000 VMs that ran: 18.5 s on 1 thread, 2.5 s on 64, 0.7 s on 256, on a
+  // 2-CPU host).
   static constexpr unsigned kReleaseThreads = 256;
 
   // Maps vCPU `vcpu`'s kvm_run page at slot `slot`, or anywhere if something else took that
   // address meanwhile (a "stray", unmapped on its own). Throws KvmError.
   kvm_run* map(const VcpuFd& vcpu, size_t slot);
-  // Unmaps every page on up to `threads` threads and returns when all are gone. Idempotent.
+  // Unmaps every page on up to `threads` threads and returns when all are gone. Idempotent;
+  // never throws.
   // The vCPUs using these pages must be gone first.
   void release(unsigned threads);
   size_t strays() const { return strays_.size(); }
