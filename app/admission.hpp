@@ -16,11 +16,12 @@ namespace kvmscale::app {
 // Host memory per VM, per vCPU and per vCPU thread (--sched host) that admission assumes on top
 // of what guests touch: KVM's VM and vCPU structures and worker thread, the kvm_run page,
 // shadow or EPT tables of a small guest, a thread's kernel stack and touched user stack. An
-// estimate from MemAvailable before and while running thousands of idle VMs on Linux 6.1
-// (docs/scale.md); the record reports what the run really took (run.resources).
-inline constexpr uint64_t kKernelBytesPerVm = 192ull << 10;
-inline constexpr uint64_t kKernelBytesPerVcpu = 64ull << 10;
-inline constexpr uint64_t kBytesPerVcpuThread = 128ull << 10;
+// estimate from the drop in MemAvailable while 10,000 idle 1-vCPU VMs ran on this KVM-PVM host
+// (kernel 6.18: ~610 KiB per VM all told, docs/scale.md); the record reports what the run
+// really took (run.resources).
+inline constexpr uint64_t kKernelBytesPerVm = 384ull << 10;
+inline constexpr uint64_t kKernelBytesPerVcpu = 128ull << 10;
+inline constexpr uint64_t kBytesPerVcpuThread = 64ull << 10;
 
 // Host memory one VM will touch, and why.
 struct GuestFootprint {
