@@ -149,9 +149,10 @@ TEST(Scale, VcpuThreadsStartAndEndWithoutAMappingEach) {
   ex->stop();
   const size_t after = mappings();
   // std::thread would add a stack and a guard page per thread (80 here) and drop the stacks at
-  // join: each such change calls every VM's mmu notifier.
-  EXPECT_LE(running, before + 4) << "vCPU threads added mappings";
-  EXPECT_LE(after, before + 4);
+  // join: each such change calls every VM's mmu notifier. Sanitizer runtimes map a few chunks
+  // of per-thread state of their own (6 for 40 threads under ASan), not one per thread.
+  EXPECT_LE(running, before + kVms / 4) << "vCPU threads added mappings";
+  EXPECT_LE(after, before + kVms / 4);
 }
 
 TEST(Scale, ARunRecordsItsPhasesAndResourcesAndLeavesNothingBehind) {
