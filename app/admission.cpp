@@ -82,13 +82,13 @@ LimitCheck check_limits(HostInfo& h, const RunConfig& cfg,
       if (setrlimit(RLIMIT_NOFILE, &rl) == 0) h.nofile_soft = fds;
     }
     if (fds > h.nofile_soft)
-      c.errors.push_back(
-          std::to_string(vms) + " VMs of " + std::to_string(vcpus) + " vCPU(s) need " +
-          std::to_string(fds) + " open files (one per vCPU, " + std::to_string(reserve) +
-          " spare) but RLIMIT_NOFILE is " + std::to_string(h.nofile_soft) + " (hard " +
-          std::to_string(h.nofile_hard) + "): at most " +
-          std::to_string(h.nofile_hard > reserve ? (h.nofile_hard - reserve) / vcpus : 0) +
-          " such VMs per process; raise ulimit -n or use --procs");
+      c.errors.push_back(std::to_string(vms) + " VMs of " + std::to_string(vcpus) +
+                         " vCPU(s) need " + std::to_string(fds) + " open files (one per vCPU, " +
+                         std::to_string(reserve) + " spare) but RLIMIT_NOFILE is " +
+                         std::to_string(h.nofile_soft) + " (hard " + std::to_string(h.nofile_hard) +
+                         "): at most " +
+                         std::to_string(vms_fitting_fds(h.nofile_hard, cfg.vcpus, pod_fds)) +
+                         " such VMs per process; raise ulimit -n or use --procs");
   }
 
   // Address space: the process's guest memory is one reservation (mm::Arena).

@@ -49,6 +49,11 @@ inline constexpr uint64_t kSpareFds = 64;
 inline constexpr int kCreationWorkers = 8;
 // File descriptors one VM costs once set up: one per vCPU (the VM fd is closed: vmm/vm.hpp).
 inline uint64_t fds_per_vm(uint32_t vcpus) { return vcpus; }
+// VMs of `vcpus` vCPUs one process can hold under an fd limit of `nofile`, besides `other_fds`.
+inline uint64_t vms_fitting_fds(uint64_t nofile, uint32_t vcpus, uint64_t other_fds = 0) {
+  const uint64_t spare = kSpareFds + other_fds;
+  return nofile > spare ? (nofile - spare) / fds_per_vm(vcpus) : 0;
+}
 // What the run needs from this host: fds and mappings for the VMs of this process (its shard
 // under --procs), threads and memory for the whole run. `image_sizes[i]` is the size of guest
 // list entry i (0 where unknown). Raises the soft RLIMIT_NOFILE to what is needed when it can.

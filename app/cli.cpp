@@ -152,8 +152,7 @@ int do_info(bool json) {
   nlohmann::json j = h.to_json();
   j["kvmscale_version"] = version_string();
   j["guests"] = embedded_guest_names();
-  j["max_vms_by_nofile"] =
-      h.nofile_hard > kSpareFds ? (h.nofile_hard - kSpareFds) / fds_per_vm(1) : 0;
+  j["max_vms_by_nofile"] = vms_fitting_fds(h.nofile_hard, 1);
   if (!kvm_error.empty()) j["kvm_error"] = kvm_error;
   if (json) {
     std::cout << j.dump(2) << "\n";
@@ -191,8 +190,7 @@ int do_info(bool json) {
     std::cout << "kvm:      unavailable (" << kvm_error << ")\n";
   }
   std::cout << "limits:   open files " << h.nofile_soft << " (hard " << h.nofile_hard
-            << ") => at most ~"
-            << (h.nofile_hard > kSpareFds ? (h.nofile_hard - kSpareFds) / fds_per_vm(1) : 0)
+            << ") => at most ~" << vms_fitting_fds(h.nofile_hard, 1)
             << " 1-vCPU VMs per process; threads-max " << h.threads_max << ", max_map_count "
             << h.max_map_count << "\n"
             << "uffd:     "

@@ -72,7 +72,7 @@ ProcsPlan plan_procs(const RunConfig& cfg, uint64_t nofile_hard) {
   } else {
     // As check_limits counts: kSpareFds kept for stdio, /dev/kvm, files and creation.
     const uint64_t per_vm = fds_per_vm(cfg.vcpus);
-    const uint64_t fit = nofile_hard > kSpareFds ? (nofile_hard - kSpareFds) / per_vm : 0;
+    const uint64_t fit = vms_fitting_fds(nofile_hard, cfg.vcpus);
     const uint64_t by_fds = fit ? ceil_div(cfg.vms, fit) : cfg.vms;
     plan.rule = "auto: RLIMIT_NOFILE hard " + std::to_string(nofile_hard) + " holds " +
                 std::to_string(fit) + " VMs of " + std::to_string(per_vm) + " fd(s) per process (" +
@@ -102,8 +102,7 @@ ProcsPlan plan_procs(const RunConfig& cfg, uint64_t nofile_hard) {
   }
   // A process whose VMs' fds cannot fit would fail its own check after it started: say so now.
   const uint64_t largest_shard = ceil_div(cfg.vms, k);
-  if (k > 1 && nofile_hard > kSpareFds &&
-      largest_shard * fds_per_vm(cfg.vcpus) > nofile_hard - kSpareFds)
+  if (k > 1 && nofile_hard > kSpareFds && largest_shard > vms_fitting_fds(nofile_hard, cfg.vcpus))
     throw RunError(
         "--procs " + std::to_string(k) + ": a process of " + std::to_string(largest_shard) +
         " VMs needs " + std::to_string(largest_shard * fds_per_vm(cfg.vcpus)) +

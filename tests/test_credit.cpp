@@ -7,6 +7,7 @@
 #include <string>
 
 #include "sched/credit.hpp"
+#include "timing.hpp"
 
 using namespace kvmscale::sched;
 using kvmscale::locks::LockPolicy;
@@ -803,15 +804,7 @@ double ns_per_slice_end(uint32_t n) {
   for (uint32_t i = 0; i < n; i++) f.vcpu(f.s.add_domain(256, 0));
   f.s.start(0);
   uint64_t now = 0;
-  double best = 1e18;
-  for (int round = 0; round < 7; round++) {
-    constexpr int kCalls = 2000;
-    auto t0 = std::chrono::steady_clock::now();
-    for (int i = 0; i < kCalls; i++) f.s.schedule(0, now += ms);
-    std::chrono::duration<double, std::nano> dt = std::chrono::steady_clock::now() - t0;
-    best = std::min(best, dt.count() / kCalls);
-  }
-  return best;
+  return kvmscale::test::best_ns_per_call(7, 2000, [&](int) { f.s.schedule(0, now += ms); });
 }
 }  // namespace
 

@@ -15,6 +15,7 @@
 #include "sched/context_threads.hpp"
 #include "sched/cross_call.hpp"
 #include "sched/p2m_sync.hpp"
+#include "timing.hpp"
 
 using namespace kvmscale::sched;
 using kvmscale::locks::LockPolicy;
@@ -414,16 +415,9 @@ namespace {
 double ns_per_find(uint32_t n) {
   ContextThreads t(n);
   for (uint32_t c = 0; c < n; c++) t.register_thread(c, 1000 + 3 * c);
-  double best = 1e18;
   volatile int sink = 0;
-  for (int round = 0; round < 5; round++) {
-    constexpr uint32_t kFinds = 20000;
-    auto t0 = std::chrono::steady_clock::now();
-    for (uint32_t i = 0; i < kFinds; i++) sink = sink + t.find(1000 + (i * 7919) % (6 * n));
-    std::chrono::duration<double, std::nano> dt = std::chrono::steady_clock::now() - t0;
-    best = std::min(best, dt.count() / kFinds);
-  }
-  return best;
+  return kvmscale::test::best_ns_per_call(
+      5, 20000, [&](int i) { sink = sink + t.find(1000 + (uint32_t(i) * 7919) % (6 * n)); });
 }
 }  // namespace
 
@@ -446,19 +440,11 @@ double ns_per_two_target_call(uint32_t n) {
   CpuSet targets(n);
   targets.set(0);
   targets.set(n - 1);
-  double best = 1e18;
-  for (int round = 0; round < 5; round++) {
-    constexpr int kCalls = 2000;
-    auto t0 = std::chrono::steady_clock::now();
-    for (int i = 0; i < kCalls; i++) {
-      f.cc.on_selected_cpus(
-          targets, [](uint32_t) {}, 0);
-      f.cc.serve(n - 1);  // drains its mailbox (the call was excused)
-    }
-    std::chrono::duration<double, std::nano> dt = std::chrono::steady_clock::now() - t0;
-    best = std::min(best, dt.count() / kCalls);
-  }
-  return best;
+  return kvmscale::test::best_ns_per_call(5, 2000, [&](int) {
+    f.cc.on_selected_cpus(
+        targets, [](uint32_t) {}, 0);
+    f.cc.serve(n - 1);  // drains its mailbox (the call was excused)
+  });
 }
 }  // namespace
 
