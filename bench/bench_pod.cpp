@@ -25,6 +25,7 @@
 #include "mm/pod_vm.hpp"
 #include "mm/userfaultfd.hpp"
 #include "sched/cross_call.hpp"
+#include "sched/p2m.hpp"
 #include "vmm/backend.hpp"
 #include "vmm/clock.hpp"
 #include "vmm/guest_images.hpp"
@@ -81,8 +82,10 @@ double kvmscale_populate_ns(Region& r) {
   mm::Userfaultfd uffd;
   locks::LockRegistry locks(locks::LockPolicy::parse("ticket", {}));
   mm::PodParams pp;
-  pp.target = r.len / kPage;  // populate only: the policy runs, nothing needs reclaiming
-  mm::PodVm pod(r.base, r.len, kPage, pp, uffd, locks.make("pod", "pod"), [] {});
+  pp.target = r.len / kPage;       // populate only: the policy runs, nothing needs reclaiming
+  sched::P2m p2m(0, {}, nullptr);  // no contexts: nothing holds the VM's translations
+  mm::PodVm pod(r.base, r.len, kPage, pp, uffd, locks.make("pod", "pod"), p2m);
+  p2m.attach_pod(pod, nullptr);
   double ns;
   {
     mm::FaultService service(uffd, 1, [&](const mm::FaultEvent& ev) { pod.handle(ev); });

@@ -12,36 +12,21 @@
 #include <vector>
 
 #include "mm/guest_memory.hpp"
+#include "mm/p2m_view.hpp"
 #include "mm/soft_tlb.hpp"
 
 namespace kvmscale::mm {
 
-// The p2m's epochs: a counter per guest page, odd while the page is fenced for a PoD zero check
-// (its entry is PoD: no translation may be cached), bumped to even once the flush that
-// invalidated older translations completed (mm/pod_vm.hpp). Read without locks.
-class P2mEpochs {
- public:
-  virtual ~P2mEpochs() = default;
-  virtual uint32_t epoch(uint64_t gpa) const = 0;
-  // Makes the page at gpa present for a VMM-side access, on the calling thread, and keeps it
-  // so until put_page(gpa): Xen's get_page_from_gfn(P2M_ALLOC) runs p2m_pod_demand_populate for
-  // a PoD entry a hypercall touches and holds a page reference, which p2m_pod_zero_check
-  // respects. `poll` answers the caller's cross-calls while it waits for locks or acks. False:
-  // out of PoD memory (the VM has been crashed; no reference taken).
-  virtual bool get_page(uint64_t /*gpa*/, const std::function<void()>& /*poll*/) { return true; }
-  virtual void put_page(uint64_t /*gpa*/) {}
-};
-
 class GuestView {
  public:
   static constexpr uint64_t kPage = 4096;
-  // tlb, safe_point and epochs may be null (no TLB: direct translation).
+  // tlb, safe_point and p2m may be null (no TLB: direct translation; no p2m: no PoD, epoch 0).
   GuestView(const GuestMemory& mem, uint32_t vm, SoftTlb* tlb,
-            const std::function<void()>* safe_point, P2mEpochs* epochs)
-      : mem_(mem), vm_(vm), tlb_(tlb), safe_point_(safe_point), epochs_(epochs) {}
+            const std::function<void()>* safe_point, P2mView* p2m)
+      : mem_(mem), vm_(vm), tlb_(tlb), safe_point_(safe_point), p2m_(p2m) {}
   // Pointers it returned are valid (their pages held) until it goes: one exit's handling.
   ~GuestView() {
-    for (uint64_t gpa : held_) epochs_->put_page(gpa);
+    for (uint64_t gpa : held_) p2m_->put_page(gpa);
   }
   GuestView(const GuestView&) = delete;
   GuestView& operator=(const GuestView&) = delete;
@@ -76,11 +61,11 @@ class GuestView {
   // §3), and a context waiting for a lock this one holds (the console's) could not ack either.
   // A held page is never zero-checked, so populating page 2 cannot reclaim page 1 under us.
   bool populate(uint64_t gpa, uint64_t len) const {
-    if (!epochs_) return true;
+    if (!p2m_) return true;
     const std::function<void()> none;
     const std::function<void()>& poll = safe_point_ ? *safe_point_ : none;
     for (uint64_t gfn = gpa / kPage; gfn <= (gpa + len - 1) / kPage; gfn++) {
-      if (!epochs_->get_page(gfn * kPage, poll)) return false;
+      if (!p2m_->get_page(gfn * kPage, poll)) return false;
       held_.push_back(gfn * kPage);
     }
     return true;
@@ -94,7 +79,7 @@ class GuestView {
   void walk(uint64_t gpa, uint64_t len) const {
     if (!tlb_) return;
     for (uint64_t gfn = gpa / kPage; gfn <= (gpa + len - 1) / kPage; gfn++) {
-      const uint32_t now = epochs_ ? epochs_->epoch(gfn * kPage) : 0;
+      const uint32_t now = p2m_ ? p2m_->epoch(gfn * kPage) : 0;
       if (const SoftTlb::Entry* e = tlb_->lookup(vm_, gfn)) {
         const uint32_t age = now - e->epoch;
         if (age == 0 || age == 1) continue;
@@ -111,7 +96,7 @@ class GuestView {
   uint32_t vm_;
   SoftTlb* tlb_;
   const std::function<void()>* safe_point_;
-  P2mEpochs* epochs_;
+  P2mView* p2m_;
   mutable std::vector<uint64_t> held_;  // pages got by populate(), put back by the destructor
 };
 

@@ -41,7 +41,7 @@ PodParams with_granules(PodParams p, uint64_t len, uint64_t granule) {
 }  // namespace
 
 PodVm::PodVm(uint8_t* ram, uint64_t len, uint64_t granule, PodParams params, Userfaultfd& uffd,
-             std::unique_ptr<locks::AnyLock> lock, std::function<void()> flush, uint64_t gpa_base,
+             std::unique_ptr<locks::AnyLock> lock, P2mView& p2m, uint64_t gpa_base,
              std::function<void()> out_of_memory)
     : base_(reinterpret_cast<uint64_t>(ram)),
       len_(len),
@@ -49,11 +49,9 @@ PodVm::PodVm(uint8_t* ram, uint64_t len, uint64_t granule, PodParams params, Use
       gpa_base_(gpa_base),
       uffd_(uffd),
       lock_(std::move(lock)),
-      flush_(std::move(flush)),
+      p2m_(p2m),
       out_of_memory_(std::move(out_of_memory)),
       pod_(with_granules(params, len, granule), *this),
-      granules_(len / granule),
-      epochs_(std::make_unique<std::atomic<uint32_t>[]>(len / granule)),
       refs_(std::make_unique<std::atomic<uint32_t>[]>(len / granule)) {
   uffd_.register_range(ram, len);
 }
@@ -124,17 +122,11 @@ bool PodVm::full_zero(uint64_t g) {
 }
 
 void PodVm::fence(uint64_t g) {
-  epochs_[g].fetch_add(1, std::memory_order_release);  // odd: fenced, flush not yet done
-  fenced_.push_back(g);
+  p2m_.fence(gpa_base_ + g * granule_);  // before the guest loses access: the entry is PoD
   if (uffd_.writeprotect(addr(g), granule_, true) != 0) uffd_errors_++;
 }
 
-void PodVm::flush() {
-  flush_();
-  // The flush has completed: translations cached before the fence are stale from now on.
-  for (uint64_t g : fenced_) epochs_[g].fetch_add(1, std::memory_order_release);
-  fenced_.clear();
-}
+void PodVm::flush() { p2m_.flush(); }
 
 void PodVm::unfence(uint64_t g) {
   if (uffd_.writeprotect(addr(g), granule_, false) != 0) uffd_errors_++;

@@ -1,6 +1,6 @@
 // A set of pCPU (or context) indices that threads update and read concurrently: one atomic word
 // per 64 members. Every operation names its memory order: the credit scheduler's idle mask is a
-// hint (relaxed), the p2m masks are a store-load pair (seq_cst, sched/p2m_sync.hpp).
+// hint (relaxed), the p2m masks are a store-load pair (seq_cst, sched/p2m.hpp).
 #pragma once
 
 #include <atomic>

@@ -53,6 +53,22 @@ CrossCall::CrossCall(uint32_t npcpus, CallLockMode mode, locks::LockRegistry& lo
 
 CrossCall::~CrossCall() = default;
 
+thread_local const CrossCall* CrossCall::serving_cc_ = nullptr;
+thread_local int CrossCall::serving_for_ = -1;
+
+CrossCall::ServingFault::ServingFault(CrossCall& cc, int c)
+    : cc_(cc), c_(c), outer_cc_(serving_cc_), outer_c_(serving_for_) {
+  if (c_ >= 0) cc_.set_stalled(uint32_t(c_), true);
+  serving_cc_ = &cc_;
+  serving_for_ = c_;
+}
+
+CrossCall::ServingFault::~ServingFault() {
+  serving_cc_ = outer_cc_;
+  serving_for_ = outer_c_;
+  if (c_ >= 0) cc_.set_stalled(uint32_t(c_), false);
+}
+
 // Post versus stall (a store-load pair on each side, Dekker's pattern): the initiator posts
 // (stores has_pending) and later loads `stalled` to excuse the target; a target leaving a stall
 // stores `stalled` and then loads has_pending at its next safe point before it uses a
@@ -98,7 +114,7 @@ void CrossCall::set_stalled(uint32_t p, bool stalled, Stall why) {
 void CrossCall::on_selected_cpus(const CpuSet& targets, const Fn& fn, int self, int initiator) {
   std::vector<uint32_t> list = targets.members();  // ascending: the per-CPU lock order
   if (list.empty()) return;
-  if (initiator == -2) initiator = self;
+  if (initiator == -2) initiator = self >= 0 || serving_cc_ != this ? self : serving_for_;
   Initiator& who =
       initiators_[initiator >= 0 && uint32_t(initiator) < npcpus() ? initiator : npcpus()];
   const uint32_t now_in = inflight_.fetch_add(1, std::memory_order_relaxed) + 1;

@@ -42,8 +42,8 @@ class CrossCall {
   ~CrossCall();
 
   // Runs fn(t) on every t in targets. `self` is the calling pCPU, or -1 for other threads.
-  // `initiator` is the context whose fault the call serves (for the per-initiator counters; a
-  // fault thread acts for the faulting pCPU); default: self.
+  // `initiator` is the context the per-initiator counters charge; default: self, or, on a thread
+  // serving a fault (ServingFault), the faulting context (a fault thread acts for it).
   void on_selected_cpus(const CpuSet& targets, const Fn& fn, int self, int initiator = -2);
   // pCPU p at a safe point: runs every call aimed at it. Cheap when there is none.
   void serve(uint32_t p);
@@ -55,6 +55,23 @@ class CrossCall {
   // p entered / left a state in which it cannot serve calls (and uses no translation). For
   // kInFault each `true` must be matched by one `false`.
   void set_stalled(uint32_t p, bool stalled, Stall why = kInFault);
+
+  // The calling thread serves a fault of context c while this lives (a fault thread acting for
+  // the faulting pCPU, which in Xen serves its own fault): c counts as stalled (kInFault) and
+  // cross-calls this thread initiates are c's. c < 0: the fault is no context's (nothing stalls).
+  class ServingFault {
+   public:
+    ServingFault(CrossCall& cc, int c);
+    ~ServingFault();
+    ServingFault(const ServingFault&) = delete;
+    ServingFault& operator=(const ServingFault&) = delete;
+
+   private:
+    CrossCall& cc_;
+    int c_;
+    const CrossCall* outer_cc_;
+    int outer_c_;
+  };
 
   uint32_t npcpus() const { return uint32_t(slots_.size()); }
   CallLockMode mode() const { return mode_; }
@@ -77,6 +94,9 @@ class CrossCall {
     std::unique_ptr<locks::AnyLock> lock;  // percpu mode
   };
   static constexpr uint32_t kFaultUnit = 1u << 8;
+  // The context the calling thread serves a fault of (ServingFault), and for which cross-call.
+  static thread_local const CrossCall* serving_cc_;
+  static thread_local int serving_for_;
   void post(uint32_t t, const std::shared_ptr<Call>& c, uint32_t target);
 
   CallLockMode mode_;

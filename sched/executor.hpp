@@ -14,7 +14,7 @@
 #include "sched/cpuset.hpp"
 #include "sched/credit.hpp"
 #include "sched/cross_call.hpp"
-#include "sched/p2m_sync.hpp"
+#include "sched/p2m.hpp"
 #include "vmm/vm.hpp"
 
 namespace kvmscale::sched {
@@ -35,9 +35,9 @@ class Executor {
   // Cross-call targets ("contexts"): the pCPU threads (credit/rr) or the vCPU threads (host).
   virtual uint32_t contexts() const = 0;
   virtual void kick_context(uint32_t c) = 0;
-  // `vm`'s dirty mask (the targets of its flushes) and invalidate marks, which the contexts
-  // keep up to date as they enter its vCPUs (sched/p2m_sync.hpp).
-  virtual P2mSync& p2m_sync(const vmm::Vm& vm) const = 0;
+  // `vm`'s p2m view (sched/p2m.hpp): its dirty mask and invalidate marks, which the contexts
+  // keep up to date as they enter its vCPUs, its epochs and its flush.
+  virtual P2m& p2m(const vmm::Vm& vm) const = 0;
   // The context running on thread `tid`, or -1.
   virtual int context_of_thread(uint32_t tid) const = 0;
   // Contexts serve `cc` at safe points and count as stalled while blocked, idle or gone.

@@ -37,11 +37,9 @@ class HostExecutor final : public Executor {
       }
     }
     threads_of_ = std::make_unique<ContextThreads>(total_);
-    for (size_t m = 0; m < vms_.size(); m++) {
-      p2m_.push_back(std::make_unique<P2mSync>(total_));
-      p2m_.back()->vm = vms_[m]->index();
-    }
     tlbs_.resize(total_);
+    for (auto* vm : vms_)
+      p2m_.push_back(std::make_unique<P2m>(vm->index(), std::span(tlbs_), threads_of_.get()));
   }
   ~HostExecutor() override { stop(); }
 
@@ -72,9 +70,9 @@ class HostExecutor final : public Executor {
 
   uint32_t contexts() const override { return uint32_t(total_); }
   void kick_context(uint32_t c) override { slot_of(c).kicker.kick(); }
-  P2mSync& p2m_sync(const vmm::Vm& vm) const override {
+  P2m& p2m(const vmm::Vm& vm) const override {
     auto it = index_of_.find(&vm);
-    if (it == index_of_.end()) throw std::out_of_range("p2m_sync: not a VM of this executor");
+    if (it == index_of_.end()) throw std::out_of_range("p2m: not a VM of this executor");
     return *p2m_[it->second];
   }
   int context_of_thread(uint32_t tid) const override { return threads_of_->find(tid); }
@@ -126,13 +124,13 @@ class HostExecutor final : public Executor {
     const std::function<void()> safe_point = [this, ctx] {
       if (cc_) cc_->serve(ctx);
     };
-    const vmm::PcpuAccess access{&tlbs_[ctx], &safe_point};
     // A vCPU thread only ever holds its own VM: it joins the dirty mask once, before its first
-    // entry, and honours the invalidate marks before every entry (sched/p2m_sync.hpp).
-    P2mSync& p2m = *p2m_[m];
+    // entry, and honours the invalidate marks before every entry (sched/p2m.hpp).
+    P2m& p2m = *p2m_[m];
+    const vmm::PcpuAccess access{&tlbs_[ctx], &safe_point, &p2m};
     p2m.join(ctx);
     while (!stopping_.load(std::memory_order_relaxed) && !vm.stopped()) {
-      if (p2m.take_invalidate(ctx)) tlbs_[ctx].invalidate_vm(vm.index());
+      p2m.before_entry(ctx);
       vmm::Action a = vm.run_once(v, kicker, access);
       if (cc_) cc_->serve(ctx);  // a safe point: answer flushes before going on
       using K = vmm::Action::Kind;
@@ -168,8 +166,8 @@ class HostExecutor final : public Executor {
   std::vector<mm::StackThread> threads_;
   std::vector<uint32_t> first_context_;  // per VM: context index of its vCPU 0
   std::unique_ptr<ContextThreads> threads_of_;
-  std::vector<mm::SoftTlb> tlbs_;              // per vCPU thread
-  std::vector<std::unique_ptr<P2mSync>> p2m_;  // per VM
+  std::vector<mm::SoftTlb> tlbs_;          // per vCPU thread
+  std::vector<std::unique_ptr<P2m>> p2m_;  // per VM
   CrossCall* cc_ = nullptr;
   size_t total_ = 0;
   std::atomic<size_t> live_{0};

@@ -32,7 +32,7 @@
 #include "sched/context_threads.hpp"
 #include "sched/credit.hpp"
 #include "sched/executor.hpp"
-#include "sched/p2m_sync.hpp"
+#include "sched/p2m.hpp"
 #include "sched/wake_slot.hpp"
 #include "vmm/clock.hpp"
 
@@ -43,7 +43,7 @@ struct ExecVcpu {
   vmm::Vm* vm;
   vmm::Vcpu* vcpu;
   SchedVcpu* sv = nullptr;
-  P2mSync* p2m = nullptr;  // its VM's dirty mask and invalidate marks
+  P2m* p2m = nullptr;  // its VM's p2m view (dirty mask, invalidate marks, epochs)
   std::atomic<bool> finished{false};
   std::atomic<uint64_t> timer_gen{0};  // block generation of its newest timeout (BlockTimers)
 };
@@ -113,8 +113,8 @@ class PcpuExecutor final : public Executor, public PcpuSignals {
     for (size_t m = 0; m < vms.size(); m++) {
       vmm::Vm* vm = vms[m];
       SchedDomain& d = sched_->add_domain(opt.weight_of(vm->index()), opt.cap_of(vm->index()));
-      p2m_.emplace(vm->index(), std::make_unique<P2mSync>(opt.npcpus));
-      p2m_.at(vm->index())->vm = vm->index();
+      p2m_.emplace(vm->index(),
+                   std::make_unique<P2m>(vm->index(), std::span(tlbs_), threads_of_.get()));
       for (uint32_t i = 0; i < vm->nr_vcpus(); i++, global++) {
         auto ev = std::make_unique<ExecVcpu>();
         ev->vm = vm;
@@ -170,7 +170,7 @@ class PcpuExecutor final : public Executor, public PcpuSignals {
 
   uint32_t contexts() const override { return uint32_t(pcpus_.size()); }
   void kick_context(uint32_t c) override { tickle(c); }
-  P2mSync& p2m_sync(const vmm::Vm& vm) const override { return *p2m_.at(vm.index()); }
+  P2m& p2m(const vmm::Vm& vm) const override { return *p2m_.at(vm.index()); }
   int context_of_thread(uint32_t tid) const override { return threads_of_->find(tid); }
   void set_cross_call(CrossCall* cc) override { cc_ = cc; }
   mm::SoftTlb& tlb(uint32_t c) override { return tlbs_[c]; }
@@ -260,14 +260,14 @@ class PcpuExecutor final : public Executor, public PcpuSignals {
 
   // Before KVM_RUN of ev on p: switch dirty masks if p last ran another VM (__context_switch;
   // idle in between keeps the mask), then drop the VM's translations if a flush marked p
-  // (vmx_vmenter_helper). Join before the check: see sched/p2m_sync.hpp.
-  void enter_vm(uint32_t p, P2mSync*& held, ExecVcpu& ev) {
+  // (vmx_vmenter_helper). Join before the check: see sched/p2m.hpp.
+  void enter_vm(uint32_t p, P2m*& held, ExecVcpu& ev) {
     if (held != ev.p2m) {
       if (held) held->leave(p);
       ev.p2m->join(p);
       held = ev.p2m;
     }
-    if (ev.p2m->take_invalidate(p)) tlbs_[p].invalidate_vm(ev.vm->index());
+    ev.p2m->before_entry(p);
   }
 
   // Sleeps until tickled or `until` (0: until tickled).
@@ -334,11 +334,10 @@ class PcpuExecutor final : public Executor, public PcpuSignals {
     uint64_t next_tick = start_ns_ + tick * (p + 1) / pcpus_.size();
     uint64_t armed = 0, deadline = 0;
     SchedVcpu* cur = nullptr;
-    P2mSync* held = nullptr;  // the VM whose translations this pCPU holds (its dirty mask)
+    P2m* held = nullptr;  // the VM whose translations this pCPU holds (its dirty mask)
     const std::function<void()> safe_point = [this, p] {
       if (cc_) cc_->serve(p);
     };
-    const vmm::PcpuAccess access{&tlbs_[p], &safe_point};
     while (!stopping_.load(std::memory_order_relaxed)) {
       if (cc_) cc_->serve(p);  // a safe point: answer flushes before anything else
       uint64_t now = now_ns();
@@ -386,7 +385,7 @@ class PcpuExecutor final : public Executor, public PcpuSignals {
       }
       enter_vm(p, held, ev);
       uint64_t t0 = now_ns();
-      vmm::Action a = ev.vm->run_once(*ev.vcpu, pc.kicker, access);
+      vmm::Action a = ev.vm->run_once(*ev.vcpu, pc.kicker, {&tlbs_[p], &safe_point, ev.p2m});
       if (cc_) cc_->serve(p);
       uint64_t t1 = now_ns();
       pc.busy_ns += t1 - t0;
@@ -427,7 +426,7 @@ class PcpuExecutor final : public Executor, public PcpuSignals {
   std::unique_ptr<CreditScheduler> sched_;
   std::vector<std::unique_ptr<ExecVcpu>> vcpus_;
   std::map<uint32_t, std::vector<ExecVcpu*>> by_vm_;
-  std::map<uint32_t, std::unique_ptr<P2mSync>> p2m_;  // by VM index; built before the threads
+  std::map<uint32_t, std::unique_ptr<P2m>> p2m_;  // by VM index; built before the threads
   std::unique_ptr<ContextThreads> threads_of_;
   std::vector<mm::SoftTlb> tlbs_;  // per pCPU
   CrossCall* cc_ = nullptr;        // by VM index: reports come out in order

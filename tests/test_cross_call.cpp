@@ -14,7 +14,6 @@
 
 #include "sched/context_threads.hpp"
 #include "sched/cross_call.hpp"
-#include "sched/p2m_sync.hpp"
 #include "timing.hpp"
 
 using namespace kvmscale::sched;
@@ -324,56 +323,6 @@ TEST(LocksPolling, EveryStrategyPollsWhileItWaits) {
     EXPECT_TRUE(polled.load()) << strategy_name(s);
     lock.unlock(held);
     waiter.join();
-  }
-}
-
-// The dirty mask and invalidate marks of one VM (Xen's domain_dirty_cpumask, ept->invalidate).
-TEST(P2mSync, AFlushMarksEveryContextAndTargetsOnlyTheDirtyMask) {
-  P2mSync s(70);  // more than one word
-  s.join(3);
-  s.join(65);
-  EXPECT_EQ(s.prepare_flush().members(), (std::vector<uint32_t>{3, 65}));
-  for (uint32_t c = 0; c < 70; c++) EXPECT_TRUE(s.marked(c)) << c;
-  EXPECT_TRUE(s.take_invalidate(8)) << "not dirty, but must invalidate before its next entry";
-  EXPECT_FALSE(s.take_invalidate(8)) << "once";
-  EXPECT_EQ(s.flushes(), 1u);
-  EXPECT_EQ(s.mask_total(), 2u);
-  EXPECT_EQ(s.mask_max(), 2u);
-}
-
-TEST(P2mSync, AContextLeavesTheMaskWhenItSwitchesToAnotherVm) {
-  P2mSync a(2), b(2);
-  a.join(0);  // pCPU 0 runs a vCPU of A
-  a.leave(0);
-  b.join(0);  // ... then one of B
-  EXPECT_TRUE(a.prepare_flush().empty()) << "A's flush needs no ack from pCPU 0";
-  EXPECT_EQ(b.prepare_flush().members(), std::vector<uint32_t>{0});
-  EXPECT_TRUE(a.take_invalidate(0)) << "but pCPU 0 drops A's translations before entering A";
-  EXPECT_EQ(a.flushes(), 1u);
-  EXPECT_EQ(a.mask_total(), 0u);
-}
-
-// Entry (join, then check the mark) racing a flush (mark, then read the mask): the context is
-// always either a target of the flush or sees the mark. A broken order (e.g. reading the mask
-// before marking) loses both in some interleavings.
-TEST(P2mSync, AnEntryRacingAFlushIsEitherTargetedOrMarked) {
-  for (int round = 0; round < 2000; round++) {
-    P2mSync s(2);
-    std::atomic<int> go{0};
-    bool targeted = false, marked = false;
-    std::thread flusher([&] {
-      go++;
-      while (go.load() < 2) {
-      }
-      targeted = s.prepare_flush().test(1);
-    });
-    go++;
-    while (go.load() < 2) {
-    }
-    s.join(1);
-    marked = s.take_invalidate(1);
-    flusher.join();
-    ASSERT_TRUE(targeted || marked) << "round " << round;
   }
 }
 

@@ -4,26 +4,20 @@
 #include <functional>
 #include <map>
 
+#include "fake_p2m.hpp"
 #include "vmm/hypercall.hpp"
 
 using namespace kvmscale::vmm;
 using kvmscale::mm::GuestMemory;
 
 namespace {
-struct FakeEpochs : kvmscale::mm::P2mEpochs {
-  std::map<uint64_t, uint32_t> by_page;
-  uint32_t epoch(uint64_t gpa) const override {
-    auto it = by_page.find(gpa / 4096);
-    return it == by_page.end() ? 0 : it->second;
-  }
-};
 
 struct HcallFixture : testing::Test {
   GuestMemory mem{8 << 20};
   kvmscale::mm::SoftTlb tlb;
   int safe_points = 0;
   std::function<void()> safe_point = [this] { safe_points++; };
-  FakeEpochs epochs;
+  kvmscale::test::FakeP2m epochs;
   ks_hcall_page& page = *mem.object_at<ks_hcall_page>(KS_HCALL_GPA);
   VcpuStats stats;
   ConsoleLog console;

@@ -5,11 +5,11 @@
 #include <map>
 #include <set>
 
+#include "fake_p2m.hpp"
 #include "mm/guest_memory.hpp"
 #include "mm/guest_view.hpp"
 #include "mm/pod.hpp"
 #include "mm/soft_tlb.hpp"
-#include "sched/cross_call.hpp"
 
 using namespace kvmscale::mm;
 
@@ -258,28 +258,18 @@ TEST(Pod, RejectsBadParameters) {
 }
 
 // The software TLB's stale-hit detection, through GuestView (the code exit handlers use), with
-// the p2m epochs of PodVm's protocol: odd = fenced, even again = the flush completed.
-namespace {
-struct FakeEpochs : P2mEpochs {
-  std::map<uint64_t, uint32_t> by_gfn;
-  uint32_t epoch(uint64_t gpa) const override {
-    auto it = by_gfn.find(gpa / 4096);
-    return it == by_gfn.end() ? 0 : it->second;
-  }
-};
-}  // namespace
-
+// the p2m's epochs (mm/p2m_view.hpp): odd = fenced, even again = the flush completed.
 TEST(GuestView, AUseAfterTheFenceButBeforeTheFlushCompletedIsNotStale) {
   GuestMemory mem(8ull << 20);
   SoftTlb tlb;
-  FakeEpochs ep;
+  kvmscale::test::FakeP2m ep;
   GuestView view(mem, 1, &tlb, nullptr, &ep);
   const uint64_t gpa = 5ull << 20;
   ASSERT_NE(view.translate(gpa, 8), nullptr);  // cached at epoch 0
-  ep.by_gfn[gpa / 4096] = 1;                   // fenced; the flush has not reached us yet
+  ep.by_page[gpa / 4096] = 1;                  // fenced; the flush has not reached us yet
   view.translate(gpa, 8);
   EXPECT_EQ(tlb.stale_hits(), 0u) << "Xen allows this use: the flush is still on its way";
-  ep.by_gfn[gpa / 4096] = 2;  // the flush completed, but it never invalidated this TLB
+  ep.by_page[gpa / 4096] = 2;  // the flush completed, but it never invalidated this TLB
   view.translate(gpa, 8);
   EXPECT_EQ(tlb.stale_hits(), 1u) << "a use after the flush that should have removed it";
   view.translate(gpa, 8);
@@ -289,46 +279,14 @@ TEST(GuestView, AUseAfterTheFenceButBeforeTheFlushCompletedIsNotStale) {
 TEST(GuestView, NoTranslationOfAFencedPageIsCached) {
   GuestMemory mem(8ull << 20);
   SoftTlb tlb;
-  FakeEpochs ep;
+  kvmscale::test::FakeP2m ep;
   GuestView view(mem, 1, &tlb, nullptr, &ep);
   const uint64_t gpa = 5ull << 20;
-  ep.by_gfn[gpa / 4096] = 1;  // fenced
+  ep.by_page[gpa / 4096] = 1;  // fenced
   view.translate(gpa, 8);
-  ep.by_gfn[gpa / 4096] = 2;  // reclaimed and flushed: a translation from the fenced time
-  view.translate(gpa, 8);     // would be stale now
+  ep.by_page[gpa / 4096] = 2;  // reclaimed and flushed: a translation from the fenced time
+  view.translate(gpa, 8);      // would be stale now
   EXPECT_EQ(tlb.stale_hits(), 0u);
-}
-
-// A flush through the cross-call to two contexts, one stalled in a fault and excused: the stalled
-// one applies it at its next safe point, which GuestView passes before translating, so neither
-// uses a stale translation. Without the flush both would.
-TEST(GuestView, TheCrossCallFlushLeavesNoStaleTranslationEvenForAnExcusedContext) {
-  using kvmscale::locks::LockPolicy;
-  using kvmscale::locks::LockRegistry;
-  using kvmscale::sched::CallLockMode;
-  using kvmscale::sched::CpuSet;
-  using kvmscale::sched::CrossCall;
-  for (bool flush : {true, false}) {
-    SCOPED_TRACE(flush ? "flushed" : "flush skipped");
-    GuestMemory mem(8ull << 20);
-    FakeEpochs ep;
-    LockRegistry locks(LockPolicy::parse("ticket", {}));
-    CrossCall cc(2, CallLockMode::Global, locks, [](uint32_t) {});
-    std::vector<SoftTlb> tlbs(2);
-    std::vector<std::function<void()>> safe;
-    for (uint32_t c = 0; c < 2; c++) safe.push_back([&cc, c] { cc.serve(c); });
-    const uint64_t gpa = 6ull << 20;
-    for (uint32_t c = 0; c < 2; c++) GuestView(mem, 1, &tlbs[c], &safe[c], &ep).translate(gpa, 8);
-    ep.by_gfn[gpa / 4096] = 1;  // fence
-    cc.set_stalled(1, true);    // context 1 is in a fault: excused, serves later
-    if (flush)
-      cc.on_selected_cpus(
-          CpuSet(2, true), [&tlbs](uint32_t c) { tlbs[c].invalidate_vm(1); }, 0);
-    ep.by_gfn[gpa / 4096] = 2;  // the flush completed
-    cc.set_stalled(1, false);
-    for (uint32_t c = 0; c < 2; c++) GuestView(mem, 1, &tlbs[c], &safe[c], &ep).translate(gpa, 8);
-    for (uint32_t c = 0; c < 2; c++) EXPECT_EQ(tlbs[c].stale_hits(), flush ? 0u : 1u) << c;
-  }
 }
 
 TEST(SoftTlb, FlushOnlyDropsThatVm) {

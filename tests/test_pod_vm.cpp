@@ -17,6 +17,7 @@
 #include "mm/guest_view.hpp"
 #include "mm/pod_vm.hpp"
 #include "mm/userfaultfd.hpp"
+#include "sched/p2m.hpp"
 
 using namespace kvmscale;
 using namespace std::chrono_literals;
@@ -50,8 +51,10 @@ uint64_t boot_with_a_write_at(mm::Pod::HookPoint at, uint64_t offset, uint64_t v
   Region r;
   mm::PodParams pp;
   pp.target = 8;
+  sched::P2m p2m(0, {}, nullptr);  // no contexts hold the VM: a flush completes the epochs only
   mm::PodVm pod(r.base, kPages * kPage, kPage, pp, *uffd,
-                std::make_unique<locks::AnyLock>(locks::Strategy::Ticket), [] {});
+                std::make_unique<locks::AnyLock>(locks::Strategy::Ticket), p2m);
+  p2m.attach_pod(pod, nullptr);
   std::atomic<uint8_t*> target{nullptr};
   std::thread writer;
   pod.set_test_hook([&](mm::Pod::HookPoint p, uint64_t g) {
@@ -112,28 +115,29 @@ TEST(PodVm, APageAnExitHandlerHoldsIsNeverReclaimedUnderIt) {
   mm::PodParams pp;
   pp.target = 2;
   bool out_of_memory = false;
-  mm::PodVm pod(
-      mem.host_base() + kBase, kBase, kPage, pp, *uffd,
-      std::make_unique<locks::AnyLock>(locks::Strategy::Ticket), [] {}, kBase,
-      [&] { out_of_memory = true; });
+  sched::P2m p2m(0, {}, nullptr);
+  mm::PodVm pod(mem.host_base() + kBase, kBase, kPage, pp, *uffd,
+                std::make_unique<locks::AnyLock>(locks::Strategy::Ticket), p2m, kBase,
+                [&] { out_of_memory = true; });
+  p2m.attach_pod(pod, nullptr);
   const uint64_t a = kBase + 5 * kPage, z = kBase + 9 * kPage, b = kBase + 6 * kPage;
   mm::SoftTlb tlb;
   {
-    mm::GuestView handler(mem, 0, &tlb, nullptr, &pod);
+    mm::GuestView handler(mem, 0, &tlb, nullptr, &p2m);
     const uint8_t* pa = handler.translate(a, 8);
     ASSERT_NE(pa, nullptr);
-    ASSERT_NE(mm::GuestView(mem, 0, &tlb, nullptr, &pod).translate(z, 8), nullptr);
+    ASSERT_NE(mm::GuestView(mem, 0, &tlb, nullptr, &p2m).translate(z, 8), nullptr);
     ASSERT_NE(handler.translate(b, 8), nullptr);
     EXPECT_FALSE(out_of_memory) << "Z was there to reclaim";
-    EXPECT_EQ(pod.epoch(a), 0u) << "A was fenced (and reclaimed) while the handler held it";
-    EXPECT_EQ(pod.epoch(z), 2u) << "Z should have been reclaimed instead";
+    EXPECT_EQ(p2m.epoch(a), 0u) << "A was fenced (and reclaimed) while the handler held it";
+    EXPECT_EQ(p2m.epoch(z), 2u) << "Z should have been reclaimed instead";
     unsigned char present = 0;
     ASSERT_EQ(mincore(const_cast<uint8_t*>(pa) - (a % kPage), kPage, &present), 0);
     EXPECT_EQ(present & 1, 1) << "A is gone: reading it would fault";
     EXPECT_EQ(pod.report()["referenced_skipped"], 1u);
   }
   // Released with the handler: Z's populate again reclaims B, the ring's one entry left.
-  ASSERT_NE(mm::GuestView(mem, 0, &tlb, nullptr, &pod).translate(z, 8), nullptr);
+  ASSERT_NE(mm::GuestView(mem, 0, &tlb, nullptr, &p2m).translate(z, 8), nullptr);
   EXPECT_FALSE(out_of_memory);
-  EXPECT_EQ(pod.epoch(b), 2u) << "B, no longer held, is a candidate again";
+  EXPECT_EQ(p2m.epoch(b), 2u) << "B, no longer held, is a candidate again";
 }

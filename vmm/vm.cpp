@@ -108,7 +108,7 @@ Action Vm::handle_exit(Vcpu& v, PcpuAccess access) {
     case KVM_EXIT_IO:
       if (run->io.port == KS_DOORBELL_PORT && run->io.direction == KVM_EXIT_IO_OUT)
         return dispatch_hypercall(
-            mm::GuestView(*mem_, index(), access.tlb, access.safe_point, epochs_), v.page(),
+            mm::GuestView(*mem_, index(), access.tlb, access.safe_point, access.p2m), v.page(),
             v.index(), nr_vcpus(), v.stats, console_);
       // The legacy POST/delay port: KVM absorbs writes on some hosts and exits on others (seen
       // on two KVM-PVM hosts); ignore them everywhere so guests see one behaviour.

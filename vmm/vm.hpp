@@ -67,11 +67,13 @@ class Vcpu {
 
 enum class VmState { Running, Exited, Crashed };
 
-// Where exit handlers on a pCPU translate guest addresses: its software TLB and the safe point
-// that answers pending flushes (both may be null).
+// How exit handlers on a pCPU reach the VM's memory: the pCPU's software TLB, the safe point that
+// answers its pending flushes, and the VM's p2m (epochs and page references; sched::P2m). Each
+// may be null.
 struct PcpuAccess {
   mm::SoftTlb* tlb = nullptr;
   const std::function<void()>* safe_point = nullptr;
+  mm::P2mView* p2m = nullptr;
 };
 
 class Vm {
@@ -95,8 +97,6 @@ class Vm {
 
   // One KVM_RUN of `v` on the calling thread, and what to do about the exit.
   Action run_once(Vcpu& v, Kicker& kicker, PcpuAccess access = {});
-  // PoD: the epochs of this VM's p2m, for the TLB's stale-hit check. Set before the run starts.
-  void set_p2m_epochs(mm::P2mEpochs* e) { epochs_ = e; }
 
   // Entries into KVM_RUN refused because another thread was inside it on the same vCPU. Always
   // 0 unless an executor hands one vCPU to two threads; Debug builds abort instead.
@@ -124,7 +124,6 @@ class Vm {
   std::unique_ptr<mm::GuestMemory> mem_;
   std::vector<std::unique_ptr<Vcpu>> vcpus_;
   ConsoleLog console_;
-  mm::P2mEpochs* epochs_ = nullptr;
   uint64_t create_ns_ = 0;
   std::atomic<VmState> state_{VmState::Running};
   std::atomic<uint32_t> running_vcpus_;
