@@ -289,7 +289,6 @@ nlohmann::json run_testbed_with_hooks(const RunConfig& cfg, const TestHooks& hoo
 
   EndReason end = EndReason::AllExited;
   nlohmann::json sched_report = nlohmann::json::object(), tlb_report = nlohmann::json::object();
-  std::unique_ptr<PodRuntime> pod;
   nlohmann::json pod_report;
   std::map<uint32_t, nlohmann::json> pod_vm_reports;
   t.exec_start_ns = now_ns();
@@ -297,6 +296,19 @@ nlohmann::json run_testbed_with_hooks(const RunConfig& cfg, const TestHooks& hoo
     end = EndReason::Interrupted;
   } else {
     std::unique_ptr<sched::Executor> executor;
+    std::unique_ptr<PodRuntime> pod;
+    // On every way out of this block, exceptions included: the vCPUs stop (their exit handlers
+    // populate through the PoD runtime), then the PoD runtime goes (its fault threads and the
+    // VMs' p2m attachments point into the executor), then the executor. Both steps are no-ops
+    // where the normal path already took them.
+    struct TearDownInOrder {
+      std::unique_ptr<sched::Executor>& executor;
+      std::unique_ptr<PodRuntime>& pod;
+      ~TearDownInOrder() {
+        if (executor) executor->stop();
+        pod.reset();
+      }
+    } tear_down{executor, pod};
     if (cfg.sched == "host") {
       executor = sched::make_host_executor(vm_ptrs);
     } else {
@@ -331,7 +343,6 @@ nlohmann::json run_testbed_with_hooks(const RunConfig& cfg, const TestHooks& hoo
     try {
       executor->start();  // none of its threads left running if it throws
     } catch (const std::exception& e) {
-      pod.reset();  // its fault threads call into the executor: they go first
       throw RunError(std::string("starting the run failed: ") + e.what());
     }
     const uint64_t deadline = t.exec_start_ns + cfg.duration_ns;
@@ -349,13 +360,12 @@ nlohmann::json run_testbed_with_hooks(const RunConfig& cfg, const TestHooks& hoo
       if (pod && !pod->faults_served(now)) {
         // The vCPUs would wait for their faults to the end and the record would look like a
         // slow boot (issue 12: "booted 0", exit 0 under a pids limit).
-        executor->stop();
-        pod.reset();
         throw RunError(
             "guest page faults are not being served: one has waited unread for 1 s with no fault "
             "thread busy (the kernel could not start io_uring's worker thread for the "
             "userfaultfd reads? raise ulimit -u or the pids cgroup's pids.max)");
       }
+      if (hooks.fail_while_running) throw std::runtime_error("test hook: failing while running");
       if (now - last_sample >= 100000000) {  // threads and memory while running, 10 Hz
         ResourceSample r = sample_resources();
         running.threads = std::max(running.threads, r.threads);
@@ -370,10 +380,8 @@ nlohmann::json run_testbed_with_hooks(const RunConfig& cfg, const TestHooks& hoo
     }
     executor->stop();
     for (const Vm* vm : vm_ptrs)
-      if (std::string err = vm->host_error(); !err.empty()) {
-        pod.reset();
+      if (std::string err = vm->host_error(); !err.empty())
         throw RunError("the run failed: " + err);
-      }
     sched_report = executor->report();
     uint64_t double_runs = 0;  // a vCPU entered by two threads at once: must stay 0
     for (const Vm* vm : vm_ptrs) double_runs += vm->double_runs();

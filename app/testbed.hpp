@@ -28,6 +28,9 @@ struct TestHooks {
   int fail_thread_start = -1;
   // The fault service never reads a fault, as when the kernel cannot start io_uring's worker.
   bool fault_reads_off = false;
+  // The run loop throws once the vCPUs run, as any unexpected error there would (the PoD
+  // runtime, executor and VMs must still be torn down in order).
+  bool fail_while_running = false;
 };
 
 // Runs the configured scenario and returns its run record (docs/run-record.md).

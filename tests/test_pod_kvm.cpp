@@ -134,6 +134,23 @@ TEST(PodKvm, FlushMaskIsThePcpusHoldingTheVm) {
   }
 }
 
+// An error while the vCPUs run (a test hook throws from the run loop) unwinds the run: the PoD
+// runtime, whose fault threads and p2m attachments point into the executor, must go before the
+// executor. Before, the executor went first and the runtime's teardown called into it (ASan:
+// heap-use-after-free).
+TEST(PodKvm, AnErrorWhileRunningTearsDownPodBeforeTheExecutor) {
+  SKIP_WITHOUT_KVM();
+  for (const char* sched : {"credit", "host"}) {
+    SCOPED_TRACE(sched);
+    auto c = pod_config(2, 2, "50%");
+    c.sched = sched;
+    c.pcpus = 2;
+    app::TestHooks hooks;
+    hooks.fail_while_running = true;
+    EXPECT_THROW(app::run_testbed_with_hooks(c, hooks), std::runtime_error);
+  }
+}
+
 // Exit handlers reading PoD RAM while it is reclaimed (boot-zero arg2: CONSOLE hypercalls on the
 // page just zeroed and on the one zeroed 40 pages before, by then reclaimed): the reads see the
 // zeros the guest wrote, the TLBs really translate PoD pages (hits and misses), and no
