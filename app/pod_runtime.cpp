@@ -22,13 +22,13 @@ PodRuntime::PodRuntime(const RunConfig& cfg, const std::vector<vmm::Vm*>& vms, s
       cc_(ex.contexts(),
           cfg.call_lock == "percpu" ? sched::CallLockMode::PerCpu : sched::CallLockMode::Global,
           locks, [&ex](uint32_t c) { ex.kick_context(c); }) {
-  ex.set_cross_call(&cc_);
   mm::PodParams pp;
   pp.target = cfg.pod_target_granules();
   pp.stride = cfg.sweep_stride;
   pp.limit = cfg.sweep_limit;
   mm::parse_pod_reclaim(cfg.pod_reclaim, pp.reclaim);  // validated by RunConfig
   try {
+    ex.set_cross_call(&cc_);
     for (vmm::Vm* vm : vms) {
       pp.vm = vm->index();
       uint8_t* ram = vm->memory().host_base() + KS_RAM_GPA;
@@ -42,10 +42,10 @@ PodRuntime::PodRuntime(const RunConfig& cfg, const std::vector<vmm::Vm*>& vms, s
           ram, vm->memory().size() - KS_RAM_GPA, cfg.pod_granule, pp, uffd_,
           locks.make("pod", "pod[vm" + std::to_string(vm->index()) + "]"), p2m, KS_RAM_GPA,
           [this, vm] { out_of_memory(*vm); });
-      p2m.attach_pod(*p->pod, &cc_);
+      pods_.push_back(std::move(p));  // first: detach() must find every attached one
+      p2m.attach_pod(*pods_.back()->pod, &cc_);
       p2m.skip_flushes_for_test(skip_flushes);
-      pod_of_vm_.emplace(vm, p.get());
-      pods_.push_back(std::move(p));
+      pod_of_vm_.emplace(vm, pods_.back().get());
     }
     // Faults find their VM by address: a binary search instead of a scan of every VM.
     for (auto& p : pods_) by_address_.push_back(p.get());

@@ -57,9 +57,9 @@ class GuestView {
  private:
   // Populates the range's PoD pages here, on the accessing thread, and holds them until the view
   // goes, so that the access itself cannot fault: a fault thread flushing on another page would
-  // wait for this context's ack while this context waited for a fault thread (ARCHITECTURE.md
-  // §3), and a context waiting for a lock this one holds (the console's) could not ack either.
-  // A held page is never zero-checked, so populating page 2 cannot reclaim page 1 under us.
+  // wait for this context's ack while this context waited for a fault thread (docs/pod.md,
+  // stall rule), and a context waiting for a lock this one holds (the console's) could not ack
+  // either. A held page is never zero-checked, so populating page 2 cannot reclaim page 1 under us.
   bool populate(uint64_t gpa, uint64_t len) const {
     if (!p2m_) return true;
     const std::function<void()> none;

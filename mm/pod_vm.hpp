@@ -26,8 +26,10 @@ class PodVm final : public PodBackend {
  public:
   enum class Outcome { Resolved, OutOfMemory };
   // Registers [ram, ram+len) with uffd. `lock` serialises the policy (class "pod"). The range is
-  // guest-physical [gpa_base, gpa_base+len); `p2m` is the VM's (it outlives this); `out_of_memory`
-  // runs when a VMM-side access finds the VM out of PoD memory (it crashes the VM).
+  // guest-physical [gpa_base, gpa_base+len); `p2m` is the VM's (it outlives this), and this PodVm
+  // must be attached to it (sched::P2m::attach_pod) before the first fault: the p2m keeps the
+  // epochs its fences bump. `out_of_memory` runs when a VMM-side access finds the VM out of PoD
+  // memory (it crashes the VM).
   PodVm(uint8_t* ram, uint64_t len, uint64_t granule, PodParams params, Userfaultfd& uffd,
         std::unique_ptr<locks::AnyLock> lock, P2mView& p2m, uint64_t gpa_base = 0,
         std::function<void()> out_of_memory = {});

@@ -127,7 +127,7 @@ class HostExecutor final : public Executor {
     // A vCPU thread only ever holds its own VM: it joins the dirty mask once, before its first
     // entry, and honours the invalidate marks before every entry (sched/p2m.hpp).
     P2m& p2m = *p2m_[m];
-    const vmm::PcpuAccess access{&tlbs_[ctx], &safe_point, &p2m};
+    const vmm::PcpuAccess access{&tlbs_[ctx], &safe_point, p2m.exit_view()};
     p2m.join(ctx);
     while (!stopping_.load(std::memory_order_relaxed) && !vm.stopped()) {
       p2m.before_entry(ctx);

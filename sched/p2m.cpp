@@ -28,18 +28,24 @@ bool P2m::before_entry(uint32_t c) {
 void P2m::attach_pod(mm::PodVm& pod, CrossCall* cc) {
   if (cc ? cc->npcpus() != contexts() : contexts() != 0)
     throw std::logic_error("P2m: the cross-call's contexts are not the executor's");
-  pod_ = &pod;
-  cc_ = cc;
+  if (pod.granule() == 0 || pod.size() % pod.granule() != 0)
+    throw std::logic_error("P2m: PoD RAM is not a whole number of granules");
+  // Everything that can throw first: a failed attach leaves the p2m as it was.
+  auto epochs = std::make_unique<std::atomic<uint32_t>[]>(pod.size() / pod.granule());
+  fenced_.clear();
+  fenced_.reserve(64);
+  epochs_ = std::move(epochs);
   pod_base_ = pod.gpa_base();
   pod_len_ = pod.size();
   granule_ = pod.granule();
-  epochs_ = std::make_unique<std::atomic<uint32_t>[]>(pod_len_ / granule_);
-  fenced_.clear();
+  pod_ = &pod;
+  cc_ = cc;
 }
 
 void P2m::detach_pod() {
   pod_ = nullptr;
   cc_ = nullptr;
+  skip_flushes_ = false;
 }
 
 std::atomic<uint32_t>* P2m::epoch_slot(uint64_t gpa) const {

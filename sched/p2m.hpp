@@ -67,6 +67,9 @@ class P2m final : public mm::P2mView {
   // detach after they stopped.
   void attach_pod(mm::PodVm& pod, CrossCall* cc);
   void detach_pod();
+  // What exit handlers get with each exit (vmm::PcpuAccess): this p2m while PoD is attached,
+  // else null (nothing to populate, every epoch 0: GuestView then skips both).
+  mm::P2mView* exit_view() { return pod_ ? this : nullptr; }
   // Test hook: flush() only completes the epochs, as if every flush had been lost.
   void skip_flushes_for_test(bool skip) { skip_flushes_ = skip; }
 

@@ -385,7 +385,8 @@ class PcpuExecutor final : public Executor, public PcpuSignals {
       }
       enter_vm(p, held, ev);
       uint64_t t0 = now_ns();
-      vmm::Action a = ev.vm->run_once(*ev.vcpu, pc.kicker, {&tlbs_[p], &safe_point, ev.p2m});
+      vmm::Action a =
+          ev.vm->run_once(*ev.vcpu, pc.kicker, {&tlbs_[p], &safe_point, ev.p2m->exit_view()});
       if (cc_) cc_->serve(p);
       uint64_t t1 = now_ns();
       pc.busy_ns += t1 - t0;

@@ -304,6 +304,75 @@ TEST(CrossCall, PerCpuLocksOnlyTheTargets) {
   EXPECT_EQ(g.locks.report()["classes"]["call"]["acquisitions"], 1);
 }
 
+// Calls charged to initiating context c (-1: to no context) so far.
+static uint64_t calls_charged_to(const CrossCall& cc, int c) {
+  const nlohmann::json r = cc.report();  // (a temporary's member would dangle in the loop)
+  for (const auto& i : r["initiators"])
+    if (c < 0 ? i["context"].is_null() : i["context"] == c) return i["calls"].get<uint64_t>();
+  return 0;
+}
+
+// A fault thread serving context c's fault (CrossCall::ServingFault): c is stalled (excused from
+// acks) and the calls the thread initiates are c's, exactly while the scope lives, nested scopes
+// restore the outer one, another CrossCall's scope changes nothing here, and an exception ends
+// the stall (a stall left behind would excuse c's acks for good).
+TEST(CrossCall, ServingFaultStallsItsContextAndChargesItsCallsWhileItLives) {
+  Fake f(3, CallLockMode::Global), other(3, CallLockMode::Global);
+  std::atomic<int> ran{0};
+  const CrossCall::Fn count = [&ran](uint32_t) { ran++; };
+  f.cc.set_stalled(0, true, CrossCall::kIdle);  // context 0 idle: calls to it never wait
+  {
+    CrossCall::ServingFault serving(f.cc, 1);
+    f.cc.on_selected_cpus(CpuSet::single(3, 1), count, -1);  // excused: 1 is in its fault
+    EXPECT_EQ(calls_charged_to(f.cc, 1), 1u);
+    {
+      CrossCall::ServingFault inner(f.cc, 2);
+      f.cc.on_selected_cpus(CpuSet::single(3, 2), count, -1);
+      EXPECT_EQ(calls_charged_to(f.cc, 2), 1u);
+    }
+    f.cc.on_selected_cpus(CpuSet::single(3, 0), count, -1);
+    EXPECT_EQ(calls_charged_to(f.cc, 1), 2u) << "the outer scope is restored";
+  }
+  EXPECT_EQ(f.cc.report()["acks_excused_stalled"], 3u);
+  EXPECT_EQ(ran.load(), 0);
+  f.cc.serve(1);  // after its fault: the excused call still runs
+  f.cc.serve(2);
+  EXPECT_EQ(ran.load(), 2);
+  f.cc.on_selected_cpus(CpuSet::single(3, 0), count, -1);
+  EXPECT_EQ(calls_charged_to(f.cc, -1), 1u) << "no scope: no context's";
+  {
+    CrossCall::ServingFault elsewhere(other.cc, 2);
+    f.cc.on_selected_cpus(CpuSet::single(3, 0), count, -1);
+  }
+  EXPECT_EQ(calls_charged_to(f.cc, -1), 2u) << "another cross-call's scope";
+  {
+    CrossCall::ServingFault nobody(f.cc, -1);
+    f.cc.on_selected_cpus(CpuSet::single(3, 0), count, -1);
+  }
+  EXPECT_EQ(calls_charged_to(f.cc, -1), 3u);
+  try {
+    CrossCall::ServingFault serving(f.cc, 1);
+    throw std::runtime_error("fault service failed");
+  } catch (const std::runtime_error&) {
+  }
+  // Context 1 serves again: a call to it is acked by it, not excused.
+  std::atomic<bool> stop{false};
+  std::thread one([&] {
+    while (!stop.load()) f.cc.serve(1);
+  });
+  std::atomic<bool> done{false};
+  std::thread dog([&] { watchdog(done, 20s, "call to a context that serves"); });
+  const int before = ran.load();
+  f.cc.on_selected_cpus(CpuSet::single(3, 1), count, -1);
+  done = true;
+  dog.join();
+  stop = true;
+  one.join();
+  EXPECT_EQ(ran.load(), before + 1);
+  EXPECT_EQ(f.cc.report()["acks_excused_stalled"], 6u)
+      << "1 and 2 once each, idle 0 four times; the served call not";
+}
+
 TEST(LocksPolling, EveryStrategyPollsWhileItWaits) {
   using namespace kvmscale::locks;
   for (Strategy s : {Strategy::Ticket, Strategy::Mcs, Strategy::Clh, Strategy::Ttas,

@@ -17,7 +17,7 @@ struct HcallFixture : testing::Test {
   kvmscale::mm::SoftTlb tlb;
   int safe_points = 0;
   std::function<void()> safe_point = [this] { safe_points++; };
-  kvmscale::test::FakeP2m epochs;
+  kvmscale::test::FakeP2m p2m;
   ks_hcall_page& page = *mem.object_at<ks_hcall_page>(KS_HCALL_GPA);
   VcpuStats stats;
   ConsoleLog console;
@@ -26,7 +26,7 @@ struct HcallFixture : testing::Test {
     page.args[0] = a0;
     page.args[1] = a1;
     page.ret = 12345;
-    return dispatch_hypercall(kvmscale::mm::GuestView(mem, 3, &tlb, &safe_point, &epochs), page, 0,
+    return dispatch_hypercall(kvmscale::mm::GuestView(mem, 3, &tlb, &safe_point, &p2m), page, 0,
                               nr_vcpus, stats, console);
   }
   void put(uint64_t gpa, const char* s) {
@@ -45,13 +45,13 @@ TEST_F(HcallFixture, GuestAccessGoesThroughTheTlbAndCatchesAMissedFlush) {
   call(KS_HC_CONSOLE, 0x400ffe, 3);
   EXPECT_EQ(tlb.hits(), 2u);
   EXPECT_EQ(tlb.stale_hits(), 0u);
-  epochs.by_page[0x401] = 1;  // fenced: a use before the flush completes is allowed
+  p2m.by_page[0x401] = 1;  // fenced: a use before the flush completes is allowed
   call(KS_HC_CONSOLE, 0x400ffe, 3);
   EXPECT_EQ(tlb.stale_hits(), 0u);
-  epochs.by_page[0x401] = 2;  // the flush completed, but nobody flushed this pCPU
+  p2m.by_page[0x401] = 2;  // the flush completed, but nobody flushed this pCPU
   call(KS_HC_CONSOLE, 0x400ffe, 3);
   EXPECT_EQ(tlb.stale_hits(), 1u);
-  epochs.by_page[0x401] = 4;  // reclaimed again, this time with the flush
+  p2m.by_page[0x401] = 4;  // reclaimed again, this time with the flush
   tlb.invalidate_vm(3);
   call(KS_HC_CONSOLE, 0x400ffe, 3);
   EXPECT_EQ(tlb.stale_hits(), 1u);

@@ -143,8 +143,10 @@ TEST(P2m, AContextLeavesTheMaskWhenItSwitchesToAnotherVm) {
 }
 
 // Entry (join, then check the mark) racing a flush (mark, then read the mask): the context is
-// always either a target of the flush or sees the mark. A broken order (e.g. reading the mask
-// before marking) loses both in some interleavings.
+// always either a target of the flush or sees the mark. A broken program order (e.g. reading the
+// mask before marking) loses both in some interleavings. It cannot catch a weakened memory order
+// on x86: every operation here is a locked read-modify-write or a load after one, and TSan does
+// not model store buffers; the seq_cst is argued in sched/p2m.hpp.
 TEST(P2m, AnEntryRacingAFlushIsEitherTargetedOrMarked) {
   std::vector<mm::SoftTlb> tlbs(2);
   for (int round = 0; round < 2000; round++) {
@@ -264,4 +266,24 @@ TEST(P2m, ExitHandlersPopulateThroughTheAttachedPod) {
   vm.p2m.detach_pod();
   EXPECT_TRUE(vm.p2m.get_page(kGpa + kPage, {}));
   EXPECT_EQ(vm.pod->report()["vmm_populates"], 1u);
+}
+
+// Exit handlers get the p2m only while PoD is attached (without it there is nothing to populate
+// and every epoch is 0); misuse is refused rather than left undefined.
+TEST(P2m, ExitHandlersSeeItWhileAttachedAndMisuseIsRefused) {
+  Vm2 vm;
+  EXPECT_EQ(vm.p2m.exit_view(), nullptr);
+  vm.p2m.join(0);
+  EXPECT_THROW(vm.p2m.flush(), std::logic_error) << "a context holds the VM but no cross-call";
+  ATTACH_OR_SKIP(vm);
+  EXPECT_EQ(vm.p2m.exit_view(), &vm.p2m);
+  locks::LockRegistry locks(locks::LockPolicy::parse("ticket", {}));
+  CrossCall three(3, CallLockMode::Global, locks, [](uint32_t) {});
+  EXPECT_THROW(vm.p2m.attach_pod(*vm.pod, &three), std::logic_error) << "not the contexts' call";
+  EXPECT_THROW(vm.p2m.attach_pod(*vm.pod, nullptr), std::logic_error) << "contexts, no call";
+  EXPECT_EQ(vm.p2m.exit_view(), &vm.p2m) << "a refused attach leaves the attachment as it was";
+  EXPECT_THROW(vm.p2m.fence(kBase - kPage), std::logic_error) << "below PoD RAM";
+  EXPECT_THROW(vm.p2m.fence(2 * kBase), std::logic_error) << "above PoD RAM";
+  vm.p2m.detach_pod();
+  EXPECT_EQ(vm.p2m.exit_view(), nullptr);
 }

@@ -56,7 +56,8 @@ uint64_t boot_with_a_write_at(mm::Pod::HookPoint at, uint64_t offset, uint64_t v
                 std::make_unique<locks::AnyLock>(locks::Strategy::Ticket), p2m);
   p2m.attach_pod(pod, nullptr);
   std::atomic<uint8_t*> target{nullptr};
-  std::thread writer;
+  std::thread writer;                  // made (and maybe joined) by the hook on a fault thread
+  std::atomic<bool> hook_done{false};  // publishes `writer` to this thread (TSan sees no kernel)
   pod.set_test_hook([&](mm::Pod::HookPoint p, uint64_t g) {
     if (p != at || target.load()) return;
     target = pod.granule_addr(g);
@@ -69,6 +70,7 @@ uint64_t boot_with_a_write_at(mm::Pod::HookPoint at, uint64_t offset, uint64_t v
       writer.join();  // not fenced yet: the write lands now, before the fence
     else
       std::this_thread::sleep_for(30ms);  // fenced: the writer is blocked on write-protection
+    hook_done.store(true, std::memory_order_release);
   });
   {
     mm::FaultService faults(*uffd, 2, [&](const mm::FaultEvent& ev) { pod.handle(ev); });
@@ -76,7 +78,10 @@ uint64_t boot_with_a_write_at(mm::Pod::HookPoint at, uint64_t offset, uint64_t v
     auto* words = reinterpret_cast<uint64_t*>(r.base);
     for (uint64_t w = 0; w < kPages * kPage / 8; w++)
       __atomic_store_n(&words[w], 0, __ATOMIC_RELAXED);
-    if (writer.joinable()) writer.join();
+    if (target.load()) {
+      while (!hook_done.load(std::memory_order_acquire)) std::this_thread::yield();
+      if (writer.joinable()) writer.join();
+    }
     EXPECT_NE(target.load(), nullptr) << "the hook point was never reached";
     // May fault: the granule is populated again.
     uint8_t* t = target.load();
