@@ -111,14 +111,6 @@ ProcsPlan plan_procs(const RunConfig& cfg, uint64_t nofile_hard) {
              ? " and --sched " + cfg.sched + " allows at most one process per pCPU (--pcpus)"
              : std::string()) +
         ": raise ulimit -n, or use fewer VMs or vCPUs");
-  if (k > 1 && cfg.pcpu_bind)
-    throw ConfigError(
-        "--pcpu-bind binds each process's pCPU i to the i-th allowed host CPU, so "
-        "the pools of --procs " +
-        std::to_string(k) + " would share host CPUs: not supported with more than one process");
-  if (k > 1 && cfg.numa)
-    throw ConfigError("--numa needs --pcpu-bind, which is not supported with --procs " +
-                      std::to_string(k) + " (more than one process)");
   const bool pools = cfg.sched != "host";
   for (uint32_t s = 0; s < k; s++) {
     Shard sh;
@@ -422,6 +414,11 @@ json merge_shard_records(const RunConfig& cfg, const ProcsPlan& plan,
             {"sched", merge_sched(cfg, rs)},
             {"tlb", merge_tlb(rs)}};
   if (rs[0].record.contains("cross_calls")) m["cross_calls"] = merge_cross_calls(rs);
+  if (rs[0].record.contains("numa_placement")) {  // --numa: every process placed its own VMs
+    m["numa_placement"] = json::array();
+    for (const auto& r : rs)
+      for (const auto& p : r.record["numa_placement"]) m["numa_placement"].push_back(p);
+  }
   m["procs"] = procs;
   m["vms"] = vms;
   return m;

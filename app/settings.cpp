@@ -157,7 +157,8 @@ std::vector<Setting> make_table() {
                        "pCPU threads for credit/rr, 1-4096 (omitted: one per host online CPU)",
                        &RunConfig::pcpus, false))
           .eg("2"),
-      flag("pcpu-bind", "pcpu_bind", "bind pCPU i to the i-th allowed host CPU",
+      flag("pcpu-bind", "pcpu_bind",
+           "bind pCPU i to the i-th allowed host CPU (run-wide under --procs)",
            &RunConfig::pcpu_bind),
       flag("numa", "numa",
            "bind each VM's memory to the NUMA nodes of the pCPUs its vCPUs may run on (needs "

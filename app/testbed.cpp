@@ -268,15 +268,17 @@ nlohmann::json run_testbed_with_hooks(const RunConfig& cfg, const TestHooks& hoo
   for (auto& vm : vms) vm_ptrs.push_back(vm.get());
   nlohmann::json numa_placement = nlohmann::json::array();
   if (cfg.numa) {
-    // Each VM's memory goes to the nodes of the host CPUs its vCPUs' pCPUs are bound to.
+    // Each VM's memory goes to the nodes of the host CPUs its vCPUs' pCPUs are bound to. vCPUs
+    // and pCPUs are numbered run-wide; an unpinned vCPU may run on any pCPU of its pool (this
+    // process's, under --procs).
     std::vector<int> host_cpus = sched::bound_host_cpus(cfg.effective_pcpus());
-    uint32_t k = 0;
+    uint32_t k = cfg.shard.first_vm * cfg.vcpus;
     for (Vm* vm : vm_ptrs) {
       std::vector<int> nodes;
       for (uint32_t i = 0; i < vm->nr_vcpus(); i++, k++) {
         std::vector<uint32_t> pins = cfg.pin_of(k);
         if (pins.empty())
-          for (uint32_t p = 0; p < cfg.effective_pcpus(); p++) pins.push_back(p);
+          for (uint32_t p = 0; p < cfg.shard_pcpus(); p++) pins.push_back(cfg.shard.first_pcpu + p);
         for (uint32_t p : pins) nodes.push_back(sched::node_of_host_cpu(host_cpus[p]));
       }
       std::sort(nodes.begin(), nodes.end());
@@ -315,6 +317,7 @@ nlohmann::json run_testbed_with_hooks(const RunConfig& cfg, const TestHooks& hoo
       sched::PcpuOptions o;
       o.npcpus = cfg.shard_pcpus();
       o.bind = cfg.pcpu_bind;
+      o.first_pcpu = cfg.shard.first_pcpu;
       o.params.tslice_ns = cfg.tslice_ns;
       o.params.ratelimit_ns = cfg.ratelimit_ns;
       o.params.migration_delay_ns = cfg.migration_delay_ns;

@@ -52,7 +52,10 @@ class Executor {
 
 struct PcpuOptions {
   uint32_t npcpus = 1;
-  bool bind = false;  // pin pCPU i to the i-th allowed host CPU (round-robin)
+  bool bind = false;  // pin pCPU i to the (first_pcpu + i)-th allowed host CPU (round-robin)
+  // Run-wide index of pCPU 0: a pool's first pCPU under --procs, so that the pools of a sharded
+  // run bind to distinct host CPUs (bound_host_cpus over the whole run).
+  uint32_t first_pcpu = 0;
   CreditParams params;
   std::function<uint32_t(uint32_t vm)> weight_of = [](uint32_t) { return 256u; };
   std::function<uint32_t(uint32_t vm)> cap_of = [](uint32_t) { return 0u; };

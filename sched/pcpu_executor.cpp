@@ -100,7 +100,8 @@ class PcpuExecutor final : public Executor, public PcpuSignals {
     std::vector<int> nodes(opt.npcpus, 0);
     host_cpu_.assign(opt.npcpus, -1);
     if (opt.bind) {
-      host_cpu_ = bound_host_cpus(opt.npcpus);
+      const std::vector<int> run_wide = bound_host_cpus(opt.first_pcpu + opt.npcpus);
+      host_cpu_.assign(run_wide.begin() + opt.first_pcpu, run_wide.end());
       for (uint32_t p = 0; p < opt.npcpus; p++) nodes[p] = node_of_host_cpu(host_cpu_[p]);
     }
     for (uint32_t p = 0; p < opt.npcpus; p++) pcpus_.push_back(std::make_unique<Pcpu>());

@@ -1,6 +1,7 @@
 // `run --procs K`: a run sharded over VMM child processes (app/procs.hpp), as a user meets it.
 #include <fcntl.h>
 #include <gtest/gtest.h>
+#include <sched.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -149,6 +150,40 @@ TEST(Procs, CreditPoolsSplitThePcpus) {
   EXPECT_EQ(r["summary"]["vms_booted"], 4);
 }
 
+// --pcpu-bind over pools: run-wide pCPU p is bound to the p-th allowed host CPU (round-robin),
+// whichever process runs it, so the pools sit on distinct host CPUs where there are enough; with
+// --numa each process places its own VMs' memory and the merged record lists every VM once.
+// Before, each process bound its pCPU i to the i-th host CPU, and the pair was refused.
+TEST(Procs, PoolsBindToTheirOwnHostCpus) {
+  SKIP_WITHOUT_KVM();
+  cpu_set_t allowed;
+  CPU_ZERO(&allowed);
+  ASSERT_EQ(sched_getaffinity(0, sizeof allowed, &allowed), 0);
+  std::vector<int> cpus;
+  for (int c = 0; c < CPU_SETSIZE; c++)
+    if (CPU_ISSET(c, &allowed)) cpus.push_back(c);
+  int rc = -1;
+  // One pCPU per pool: pool 1's pCPU is its own pCPU 0 but run-wide pCPU 1, so with two or
+  // more host CPUs binding by the process's own numbering would put both pools on one CPU.
+  json r = run_record(
+      {"--vms", "2", "--vcpus", "1", "--mem", "8M", "--guest", "spin", "--duration", "1s",
+       "--sched", "credit", "--pcpus", "2", "--procs", "2", "--pcpu-bind", "--numa"},
+      "bind.json", &rc);
+  ASSERT_EQ(rc, 0);
+  const json& pcpus = r["sched"]["pcpus"];
+  ASSERT_EQ(pcpus.size(), 2u);
+  for (uint32_t p = 0; p < 2; p++) {
+    EXPECT_EQ(pcpus[p]["pool"], p);
+    EXPECT_EQ(pcpus[p]["host_cpu"], cpus[p % cpus.size()]) << "run-wide pCPU " << p;
+  }
+  ASSERT_EQ(r["numa_placement"].size(), 2u);
+  for (uint32_t v = 0; v < 2; v++) {
+    EXPECT_EQ(r["numa_placement"][v]["vm"], v);
+    EXPECT_EQ(r["numa_placement"][v]["ok"], true) << r["numa_placement"][v];
+  }
+  EXPECT_EQ(r["summary"]["vms_booted"], 2);
+}
+
 TEST(Procs, AFailingProcessFailsTheRunAndLeavesNoProcess) {
   SKIP_WITHOUT_KVM();
   const fs::path err = scratch("failing.stderr");
@@ -225,8 +260,6 @@ TEST(Procs, BadProcsValuesAreRefused) {
       {{"--vms", "4", "--vcpus", "1", "--sched", "credit", "--pcpus", "2", "--procs", "2",
         "--vcpu-pin", "1:1"},
        "--vcpu-pin 1:1 pins vCPU 0 of vm1 to pCPU 1"},
-      {{"--vms", "4", "--sched", "credit", "--pcpus", "2", "--procs", "2", "--pcpu-bind"},
-       "--pcpu-bind"},
   };
   for (const auto& c : cases) {
     std::vector<std::string> argv = {KVMSCALE_BIN, "run", "--out", scratch("bad").string()};
