@@ -102,16 +102,7 @@ void check_output(const RunConfig& cfg, bool force) {
 
 int do_run(const RunConfig& cfg, bool force) {
   check_output(cfg, force);
-  rlimit nofile{};
-  getrlimit(RLIMIT_NOFILE, &nofile);
-  const ProcsPlan plan = plan_procs(cfg, nofile.rlim_max);
-  nlohmann::json record;
-  if (plan.shards.size() > 1) {
-    record = run_sharded(cfg, plan);
-  } else {
-    record = run_testbed(cfg);
-    record["run"]["procs"] = {{"count", 1}, {"rule", plan.rule}};
-  }
+  nlohmann::json record = run_planned(cfg);
   std::string path = record_path(cfg.out, record["run"]["started_unix_ns"].get<uint64_t>());
   std::string text = record.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
   try {

@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -687,6 +688,16 @@ int shard_child_main(const std::string& record_path) {
   json record = run_testbed(cfg);
   write_file_atomically(record_path, record.dump(-1, ' ', false, json::error_handler_t::replace));
   return record["run"]["interrupted"].get<bool>() ? kExitInterrupted : kExitOk;
+}
+
+nlohmann::json run_planned(const RunConfig& cfg) {
+  rlimit nofile{};
+  getrlimit(RLIMIT_NOFILE, &nofile);
+  const ProcsPlan plan = plan_procs(cfg, nofile.rlim_max);
+  if (plan.shards.size() > 1) return run_sharded(cfg, plan);
+  nlohmann::json record = run_testbed(cfg);
+  record["run"]["procs"] = {{"count", 1}, {"rule", plan.rule}};
+  return record;
 }
 
 }  // namespace kvmscale::app

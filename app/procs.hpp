@@ -28,7 +28,7 @@ struct ProcsPlan {
 
 // The processes `cfg` runs in, for a host whose RLIMIT_NOFILE hard limit is `nofile_hard`.
 // Throws ConfigError naming the flag a sharded run cannot honour (--vcpu-pin into another
-// pool, --pcpu-bind, --numa).
+// pool), RunError for a plan whose processes cannot hold their fds.
 ProcsPlan plan_procs(const RunConfig& cfg, uint64_t nofile_hard);
 
 // How one VMM child ended, and its record (null when it wrote none).
@@ -52,6 +52,10 @@ nlohmann::json merge_shard_records(const RunConfig& cfg, const ProcsPlan& plan,
 // after the others are stopped and reaped. SIGINT/SIGTERM (blocked, see block_stop_signals)
 // end every child; the record is then marked interrupted.
 nlohmann::json run_sharded(const RunConfig& cfg, const ProcsPlan& plan);
+
+// A run as `kvmscale run` and `kvmscale matrix` do it: planned (--procs), then in this process
+// or sharded over VMM children; the record has run.procs either way.
+nlohmann::json run_planned(const RunConfig& cfg);
 
 // The hidden command's name and its body: reads {"config", "shard"} from stdin, runs that shard
 // and writes its record to `record_path`. Returns the exit code.

@@ -235,7 +235,7 @@ std::vector<Setting> make_table() {
            "limit needs, and with --sched host at least one per 5000 VMs)",
            &RunConfig::procs)
           .legacy_value("1")  // records from before --procs ran in one process
-          .axis_split(A::None)
+          .axis_split(A::Commas)
           .eg("2"),
       text("out", "out", "record file (*.json) or directory for run-<time>.json", &RunConfig::out)
           .axis_split(A::None)

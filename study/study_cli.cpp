@@ -10,6 +10,7 @@
 #include <random>
 
 #include "app/cli.hpp"
+#include "app/procs.hpp"
 #include "app/record.hpp"
 #include "app/settings.hpp"
 #include "app/testbed.hpp"
@@ -157,7 +158,7 @@ int execute_matrix(const MatrixSpec& spec, const StudyCommands& st, const std::s
   std::cerr << "matrix: " << expand(spec).size() << " runs into " << dir << " (seed " << spec.seed
             << ")\n";
   MatrixOutcome o =
-      run_matrix(spec, opt, app::parse_run_args, app::run_testbed, stop_requested, std::cerr);
+      run_matrix(spec, opt, app::parse_run_args, app::run_planned, stop_requested, std::cerr);
   for (const auto& w : o.warnings) std::cerr << "warning: " << w << "\n";
   std::cerr << "matrix: " << o.ran << " ran, " << o.skipped << " already done, " << o.failed
             << " failed" << (o.failed ? " (see " + dir + "/failed/)" : "") << ", of " << o.total
@@ -213,7 +214,7 @@ int do_cell(const StudyCommands& st) {
   vmm::install_kick_signal();
   app::block_stop_signals();
   CellOutcome o =
-      run_cell(st.out, st.cell, st.matrix_digest, app::parse_run_args, app::run_testbed, std::cerr);
+      run_cell(st.out, st.cell, st.matrix_digest, app::parse_run_args, app::run_planned, std::cerr);
   return o == CellOutcome::Interrupted ? app::kExitInterrupted : app::kExitOk;
 }
 
