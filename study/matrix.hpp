@@ -121,7 +121,7 @@ struct MatrixOutcome {
 
 // Turns run flags into a validated RunConfig (the CLI's parser; throws app::ConfigError).
 using ConfigFn = std::function<app::RunConfig(const std::vector<std::string>& args)>;
-// Runs one configuration and returns its record (app::run_testbed; throws app::RunError).
+// Runs one configuration and returns its record (app::run_planned; throws app::RunError).
 using RunFn = std::function<nlohmann::json(const app::RunConfig&)>;
 // Polled between runs: true stops the matrix (SIGINT).
 using StopFn = std::function<bool()>;
