@@ -14,6 +14,7 @@
 #include "study/compare.hpp"
 #include "study/matrix.hpp"
 #include "study/slurm.hpp"
+#include "temp_dir.hpp"
 
 namespace fs = std::filesystem;
 using namespace kvmscale::study;
@@ -23,14 +24,9 @@ using std::chrono::milliseconds;
 
 namespace {
 
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    char tmpl[] = "/tmp/kvmscale-slurm-XXXXXX";
-    path = mkdtemp(tmpl);
-  }
-  ~TempDir() { fs::remove_all(path); }
-  std::string sub(const std::string& s) const { return (path / s).string(); }
+// Each test's scratch directory (tests/temp_dir.hpp).
+struct TempDir : kvmscale::test::TempDir {
+  TempDir() : kvmscale::test::TempDir("kvmscale-slurm") {}
 };
 
 std::string slurp(const std::string& path) {

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <sstream>
 
 #include "app/cli.hpp"
@@ -17,6 +18,7 @@
 #include "study/plots.hpp"
 #include "study/scenario.hpp"
 #include "study/stats.hpp"
+#include "temp_dir.hpp"
 
 namespace fs = std::filesystem;
 using namespace kvmscale::study;
@@ -25,14 +27,9 @@ using nlohmann::json;
 
 namespace {
 
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    char tmpl[] = "/tmp/kvmscale-study-XXXXXX";
-    path = mkdtemp(tmpl);
-  }
-  ~TempDir() { fs::remove_all(path); }
-  std::string sub(const std::string& s) const { return (path / s).string(); }
+// Each test's scratch directory (tests/temp_dir.hpp).
+struct TempDir : kvmscale::test::TempDir {
+  TempDir() : kvmscale::test::TempDir("kvmscale-study") {}
 };
 
 // A record as the testbed writes it, reduced to what the metrics read.
@@ -465,65 +462,61 @@ TEST(MatrixSpecFile, IsValidatedAsStrictlyAsTheCommandLine) {
   for (const auto& j : bad) EXPECT_THROW(MatrixSpec::from_json(j), ConfigError) << j.dump();
 }
 
-TEST(MatrixRun, ResumeTrustsARecordOnlyIfItIsTheRunOfItsCell) {
+// A 2x2 matrix run to the end with a fake runner, ready to be tampered with and resumed.
+struct FinishedMatrix {
   TempDir t;
   MatrixSpec spec = two_by_two(1);
   MatrixOptions opt{t.sub("m"), false, false};
   std::ostringstream log;
   int calls = 0;
-  auto run = [&](const kvmscale::app::RunConfig& c) {
+  std::function<json(const kvmscale::app::RunConfig&)> run = [this](const auto& c) {
     calls++;
     return fake_run(c);
   };
-  run_matrix(spec, opt, kvmscale::app::parse_run_args, run, nullptr, log);
-  ASSERT_EQ(calls, 4);
+  std::vector<fs::path> files;  // the cells' records, sorted
+  FinishedMatrix() {
+    run_matrix(spec, opt, kvmscale::app::parse_run_args, run, nullptr, log);
+    for (const auto& e : fs::directory_iterator(t.sub("m/cells"))) files.push_back(e.path());
+    std::sort(files.begin(), files.end());
+  }
+  // Resumes it; returns the outcome, with `calls` counting the runs it made.
+  MatrixOutcome resume() {
+    MatrixOptions o = opt;
+    o.resume = true;
+    calls = 0;
+    return run_matrix(spec, o, kvmscale::app::parse_run_args, run, nullptr, log);
+  }
+};
+
+TEST(MatrixRun, ResumeTrustsARecordOnlyIfItIsTheRunOfItsCell) {
+  FinishedMatrix m;
+  ASSERT_EQ(m.calls, 4);
   // One cell's file now holds another configuration's record, and a SIGKILL left a temp file.
-  std::vector<fs::path> files;
-  for (const auto& e : fs::directory_iterator(t.sub("m/cells"))) files.push_back(e.path());
-  std::sort(files.begin(), files.end());
-  json other = json::parse(std::ifstream(files[1]));
-  std::ofstream(files[0]) << other.dump();
-  std::ofstream(t.sub("m/cells/.x.json.tmp.123")) << "{";
-  MatrixOptions resume = opt;
-  resume.resume = true;
-  calls = 0;
-  MatrixOutcome o = run_matrix(spec, resume, kvmscale::app::parse_run_args, run, nullptr, log);
-  EXPECT_EQ(calls, 1) << "the cell whose record belonged to another configuration runs again";
+  json other = json::parse(std::ifstream(m.files[1]));
+  std::ofstream(m.files[0]) << other.dump();
+  std::ofstream(m.t.sub("m/cells/.x.json.tmp.123")) << "{";
+  MatrixOutcome o = m.resume();
+  EXPECT_EQ(m.calls, 1) << "the cell whose record belonged to another configuration runs again";
   EXPECT_EQ(o.warnings.size(), 1u);
-  EXPECT_TRUE(fs::exists(t.sub("m/mismatched")));
-  EXPECT_FALSE(fs::exists(t.sub("m/cells/.x.json.tmp.123")));
+  EXPECT_TRUE(fs::exists(m.t.sub("m/mismatched")));
+  EXPECT_FALSE(fs::exists(m.t.sub("m/cells/.x.json.tmp.123")));
 }
 
 // A record written before a setting existed (no "migration_delay_ns" in its config) is still the
 // run of its cell: the missing key reads back as the default it ran with. One that ran with
 // another value of a key it does have is not.
 TEST(MatrixRun, ARecordFromBeforeANewSettingIsStillTheRunOfItsCell) {
-  TempDir t;
-  MatrixSpec spec = two_by_two(1);
-  MatrixOptions opt{t.sub("m"), false, false};
-  std::ostringstream log;
-  int calls = 0;
-  auto run = [&](const kvmscale::app::RunConfig& c) {
-    calls++;
-    return fake_run(c);
-  };
-  run_matrix(spec, opt, kvmscale::app::parse_run_args, run, nullptr, log);
-  ASSERT_EQ(calls, 4);
-  std::vector<fs::path> files;
-  for (const auto& e : fs::directory_iterator(t.sub("m/cells"))) files.push_back(e.path());
-  std::sort(files.begin(), files.end());
-  json old = json::parse(std::ifstream(files[0]));
+  FinishedMatrix m;
+  ASSERT_EQ(m.calls, 4);
+  json old = json::parse(std::ifstream(m.files[0]));
   ASSERT_TRUE(old["config"].contains("migration_delay_ns"));
   old["config"].erase("migration_delay_ns");
-  std::ofstream(files[0]) << old.dump();
-  json changed = json::parse(std::ifstream(files[1]));
+  std::ofstream(m.files[0]) << old.dump();
+  json changed = json::parse(std::ifstream(m.files[1]));
   changed["config"]["migration_delay_ns"] = 1000000;
-  std::ofstream(files[1]) << changed.dump();
-  MatrixOptions resume = opt;
-  resume.resume = true;
-  calls = 0;
-  run_matrix(spec, resume, kvmscale::app::parse_run_args, run, nullptr, log);
-  EXPECT_EQ(calls, 1) << "only the cell whose record ran with another delay runs again";
+  std::ofstream(m.files[1]) << changed.dump();
+  m.resume();
+  EXPECT_EQ(m.calls, 1) << "only the cell whose record ran with another delay runs again";
 }
 
 TEST(Compare, RecordsOfAnotherSchemaOrWithBadTypesAreSkippedAndNamed) {
