@@ -108,10 +108,15 @@ int do_run(const RunConfig& cfg, bool force) {
   try {
     std::filesystem::path dir = std::filesystem::path(path).parent_path();
     if (!dir.empty()) std::filesystem::create_directories(dir);  // removed during the run?
-    write_file_atomically(path, text);
+    // Without --force a record someone else wrote meanwhile (another run with the same --out)
+    // is kept: check_output's test before the run cannot see that.
+    write_file_atomically(path, text, force);
   } catch (const std::exception& e) {
     // Never lose a finished run: the record goes to stdout instead.
+    const auto* sys = dynamic_cast<const std::system_error*>(&e);
+    const bool taken = sys && sys->code() == std::errc::file_exists;
     std::cerr << "kvmscale: could not write the record to " << path << ": " << e.what()
+              << (taken ? " (another process wrote it during this run; --force overwrites)" : "")
               << "\nkvmscale: the record follows on stdout\n";
     std::cout << text << std::flush;
     return kExitFailure;

@@ -178,7 +178,7 @@ nlohmann::json make_run_record(const RunConfig& cfg, const HostInfo& host,
           {"vms", vm_list}};
 }
 
-void write_file_atomically(const std::string& path, const std::string& content) {
+void write_file_atomically(const std::string& path, const std::string& content, bool replace) {
   namespace fs = std::filesystem;
   fs::path p(path);
   fs::path dir = p.has_parent_path() ? p.parent_path() : fs::path(".");
@@ -209,7 +209,14 @@ void write_file_atomically(const std::string& path, const std::string& content) 
     fail("fsync");
   }
   ::close(fd);
-  if (::rename(tmp.c_str(), path.c_str()) != 0) fail("rename to");
+  if (replace) {
+    if (::rename(tmp.c_str(), path.c_str()) != 0) fail("rename to");
+  } else if (::renameat2(AT_FDCWD, tmp.c_str(), AT_FDCWD, path.c_str(), RENAME_NOREPLACE) != 0) {
+    if (errno != EINVAL && errno != ENOSYS) fail("rename (keeping an existing file) to");
+    // A file system without RENAME_NOREPLACE: link() refuses an existing name just the same.
+    if (::link(tmp.c_str(), path.c_str()) != 0) fail("link (keeping an existing file) to");
+    ::unlink(tmp.c_str());
+  }
   int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (dfd >= 0) {
     ::fsync(dfd);

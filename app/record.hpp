@@ -39,7 +39,10 @@ nlohmann::json make_run_record(const RunConfig& cfg, const HostInfo& host,
                                EndReason end, const std::vector<std::string>& warnings);
 
 // temp file in the same directory, fsync, rename, fsync directory. Throws std::system_error.
-void write_file_atomically(const std::string& path, const std::string& content);
+// With replace == false an existing `path` is kept and the error is EEXIST (renameat2's
+// RENAME_NOREPLACE, or link() where a file system lacks it): no check-then-write window.
+void write_file_atomically(const std::string& path, const std::string& content,
+                           bool replace = true);
 // Why `dir` cannot take a record ("" if it can): a probe file is created, written and removed,
 // and at least 1 MiB must be free.
 std::string output_dir_unusable(const std::string& dir);

@@ -363,6 +363,34 @@ TEST(Cli, ARecordThatCannotBeWrittenGoesToStdout) {
   EXPECT_EQ(rec["schema_version"], kvmscale::app::kRecordSchemaVersion);
 }
 
+// Two runs with the same --out FILE.json: the check before the run passes for both, and the one
+// that finishes second must not overwrite the first one's record. Here "the first" is a file
+// written while the run goes on; it is kept, and the run's own record goes to stdout. Before,
+// the finished run silently replaced it.
+TEST(Cli, ARecordWrittenByAnotherRunMeanwhileIsKept) {
+  SKIP_WITHOUT_KVM();
+  fs::path out = scratch("raced.json");
+  fs::remove(out);
+  const std::string theirs = "{\"another run's record\": true}";
+  std::thread other([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(2500));  // (see the test above)
+    std::ofstream(out) << theirs;
+  });
+  auto r = ks({"run", "--guest", "spin", "--vcpus", "1", "--mem", "8M", "--duration", "5s", "--out",
+               out.string()});
+  other.join();
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_NE(r.err.find("another process wrote it during this run"), std::string::npos) << r.err;
+  std::ifstream f(out);
+  std::string kept((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  EXPECT_EQ(kept, theirs);
+  auto rec = nlohmann::json::parse(r.out, nullptr, false);
+  ASSERT_FALSE(rec.is_discarded()) << r.out.substr(0, 200);
+  EXPECT_EQ(rec["summary"]["vms_booted"], rec["config"]["vms"]);
+  for (const auto& e : fs::directory_iterator(out.parent_path()))
+    EXPECT_NE(e.path().filename().string().rfind(".raced.json.tmp", 0), 0u) << "left behind";
+}
+
 TEST(CliMatrix, ASecondWriterOfTheSameDirectoryIsRefused) {
   SKIP_WITHOUT_KVM();
   fs::path dir = scratch("two-writers");

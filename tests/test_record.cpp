@@ -48,6 +48,25 @@ TEST(Record, AtomicWriteReplacesWholeFile) {
   fs::remove_all(d);
 }
 
+TEST(Record, AtomicWriteWithoutReplaceKeepsAnExistingFile) {
+  fs::path d = temp_dir();
+  std::string p = (d / "r.json").string();
+  write_file_atomically(p, "first", false);  // nothing there: written
+  try {
+    write_file_atomically(p, "second", false);
+    ADD_FAILURE() << "an existing file was replaced";
+  } catch (const std::system_error& e) {
+    EXPECT_EQ(e.code(), std::errc::file_exists) << e.what();
+  }
+  std::ifstream f(p);
+  std::string s((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  EXPECT_EQ(s, "first");
+  size_t files = 0;
+  for (auto& e : fs::directory_iterator(d)) files += e.is_regular_file();
+  EXPECT_EQ(files, 1u) << "no temp file left behind";
+  fs::remove_all(d);
+}
+
 TEST(Record, AtomicWriteFailsCleanly) {
   EXPECT_THROW(write_file_atomically("/nonexistent-dir/x.json", "x"), std::system_error);
 }
