@@ -4,17 +4,10 @@
 #include <string>
 
 #include "guests/include/kvmscale_abi.h"
+#include "locks/common.hpp"
 #include "vmm/clock.hpp"
 
 namespace kvmscale::app {
-
-namespace {
-void raise_to(std::atomic<uint64_t>& most, uint64_t v) {
-  uint64_t prev = most.load(std::memory_order_relaxed);
-  while (v > prev && !most.compare_exchange_weak(prev, v, std::memory_order_relaxed)) {
-  }
-}
-}  // namespace
 
 PodRuntime::PodRuntime(const RunConfig& cfg, const std::vector<vmm::Vm*>& vms, sched::Executor& ex,
                        locks::LockRegistry& locks, bool skip_flushes, bool read_faults)
@@ -132,7 +125,7 @@ void PodRuntime::on_fault(const mm::FaultEvent& ev) {
     stalled = now_ns() - t0;
   }
   p->stall_ns.fetch_add(stalled, std::memory_order_relaxed);
-  raise_to(p->stall_max_ns, stalled);
+  locks::raise_to_max(p->stall_max_ns, stalled);
   if (o == mm::PodVm::Outcome::OutOfMemory) out_of_memory(*p->vm);
 }
 

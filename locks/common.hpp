@@ -3,6 +3,7 @@
 
 #include <time.h>
 
+#include <atomic>
 #include <cstdint>
 #include <type_traits>
 
@@ -17,6 +18,14 @@ struct NoPoll {
 };
 template <typename Poll>
 inline constexpr bool kPolls = !std::is_same_v<std::decay_t<Poll>, NoPoll>;
+
+// Raises `most` to v if v is larger: a statistic's maximum kept by several threads at once.
+template <typename T>
+inline void raise_to_max(std::atomic<T>& most, T v) {
+  T prev = most.load(std::memory_order_relaxed);
+  while (v > prev && !most.compare_exchange_weak(prev, v, std::memory_order_relaxed)) {
+  }
+}
 
 inline uint64_t lock_clock_ns() {
   timespec ts;

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 
+#include "locks/common.hpp"
 #include "locks/probe.hpp"
 
 namespace kvmscale::sched {
@@ -118,9 +119,7 @@ void CrossCall::on_selected_cpus(const CpuSet& targets, const Fn& fn, int self, 
   Initiator& who =
       initiators_[initiator >= 0 && uint32_t(initiator) < npcpus() ? initiator : npcpus()];
   const uint32_t now_in = inflight_.fetch_add(1, std::memory_order_relaxed) + 1;
-  uint32_t busiest = inflight_max_.load(std::memory_order_relaxed);
-  while (now_in > busiest && !inflight_max_.compare_exchange_weak(busiest, now_in)) {
-  }
+  locks::raise_to_max(inflight_max_, now_in);
   const uint64_t started = locks::lock_clock_ns();
   auto poll = [&] {
     if (self >= 0) serve(uint32_t(self));
@@ -189,13 +188,9 @@ void CrossCall::on_selected_cpus(const CpuSet& targets, const Fn& fn, int self, 
   who.busy_ns.fetch_add(locks::lock_clock_ns() - started, std::memory_order_relaxed);
   calls_.fetch_add(1, std::memory_order_relaxed);
   targets_.fetch_add(list.size(), std::memory_order_relaxed);
-  uint64_t most = targets_max_.load(std::memory_order_relaxed);
-  while (list.size() > most && !targets_max_.compare_exchange_weak(most, list.size())) {
-  }
+  locks::raise_to_max(targets_max_, uint64_t(list.size()));
   latency_ns_.fetch_add(lat, std::memory_order_relaxed);
-  uint64_t prev = latency_max_ns_.load(std::memory_order_relaxed);
-  while (lat > prev && !latency_max_ns_.compare_exchange_weak(prev, lat)) {
-  }
+  locks::raise_to_max(latency_max_ns_, lat);
   latency_hist_[locks::LockStats::bucket(lat)].fetch_add(1, std::memory_order_relaxed);
 }
 

@@ -5,6 +5,7 @@
 
 #include <stdexcept>
 
+#include "locks/common.hpp"
 #include "locks/probe.hpp"
 #include "mm/pod_vm.hpp"
 
@@ -72,9 +73,7 @@ CpuSet P2m::prepare_flush() {
   flushes_.fetch_add(1, std::memory_order_relaxed);
   mask_total_.fetch_add(n, std::memory_order_relaxed);
   KS_PROBE(flush, vm_, n);
-  uint64_t most = mask_max_.load(std::memory_order_relaxed);
-  while (n > most && !mask_max_.compare_exchange_weak(most, n, std::memory_order_relaxed)) {
-  }
+  locks::raise_to_max(mask_max_, n);
   return targets;
 }
 
