@@ -147,11 +147,11 @@ void add_counters(json& into, const json& from) {
     else if (a.is_object() && b.is_object())
       add_counters(a, b);
     else if (a.is_array() && b.is_array()) {
-      const bool histogram = a.size() == b.size() && !a.empty() && a[0].is_number() &&
-                             key.find("hist") != std::string::npos;
-      if (histogram)
-        for (size_t i = 0; i < a.size(); i++) a[i] = a[i].get<uint64_t>() + b[i].get<uint64_t>();
-      else
+      // Histograms end at their last non-empty bucket, so two processes' differ in length.
+      if (key.find("hist") != std::string::npos) {
+        while (a.size() < b.size()) a.push_back(0);
+        for (size_t i = 0; i < b.size(); i++) a[i] = a[i].get<uint64_t>() + b[i].get<uint64_t>();
+      } else
         for (const auto& x : b) a.push_back(x);
     }
   }
@@ -270,13 +270,21 @@ json merge_tlb(const std::vector<ShardResult>& rs) {
   return m;
 }
 
-json merge_cross_calls(const std::vector<ShardResult>& rs) {
+// Contexts numbered run-wide: a process's context c is pCPU first_pcpu + c of its pool
+// (credit/rr) or vCPU thread first_vm * vcpus + c (host).
+json merge_cross_calls(const RunConfig& cfg, const std::vector<ShardResult>& rs) {
   json m = json::object();
   uint64_t mask_total = 0;
   for (const auto& r : rs) {
     const json& c = r.record["cross_calls"];
     mask_total += uint64_t(std::llround(c.value("flush_mask_mean", 0.0) * c.value("flushes", 0.0)));
     json counters = c;
+    const uint64_t first =
+        cfg.sched == "host" ? uint64_t(r.shard.first_vm) * cfg.vcpus : r.shard.first_pcpu;
+    if (counters.contains("initiators"))
+      for (json& i : counters["initiators"])
+        if (i.contains("context") && i["context"].is_number_integer())  // null: no context
+          i["context"] = i["context"].get<uint64_t>() + first;
     counters.erase("targets_mean");
     counters.erase("flush_mask_mean");
     add_counters(m, counters);
@@ -414,7 +422,7 @@ json merge_shard_records(const RunConfig& cfg, const ProcsPlan& plan,
             {"locks", merge_locks(rs)},
             {"sched", merge_sched(cfg, rs)},
             {"tlb", merge_tlb(rs)}};
-  if (rs[0].record.contains("cross_calls")) m["cross_calls"] = merge_cross_calls(rs);
+  if (rs[0].record.contains("cross_calls")) m["cross_calls"] = merge_cross_calls(cfg, rs);
   if (rs[0].record.contains("numa_placement")) {  // --numa: every process placed its own VMs
     m["numa_placement"] = json::array();
     for (const auto& r : rs)

@@ -160,7 +160,8 @@ nlohmann::json child_record(uint32_t first_vm, uint32_t vms, uint64_t boot_base)
             {"targets_mean", 0.0},
             {"flushes", 4},
             {"flush_mask_mean", first_vm ? 2.0 : 1.0},
-            {"latency_hist_log2_ns", {1, 2}},
+            {"latency_hist_log2_ns", first_vm ? json({1, 2, 5}) : json({1, 2})},
+            {"initiators", {{{"context", 0}, {"calls", 2}}, {{"context", nullptr}, {"calls", 1}}}},
             {"latency_ns_max", 10 + first_vm}}},
           {"vms", list}};
 }
@@ -205,7 +206,13 @@ TEST(ProcsMerge, OneRecordReadsLikeAnUnshardedRun) {
   EXPECT_EQ(m["cross_calls"]["calls"], 4);
   EXPECT_EQ(m["cross_calls"]["targets_mean"], 2.0);     // (2 + 6) / 4
   EXPECT_EQ(m["cross_calls"]["flush_mask_mean"], 1.5);  // (4 * 1 + 4 * 2) / 8
-  EXPECT_EQ(m["cross_calls"]["latency_hist_log2_ns"], json({2, 4}));
+  // Histograms of different lengths (each ends at its last non-empty bucket) add bucket by
+  // bucket; initiating contexts are numbered run-wide (host mode: vCPU 3 is process 1's first).
+  EXPECT_EQ(m["cross_calls"]["latency_hist_log2_ns"], json({2, 4, 5}));
+  ASSERT_EQ(m["cross_calls"]["initiators"].size(), 4u);
+  EXPECT_EQ(m["cross_calls"]["initiators"][0]["context"], 0);
+  EXPECT_TRUE(m["cross_calls"]["initiators"][1]["context"].is_null());
+  EXPECT_EQ(m["cross_calls"]["initiators"][2]["context"], 3);
   EXPECT_EQ(m["cross_calls"]["latency_ns_max"], 13);
   EXPECT_EQ(m["cross_calls"]["mode"], "global");
   ASSERT_EQ(m["procs"].size(), 2u);
