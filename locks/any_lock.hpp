@@ -1,5 +1,7 @@
 // AnyLock: the strategy chosen at run time (--lock), behind one non-virtual type. Dispatch is a
-// switch on a constant per lock; the Node holds what any strategy needs.
+// switch on a constant per lock; the Node holds what any strategy needs. In a simulation the
+// lock is an ExternalLock standing for the strategy (locks/external_lock.hpp): one more case of
+// the same switch, and the profile and probes around it are unchanged.
 #pragma once
 
 #include <cstdint>
@@ -8,6 +10,7 @@
 
 #include "locks/clh.hpp"
 #include "locks/common.hpp"
+#include "locks/external_lock.hpp"
 #include "locks/mcs.hpp"
 #include "locks/probe.hpp"
 #include "locks/profile.hpp"
@@ -17,8 +20,6 @@
 #include "locks/ttas.hpp"
 
 namespace kvmscale::locks {
-
-enum class Strategy { Ticket, Mcs, Clh, Ttas, Pthread, SpinYield };
 
 class AnyLock {
  public:
@@ -36,7 +37,7 @@ class AnyLock {
   // profile may be null (profiling off); it must outlive the lock, as must `cls` (the class
   // name the probes report).
   explicit AnyLock(Strategy s, LockProfile* profile = nullptr, const char* cls = "")
-      : profile_(profile), cls_(cls) {
+      : strategy_(s), profile_(profile), cls_(cls) {
     switch (s) {
       case Strategy::Ticket: impl_.emplace<TicketLock>(); break;
       case Strategy::Mcs: impl_.emplace<McsLock>(); break;
@@ -46,10 +47,15 @@ class AnyLock {
       case Strategy::SpinYield: impl_.emplace<SpinYieldLock>(); break;
     }
   }
+  // `ext` stands for strategy s (a simulated lock); not null.
+  AnyLock(Strategy s, std::unique_ptr<ExternalLock> ext, LockProfile* profile = nullptr,
+          const char* cls = "")
+      : impl_(std::move(ext)), strategy_(s), profile_(profile), cls_(cls) {}
   AnyLock(const AnyLock&) = delete;
   AnyLock& operator=(const AnyLock&) = delete;
 
-  Strategy strategy() const { return static_cast<Strategy>(impl_.index() - 1); }
+  Strategy strategy() const { return strategy_; }
+  bool external() const { return std::holds_alternative<std::unique_ptr<ExternalLock>>(impl_); }
   LockProfile* profile() const { return profile_; }
 
   void lock(Node& n) { lock(n, NoPoll{}); }
@@ -103,36 +109,52 @@ class AnyLock {
     else
       return n.none;
   }
+  using Ext = std::unique_ptr<ExternalLock>;
   template <typename Poll>
   void raw_lock(Node& n, Poll& poll) {
     std::visit(
         [&](auto& l) {
-          if constexpr (!std::is_same_v<std::decay_t<decltype(l)>, std::monostate>)
-            l.lock(node_for<std::decay_t<decltype(l)>>(n), poll);
+          using L = std::decay_t<decltype(l)>;
+          if constexpr (std::is_same_v<L, Ext>) {
+            if constexpr (kPolls<Poll>)
+              l->lock([](void* p) { (*static_cast<Poll*>(p))(); }, &poll);
+            else
+              l->lock(nullptr, nullptr);
+          } else if constexpr (!std::is_same_v<L, std::monostate>) {
+            l.lock(node_for<L>(n), poll);
+          }
         },
         impl_);
   }
   bool raw_try(Node& n) {
     return std::visit(
         [&](auto& l) {
-          if constexpr (std::is_same_v<std::decay_t<decltype(l)>, std::monostate>)
+          using L = std::decay_t<decltype(l)>;
+          if constexpr (std::is_same_v<L, std::monostate>)
             return false;
+          else if constexpr (std::is_same_v<L, Ext>)
+            return l->try_lock();
           else
-            return l.try_lock(node_for<std::decay_t<decltype(l)>>(n));
+            return l.try_lock(node_for<L>(n));
         },
         impl_);
   }
   void raw_unlock(Node& n) {
     std::visit(
         [&](auto& l) {
-          if constexpr (!std::is_same_v<std::decay_t<decltype(l)>, std::monostate>)
-            l.unlock(node_for<std::decay_t<decltype(l)>>(n));
+          using L = std::decay_t<decltype(l)>;
+          if constexpr (std::is_same_v<L, Ext>)
+            l->unlock();
+          else if constexpr (!std::is_same_v<L, std::monostate>)
+            l.unlock(node_for<L>(n));
         },
         impl_);
   }
 
-  std::variant<std::monostate, TicketLock, McsLock, ClhLock, TtasLock, PthreadLock, SpinYieldLock>
+  std::variant<std::monostate, TicketLock, McsLock, ClhLock, TtasLock, PthreadLock, SpinYieldLock,
+               Ext>
       impl_;
+  Strategy strategy_;
   LockProfile* profile_;
   const char* cls_;
 };

@@ -1,13 +1,16 @@
-// Shared pieces of the lock strategies: the spin hint, the RAII guards, the wall clock.
+// Shared pieces of the lock strategies: the spin hint, the RAII guards, the clock.
 #pragma once
-
-#include <time.h>
 
 #include <atomic>
 #include <cstdint>
 #include <type_traits>
 
+#include "locks/clock.hpp"
+
 namespace kvmscale::locks {
+
+// The strategies --lock chooses from (names in locks/registry.cpp).
+enum class Strategy { Ticket, Mcs, Clh, Ttas, Pthread, SpinYield };
 
 inline void cpu_relax() { __builtin_ia32_pause(); }
 
@@ -27,11 +30,8 @@ inline void raise_to_max(std::atomic<T>& most, T v) {
   }
 }
 
-inline uint64_t lock_clock_ns() {
-  timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return uint64_t(ts.tv_sec) * 1000000000ull + uint64_t(ts.tv_nsec);
-}
+// The run's clock (locks/clock.hpp): virtual time in a simulation.
+inline uint64_t lock_clock_ns() { return clock_ns(); }
 
 // Holds `Lock` for its lifetime. It owns the queue node that MCS/CLH need, so a caller cannot
 // reuse, move or forget one. Every strategy exposes lock(Node&), try_lock(Node&), unlock(Node&).

@@ -103,10 +103,13 @@ std::unique_ptr<AnyLock> LockRegistry::make(const std::string& cls, const std::s
   Strategy s = policy_.for_class(cls);
   std::lock_guard lock(mu_);
   const char* cls_name = class_names_.insert(cls).first->c_str();  // for the probes
-  if (!policy_.profile) return std::make_unique<AnyLock>(s, nullptr, cls_name);
-  LockProfile& p = profiles_.emplace_back(cls, name);
-  strategies_.push_back(s);
-  return std::make_unique<AnyLock>(s, &p, cls_name);
+  LockProfile* p = nullptr;
+  if (policy_.profile) {
+    p = &profiles_.emplace_back(cls, name);
+    strategies_.push_back(s);
+  }
+  if (external_) return std::make_unique<AnyLock>(s, external_->make(s, cls, name), p, cls_name);
+  return std::make_unique<AnyLock>(s, p, cls_name);
 }
 
 nlohmann::json stats_json(const LockStats& s) {

@@ -37,7 +37,10 @@ nlohmann::json stats_json(const LockStats& s);
 
 class LockRegistry {
  public:
-  explicit LockRegistry(LockPolicy policy) : policy_(std::move(policy)) {}
+  // With `external` (a simulation's factory, which must outlive the registry), every lock is
+  // made by it, standing for the strategy the policy gives its class.
+  explicit LockRegistry(LockPolicy policy, ExternalLockFactory* external = nullptr)
+      : policy_(std::move(policy)), external_(external) {}
   const LockPolicy& policy() const { return policy_; }
 
   // A lock of class `cls` with the policy's strategy; profiled as `name` when profiling is on.
@@ -51,6 +54,7 @@ class LockRegistry {
 
  private:
   LockPolicy policy_;
+  ExternalLockFactory* external_;
   mutable std::mutex mu_;
   std::deque<LockProfile> profiles_;   // stable addresses
   std::vector<Strategy> strategies_;   // of profiles_[i]

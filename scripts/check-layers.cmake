@@ -1,7 +1,7 @@
 # Refuses an #include against the direction of the layers (run by the build and by CI):
 #   cmake -DSRC=<source dir> -P scripts/check-layers.cmake
 #
-# Bottom up: locks/ -> mm/ -> vmm/ -> sched/ -> app/ -> study/ and bench/. A file may include its
+# Bottom up: locks/ -> sim/ -> mm/ -> vmm/ -> sched/ -> app/ -> study/ and bench/. A file may include its
 # own layer and those below it. guests/ holds the guest ABI headers, usable by every layer.
 # app/main.cpp is the entry point of the binary and may include every layer. tests/ may include
 # anything.
@@ -9,14 +9,15 @@ if(NOT SRC)
   message(FATAL_ERROR "usage: cmake -DSRC=<source dir> -P check-layers.cmake")
 endif()
 
-set(layers locks mm vmm sched app study bench)
+set(layers locks sim mm vmm sched app study bench)
 set(rank_locks 0)
-set(rank_mm 1)
-set(rank_vmm 2)
-set(rank_sched 3)
-set(rank_app 4)
-set(rank_study 5)
-set(rank_bench 5)
+set(rank_sim 1)
+set(rank_mm 2)
+set(rank_vmm 3)
+set(rank_sched 4)
+set(rank_app 5)
+set(rank_study 6)
+set(rank_bench 6)
 set(rank_guests -1)
 
 set(bad "")
@@ -47,5 +48,5 @@ endforeach()
 
 if(bad)
   message(FATAL_ERROR "includes against the layers "
-          "(locks -> mm -> vmm -> sched -> app -> study, bench):\n${bad}")
+          "(locks -> sim -> mm -> vmm -> sched -> app -> study, bench):\n${bad}")
 endif()

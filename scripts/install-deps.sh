@@ -8,6 +8,7 @@ packages=(
   libgtest-dev libgmock-dev googletest           # tests
   libbenchmark-dev                               # benchmarks
   libcli11-dev nlohmann-json3-dev                # CLI, JSON
+  libboost-context-dev                           # fibers of the simulation (sim/, docs/sim.md)
   libck-dev                                      # Concurrency Kit: lock baselines in bench-locks
   clang-format                                   # formatting check
   clang-14 libclang-rt-14-dev                    # libFuzzer targets (scripts/fuzz.sh)

@@ -1,13 +1,10 @@
 #pragma once
-#include <time.h>
-
 #include <cstdint>
 
+#include "locks/clock.hpp"
+
 namespace kvmscale {
-// CLOCK_MONOTONIC in ns: the single time base of every timestamp in a run record.
-inline uint64_t now_ns() {
-  timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<uint64_t>(ts.tv_nsec);
-}
+// The single time base of every timestamp in a run record: CLOCK_MONOTONIC in ns, or the
+// simulation's virtual time on a thread that installed it (locks/clock.hpp).
+inline uint64_t now_ns() { return locks::clock_ns(); }
 }  // namespace kvmscale
