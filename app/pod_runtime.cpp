@@ -47,7 +47,7 @@ PodRuntime::PodRuntime(const RunConfig& cfg, const std::vector<vmm::Vm*>& vms, s
     // By default one fault thread per pCPU: as many initiators can flush at once as there are
     // pCPUs that can fault at once, as in Xen where the faulting pCPU itself initiates.
     // In a process of a sharded run (--procs): the pCPUs of its own pool.
-    fault_threads_ = cfg.fault_threads ? cfg.fault_threads : std::min(64u, cfg.shard_pcpus());
+    fault_threads_ = fault_threads_for(cfg);
     faults_ = std::make_unique<mm::FaultService>(
         uffd_, int(fault_threads_), [this](const mm::FaultEvent& ev) { on_fault(ev); },
         read_faults);

@@ -7,6 +7,7 @@
 // are test hooks (app::TestHooks).
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <memory>
@@ -42,6 +43,14 @@ class PodRuntime {
   void detach();
   // Stops serving faults (joins the service threads); reports are exact only after this.
   void stop();
+
+  // Fault threads a run starts: --fault-threads, or by default one per pCPU of this process
+  // (as many flushes in flight as pCPUs can fault at once), at most kMaxDefaultFaultThreads.
+  static constexpr uint32_t kMaxDefaultFaultThreads = 1024;
+  static uint32_t fault_threads_for(const RunConfig& cfg) {
+    return cfg.fault_threads ? cfg.fault_threads
+                             : std::min(kMaxDefaultFaultThreads, cfg.shard_pcpus());
+  }
 
   nlohmann::json vm_report(const vmm::Vm& vm) const;
   nlohmann::json report() const;

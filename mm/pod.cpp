@@ -164,8 +164,9 @@ void Pod::emergency_sweep_xen() {
     if (i == 0) break;
   }
   if (!batch.empty()) zero_check(batch);
-  // Xen resets reclaim_single to restart from the top once a sweep reached the bottom.
-  sweep_from_ = stopped && i > 0 ? i - 1 : kNone;
+  // reclaim_single = i ? i - 1 : i, where 0 means "start from max_guest": a sweep that reached
+  // the bottom, or stopped at granule 1, restarts from the top.
+  sweep_from_ = stopped && i > 1 ? i - 1 : kNone;
 }
 
 void Pod::eager_reclaim_batched() {

@@ -71,6 +71,7 @@ class PodVm final : public PodBackend {
   void flush() override;
 
  private:
+  static constexpr uint64_t kQuickPage = 4096;  // the quick check reads each 4 KiB page's start
   uint64_t addr(uint64_t g) const { return base_ + g * granule_; }
   uint64_t base_, len_, granule_, gpa_base_;
   Userfaultfd& uffd_;

@@ -51,6 +51,12 @@ class CpuSet {
     return *this;
   }
   bool operator==(const CpuSet&) const = default;
+  // cpumask_cycle: the first member after n, wrapping around (n itself last); size() if empty.
+  uint32_t cycle(uint32_t n) const {
+    for (uint32_t i = 1; i <= size_; i++)
+      if (test((n + i) % size_)) return (n + i) % size_;
+    return size_;
+  }
   // Ascending. Word by word: O(size / 64 + members), not a test of every index.
   std::vector<uint32_t> members() const {
     std::vector<uint32_t> m;

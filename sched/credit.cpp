@@ -323,8 +323,20 @@ void CreditScheduler::burn(SchedVcpu& v, uint64_t now) {
 // --- scheduling (csched_schedule) ---------------------------------------------------------------
 
 CreditScheduler::Decision CreditScheduler::schedule(uint32_t p, uint64_t now) {
-  Pcpu& pc = *pcpus_[p];
-  RunqGuard g(pc);
+  SchedVcpu* moving = nullptr;  // the current vCPU, leaving for another pCPU
+  Decision d;
+  {
+    RunqGuard g(*pcpus_[p]);
+    d = schedule_locked(*pcpus_[p], now, moving);
+  }
+  if (moving) migrate(*moving, now);
+  return d;
+}
+
+CreditScheduler::Decision CreditScheduler::schedule_locked(Pcpu& pc, uint64_t now,
+                                                           SchedVcpu*& moving) {
+  pc.held();
+  const uint32_t p = pc.index;
   pc.stats.schedules++;
   pc.need_resched.store(false, std::memory_order_relaxed);
   SchedVcpu* cur = pc.curr;
@@ -334,18 +346,33 @@ CreditScheduler::Decision CreditScheduler::schedule(uint32_t p, uint64_t now) {
     const bool running = cur_was_running;
     if (running) burn(*cur, now);
     const bool runnable = running && !cur->parked.load(std::memory_order_relaxed);
+    // _VPF_migrating (set by a tick or a tickle): the vCPU is not vcpu_runnable() for
+    // csched_schedule, so no ratelimit and no requeue here; vcpu_migrate then moves it where
+    // _csched_cpu_pick says now, which may still be here.
+    uint32_t target = p;
+    if (cur->migrating && runnable) target = cpu_pick(pc, *cur);
+    cur->migrating = false;
+    const bool leaves = target != p;
     // Ratelimit: a runnable vCPU that has run less than ratelimit keeps the pCPU (yield or not,
     // as 4.7), for another ratelimit.
-    if (runnable && params_.ratelimit_ns && now - cur->slice_start_ns < params_.ratelimit_ns) {
+    if (runnable && !leaves && params_.ratelimit_ns &&
+        now - cur->slice_start_ns < params_.ratelimit_ns) {
       KS_PROBE(sched_pick, p, int64_t(cur->id), int64_t(cur->dom->index), int64_t(cur->id));
       return {cur, now + params_.ratelimit_ns};
     }
     pc.curr = nullptr;
-    requeued = runnable;
-    if (runnable)
+    requeued = runnable && !leaves;
+    if (requeued)
       runq_insert(pc, *cur, now);  // competes again, behind its equals (round-robin)
     else if (running)
-      cur->state = VState::Runnable;  // parked: off every queue until accounting unparks it
+      cur->state = VState::Runnable;  // parked (off every queue until unparked) or leaving
+    if (leaves) {
+      // On no queue and current nowhere until migrate() queues it on the target: processor
+      // changes under the old processor's lock, so whoever locks it next finds the target's.
+      cur->processor.store(target, std::memory_order_release);
+      cur->stats.migrations++;
+      moving = cur;
+    }
     cur->yield_flag = false;
   }
   SchedVcpu* next = pc.runq.empty() ? nullptr : pc.runq.front();
@@ -544,12 +571,25 @@ bool CreditScheduler::tick(uint32_t p, uint64_t now) {
     RunqGuard g(pc);
     pc.stats.ticks++;
     SchedVcpu* cur = pc.curr;
-    if (cur && cur->state == VState::Running && !params_.round_robin) {
-      // csched_vcpu_acct: a BOOSTed vCPU found running by a tick is back to UNDER.
-      int boost = int(Prio::Boost);
-      cur->pri.compare_exchange_strong(boost, int(Prio::Under), std::memory_order_relaxed);
-      burn(*cur, now);
-      if (!cur->active.load(std::memory_order_relaxed)) to_activate = cur;
+    if (cur && cur->state == VState::Running) {
+      bool settled = true;  // active a while (rr: no accounting, always)
+      if (!params_.round_robin) {
+        // csched_vcpu_acct: a BOOSTed vCPU found running by a tick is back to UNDER.
+        int boost = int(Prio::Boost);
+        cur->pri.compare_exchange_strong(boost, int(Prio::Under), std::memory_order_relaxed);
+        burn(*cur, now);
+        if (!cur->active.load(std::memory_order_relaxed)) {
+          to_activate = cur;
+          settled = false;
+        }
+      }
+      if (settled && cpu_pick(pc, *cur) != p) {
+        // Active a while and better off on an idler: move it (_VPF_migrating) at the reschedule
+        // this asks for (cpu_raise_softirq on itself: the caller's loop schedules next).
+        cur->migrating = true;
+        pc.stats.migrate_running++;
+        pc.need_resched.store(true, std::memory_order_release);
+      }
     }
     uint64_t gen = acct_gen_.load(std::memory_order_acquire);
     if (gen != pc.last_acct_gen) {
@@ -721,20 +761,60 @@ void CreditScheduler::runq_tickle(Pcpu& pc, SchedVcpu& v) {
     mask &= idle;
     if (mask.empty() && step == kSoft) continue;
     if (mask.empty()) {
-      if (new_pri > cur_pri) tickle(pc, pc.index, true);  // (4.7 also asks cur to migrate)
+      if (new_pri > cur_pri) {
+        // v preempts cur here; cur moves to an idler of its own if it has one (_VPF_migrating).
+        if (pc.curr->affinity.intersects(idle)) {
+          pc.curr->migrating = true;
+          pc.stats.migrate_kicked_away++;
+        }
+        tickle(pc, pc.index, true);
+      }
       return;
     }
-    // One idler, cycling from the last one tickled. As 4.7, the cycle runs over every idler
-    // (prv->idlers), not only those that may run v.
-    uint32_t q = pc.last_tickle;
-    for (uint32_t i = 0; i < npcpus(); i++) {
-      q = (q + 1) % npcpus();
-      if (idle.test(q)) break;
-    }
+    // One idler that may run v, cycling from the last one tickled. 4.7 cycled over every idler
+    // (prv->idlers), so it could wake one outside v's affinity and never the one that may run
+    // it; Xen 4.8 cycles over these (f83fc393b2, "fix mask to be used for tickling").
+    const uint32_t q = mask.cycle(pc.last_tickle);
     pc.last_tickle = q;
     tickle(pc, q, false);
     return;
   }
+}
+
+// _csched_cpu_pick for v, current on pc: pc itself if it idles but for v (IS_RUNQ_IDLE: nothing
+// queued), else an idler in v's affinity (soft step first, if v has one), cycling from pc; else
+// pc. 4.7 then prefers idlers with more idle SMT siblings or cores; kvmscale's pCPUs have no
+// such topology, so every idler counts the same.
+uint32_t CreditScheduler::cpu_pick(Pcpu& pc, const SchedVcpu& v) {
+  pc.held();
+  CpuSet& idlers = pc.scratch.idle;
+  read_idlers(idlers);
+  if (pc.runq.empty()) idlers.set(pc.index);
+  for (int step = kSoft; step <= kHard; step++) {
+    if (step == kSoft && !v.has_soft) continue;
+    CpuSet& mask = pc.scratch.mask;
+    mask = step == kSoft ? v.soft_affinity : v.affinity;
+    mask &= v.affinity;
+    mask &= idlers;
+    if (mask.test(pc.index)) return pc.index;
+    if (!mask.empty()) return mask.cycle(pc.index);
+  }
+  return pc.index;
+}
+
+// vcpu_migrate, after schedule() took v off its pCPU and named the target its processor: queue
+// it there and tickle, as csched_vcpu_wake would, without a BOOST (CSCHED_FLAG_VCPU_MIGRATING).
+// Between the two locks v is Runnable, queued nowhere and current nowhere: a wake meanwhile
+// stays pending, and a finish() or park() under the target's lock leaves it off the queue here
+// (unpark() queues it itself).
+void CreditScheduler::migrate(SchedVcpu& v, uint64_t now) {
+  RunqGuard g(pcpus_, v);
+  Pcpu& pc = g.pcpu();
+  if (v.state != VState::Runnable || v.queued || pc.curr == &v ||
+      v.parked.load(std::memory_order_relaxed))
+    return;
+  runq_insert(pc, v, now);
+  runq_tickle(pc, v);
 }
 
 void CreditScheduler::wake(SchedVcpu& v, uint64_t now, bool timed_out, uint64_t gen) {
@@ -799,6 +879,8 @@ nlohmann::json CreditScheduler::report() const {
                      {"tickles", pc->stats.tickles},
                      {"tickle_preempts", pc->stats.tickle_preempts},
                      {"activations_deferred", pc->stats.activations_deferred},
+                     {"migrate_running", pc->stats.migrate_running},
+                     {"migrate_kicked_away", pc->stats.migrate_kicked_away},
                      {"balance",
                       {{"attempts_idle", b.attempts_idle},
                        {"attempts_over", b.attempts_over},

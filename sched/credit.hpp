@@ -90,9 +90,10 @@ class CreditScheduler {
   // What pCPU p runs next (csched_schedule). Its current vCPU, if still runnable, competes.
   Decision schedule(uint32_t p, uint64_t now);
   // Tick on pCPU p (csched_tick): burn the current vCPU's credits, end its BOOST, activate it,
-  // re-sort the queue after an accounting pass; on the master pCPU 0 run accounting when due.
-  // It never preempts (preemption comes from the slice end and from tickles). True: a pass is
-  // due and params().account_on_tick is false, so the caller must run account() itself.
+  // or, if it was already active and _csched_cpu_pick names an idler for it, mark it migrating
+  // and ask p to reschedule (csched_vcpu_acct); re-sort the queue after an accounting pass; on
+  // the master pCPU 0 run accounting when due. True: a pass is due and
+  // params().account_on_tick is false, so the caller must run account() itself.
   bool tick(uint32_t p, uint64_t now);
   // The current vCPU of p wants to block (hypercall). False: a wake was pending, keep running.
   bool block(uint32_t p, SchedVcpu& v, uint64_t now);
@@ -125,6 +126,9 @@ class CreditScheduler {
   void update_runnable(Pcpu& pc);
   void track_affinity(Pcpu& pc, const SchedVcpu& v, bool queued);
   void runq_tickle(Pcpu& pc, SchedVcpu& v);
+  uint32_t cpu_pick(Pcpu& pc, const SchedVcpu& v);
+  Decision schedule_locked(Pcpu& pc, uint64_t now, SchedVcpu*& moving);
+  void migrate(SchedVcpu& v, uint64_t now);
   void tickle(Pcpu& from, uint32_t q, bool preempt);
   SchedVcpu* load_balance(Pcpu& pc, int local_pri, uint64_t now);
   SchedVcpu* runq_steal(Pcpu& thief, Pcpu& peer, int min_pri, int step, uint64_t now);

@@ -65,6 +65,8 @@ struct SchedVcpu {
   std::list<SchedVcpu*>::iterator pos;  // in its run queue while queued
   uint32_t level = 0;  // prio_level() when queued or last re-sorted (runq_insert's walk reads it)
   bool yield_flag = false;    // CSCHED_FLAG_VCPU_YIELD
+  bool migrating = false;     // _VPF_migrating: move to the pCPU _csched_cpu_pick names at the
+                              // next schedule() of its processor (vcpu_migrate)
   bool wake_pending = false;  // a wake that came while not blocked: the next block returns at once
   uint64_t block_gen = 0;     // bumps at every block; a timeout for an older block is stale
   int64_t block_result = 0;   // 0 woken, 1 timed out
@@ -97,6 +99,9 @@ struct PcpuSchedStats {
   uint64_t schedules = 0, ticks = 0, idle_picks = 0, context_switches = 0;
   uint64_t tickles = 0, tickle_preempts = 0;  // sent from here; of which preempted a vCPU
   uint64_t activations_deferred = 0;  // ticks that found the accounting lock busy (pass running)
+  // Running vCPUs asked to move to an idler: by the tick (csched_vcpu_acct's migrate_running) and
+  // by a wake that preempts them (__runq_tickle's migrate_kicked_away).
+  uint64_t migrate_running = 0, migrate_kicked_away = 0;
   BalanceStats balance;
 };
 

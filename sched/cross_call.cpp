@@ -112,6 +112,14 @@ void CrossCall::set_stalled(uint32_t p, bool stalled, Stall why) {
     s.fetch_and(~uint32_t(why), std::memory_order_seq_cst);
 }
 
+void CrossCall::set_in_guest(uint32_t p, bool in) {
+  std::atomic<uint32_t>& s = slots_[p]->stalled;
+  if (in)
+    s.fetch_or(kInGuest, std::memory_order_seq_cst);
+  else if (s.load(std::memory_order_relaxed) & kInGuest)  // only p's thread changes the bit
+    s.fetch_and(~kInGuest, std::memory_order_seq_cst);
+}
+
 void CrossCall::on_selected_cpus(const CpuSet& targets, const Fn& fn, int self, int initiator) {
   std::vector<uint32_t> list = targets.members();  // ascending: the per-CPU lock order
   if (list.empty()) return;
@@ -141,6 +149,11 @@ void CrossCall::on_selected_cpus(const CpuSet& targets, const Fn& fn, int self, 
   call->remaining.store(uint32_t(list.size()));
   uint64_t t0 = locks::lock_clock_ns();
   int self_at = -1;  // self's place in the list
+  // The context whose fault this thread serves is, in Xen, the initiator itself, which runs the
+  // function locally (on_selected_cpus, xen/common/smp.c): it is not kicked. Blocked in its fault
+  // in guest mode, it is excused below and runs the function at its next safe point, before any
+  // use of a translation; back in VMM code already, it acks there.
+  const int served = serving_cc_ == this ? serving_for_ : -1;
   for (uint32_t i = 0; i < list.size(); i++) {
     const uint32_t t = list[i];
     if (int(t) == self) {
@@ -148,6 +161,7 @@ void CrossCall::on_selected_cpus(const CpuSet& targets, const Fn& fn, int self, 
       continue;
     }
     post(t, call, i);
+    if (int(t) == served) continue;
     kick_(t);
     kicks_.fetch_add(1, std::memory_order_relaxed);
   }
@@ -163,7 +177,7 @@ void CrossCall::on_selected_cpus(const CpuSet& targets, const Fn& fn, int self, 
     poll();
     for (uint32_t i = 0; i < list.size(); i++) {
       const uint32_t t = list[i];
-      if (slots_[t]->stalled.load(std::memory_order_seq_cst) != 0 &&
+      if (excused_by(slots_[t]->stalled.load(std::memory_order_seq_cst)) &&
           call->state[i].load(std::memory_order_acquire) == 0) {
         uint8_t before = 0;
         if (call->state[i].compare_exchange_strong(before, 2, std::memory_order_acq_rel)) {

@@ -9,11 +9,12 @@
 // Xen CPU spinning with interrupts enabled still answers IPIs), so two pCPUs calling each other
 // cannot deadlock.
 //
-// Stalls: a pCPU blocked where it cannot serve (in a userfaultfd fault wait) is excused: the
-// initiator counts it as acked and stops waiting for it, and it runs the function at its next
-// safe point, before it can use a translation again. The initiator re-checks stalls while it
-// waits, so a target that stalls after the kick is noticed too. Hence `fn` is copied and may run
-// after on_selected_cpus() returned: it must not refer to the caller's stack.
+// Stalls: a pCPU blocked where it cannot serve (idle, gone, or in guest mode in a userfaultfd
+// fault wait) is excused: the initiator counts it as acked and stops waiting for it, and it runs
+// the function at its next safe point, before it can use a translation again. The initiator
+// re-checks stalls while it waits, so a target that stalls after the kick is noticed too. Hence
+// `fn` is copied and may run after on_selected_cpus() returned: it must not refer to the caller's
+// stack.
 #pragma once
 
 #include <array>
@@ -55,6 +56,20 @@ class CrossCall {
   // p entered / left a state in which it cannot serve calls (and uses no translation). For
   // kInFault each `true` must be matched by one `false`.
   void set_stalled(uint32_t p, bool stalled, Stall why = kInFault);
+  // Context p is about to enter guest mode (KVM_RUN) / is back in VMM code, where it may use a
+  // translation. A fault stall (kInFault) excuses p only while p is in guest mode: the fault
+  // thread keeps it for the whole of PodVm::handle, but the zero page that resolves the fault,
+  // a kick or a duplicate fault event let p run VMM code before then, and an ack excused there
+  // would let the flush complete while p still uses what it removed. Leaving guest mode must
+  // come before the serve() of p's next safe point (safe_point() does both, in that order):
+  // then either the initiator sees p out of guest mode and waits for its ack, or p's serve sees
+  // the call (the same Dekker pair as post versus stall).
+  void set_in_guest(uint32_t p, bool in);
+  // A context's safe point: out of guest mode, then serve.
+  void safe_point(uint32_t p) {
+    set_in_guest(p, false);
+    serve(p);
+  }
 
   // The calling thread serves a fault of context c while this lives (a fault thread acting for
   // the faulting pCPU, which in Xen serves its own fault): c counts as stalled (kInFault) and
@@ -93,7 +108,12 @@ class CrossCall {
     std::atomic<uint32_t> stalled{0};      // kIdle/kGone bits, plus kFaultUnit per fault in service
     std::unique_ptr<locks::AnyLock> lock;  // percpu mode
   };
+  static constexpr uint32_t kInGuest = 8;  // set_in_guest(); not a stall by itself
   static constexpr uint32_t kFaultUnit = 1u << 8;
+  // A target in this state acks nothing for itself: it is excused.
+  static bool excused_by(uint32_t stalled) {
+    return (stalled & (kIdle | kGone)) != 0 || (stalled >= kFaultUnit && (stalled & kInGuest));
+  }
   // The context the calling thread serves a fault of (ServingFault), and for which cross-call.
   static thread_local const CrossCall* serving_cc_;
   static thread_local int serving_for_;

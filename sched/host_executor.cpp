@@ -122,7 +122,7 @@ class HostExecutor final : public Executor {
     vmm::Kicker& kicker = slot.kicker;
     kicker.bind_current_thread();
     const std::function<void()> safe_point = [this, ctx] {
-      if (cc_) cc_->serve(ctx);
+      if (cc_) cc_->safe_point(ctx);
     };
     // A vCPU thread only ever holds its own VM: it joins the dirty mask once, before its first
     // entry, and honours the invalidate marks before every entry (sched/p2m.hpp).
@@ -131,8 +131,9 @@ class HostExecutor final : public Executor {
     p2m.join(ctx);
     while (!stopping_.load(std::memory_order_relaxed) && !vm.stopped()) {
       p2m.before_entry(ctx);
+      if (cc_) cc_->set_in_guest(ctx, true);  // until the exit handler's first safe point
       vmm::Action a = vm.run_once(v, kicker, access);
-      if (cc_) cc_->serve(ctx);  // a safe point: answer flushes before going on
+      if (cc_) cc_->safe_point(ctx);  // answer flushes before going on
       using K = vmm::Action::Kind;
       if (a.kind == K::Yield) {
         sched_yield();

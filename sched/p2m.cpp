@@ -26,6 +26,15 @@ bool P2m::before_entry(uint32_t c) {
   return true;
 }
 
+void P2m::enter(uint32_t c, P2m*& held, P2m& next) {
+  if (held != &next) {
+    if (held) held->leave(c);
+    next.join(c);  // before the check of the mark: see the Dekker pair in p2m.hpp
+    held = &next;
+  }
+  next.before_entry(c);
+}
+
 void P2m::attach_pod(mm::PodVm& pod, CrossCall* cc) {
   if (cc ? cc->npcpus() != contexts() : contexts() != 0)
     throw std::logic_error("P2m: the cross-call's contexts are not the executor's");

@@ -61,6 +61,10 @@ class P2m final : public mm::P2mView {
   // Before each entry of one of the VM's vCPUs on c, after join(): if a flush marked c, drop the
   // VM's translations from c's TLB (vmx_vmenter_helper). True if it did.
   bool before_entry(uint32_t c);
+  // Before KVM_RUN of a vCPU of `next` on context c, which holds `held`'s translations (null:
+  // none yet): switch dirty masks if the VM changes (__context_switch: leave the old, join the
+  // new; idle in between keeps them, lazily), then before_entry(). `held` becomes &next.
+  static void enter(uint32_t c, P2m*& held, P2m& next);
 
   // PoD for the run: `pod` handles the VM's VMM-side populates, `cc` carries its flushes (null
   // only without contexts). Both outlive the attachment; attach before the contexts start,

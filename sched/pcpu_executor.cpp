@@ -259,18 +259,6 @@ class PcpuExecutor final : public Executor, public PcpuSignals {
     return b == 0 ? a : std::min(a, b);
   }
 
-  // Before KVM_RUN of ev on p: switch dirty masks if p last ran another VM (__context_switch;
-  // idle in between keeps the mask), then drop the VM's translations if a flush marked p
-  // (vmx_vmenter_helper). Join before the check: see sched/p2m.hpp.
-  void enter_vm(uint32_t p, P2m*& held, ExecVcpu& ev) {
-    if (held != ev.p2m) {
-      if (held) held->leave(p);
-      ev.p2m->join(p);
-      held = ev.p2m;
-    }
-    ev.p2m->before_entry(p);
-  }
-
   // Sleeps until tickled or `until` (0: until tickled).
   void idle_wait(Pcpu& pc, uint64_t until) {
     std::unique_lock lock(pc.idle_mu);
@@ -337,7 +325,7 @@ class PcpuExecutor final : public Executor, public PcpuSignals {
     SchedVcpu* cur = nullptr;
     P2m* held = nullptr;  // the VM whose translations this pCPU holds (its dirty mask)
     const std::function<void()> safe_point = [this, p] {
-      if (cc_) cc_->serve(p);
+      if (cc_) cc_->safe_point(p);
     };
     while (!stopping_.load(std::memory_order_relaxed)) {
       if (cc_) cc_->serve(p);  // a safe point: answer flushes before anything else
@@ -384,11 +372,12 @@ class PcpuExecutor final : public Executor, public PcpuSignals {
         timer_settime(timer, TIMER_ABSTIME, &its, nullptr);
         armed = wake_at;
       }
-      enter_vm(p, held, ev);
+      P2m::enter(p, held, *ev.p2m);  // switches dirty masks, honours invalidate marks
       uint64_t t0 = now_ns();
+      if (cc_) cc_->set_in_guest(p, true);  // until the exit handler's first safe point
       vmm::Action a =
           ev.vm->run_once(*ev.vcpu, pc.kicker, {&tlbs_[p], &safe_point, ev.p2m->exit_view()});
-      if (cc_) cc_->serve(p);
+      if (cc_) cc_->safe_point(p);
       uint64_t t1 = now_ns();
       pc.busy_ns += t1 - t0;
       using K = vmm::Action::Kind;

@@ -122,7 +122,8 @@ TEST_P(CrossCallModes, KicksTargetsAndWaitsForTheirAck) {
 TEST_P(CrossCallModes, StalledTargetIsExcusedAndRunsTheCallLater) {
   Fake f(2, GetParam());
   std::atomic<int> ran{0};
-  f.cc.set_stalled(1, true);
+  f.cc.set_in_guest(1, true);
+  f.cc.set_stalled(1, true);  // in a fault, in guest mode
   std::atomic<bool> done{false};
   std::thread dog([&] { watchdog(done, 20s, "call to a stalled pCPU"); });
   f.cc.on_selected_cpus(
@@ -132,7 +133,7 @@ TEST_P(CrossCallModes, StalledTargetIsExcusedAndRunsTheCallLater) {
   EXPECT_EQ(ran.load(), 1) << "only pCPU 0 ran it so far";
   EXPECT_EQ(f.cc.report()["acks_excused_stalled"], 1);
   f.cc.set_stalled(1, false);
-  f.cc.serve(1);  // its next safe point: the flush is still delivered
+  f.cc.safe_point(1);  // its next safe point: the flush is still delivered
   EXPECT_EQ(ran.load(), 2);
 }
 
@@ -145,6 +146,7 @@ TEST_P(CrossCallModes, TargetThatStallsAfterTheKickIsNoticed) {
     done = true;
   });
   while (f.kicked[1].load() == 0) std::this_thread::yield();
+  f.cc.set_in_guest(1, true);
   f.cc.set_stalled(1, true);  // e.g. it hit a userfaultfd fault instead of returning
   std::atomic<bool> ok{false};
   std::thread dog([&] { watchdog(ok, 20s, "stall after kick"); });
@@ -159,6 +161,7 @@ TEST_P(CrossCallModes, TargetThatStallsAfterTheKickIsNoticed) {
 // call below waited for a context still blocked in a fault (the test then served it to end).
 TEST_P(CrossCallModes, AStallLastsUntilEveryFaultOfTheContextIsServed) {
   Fake f(2, GetParam());
+  f.cc.set_in_guest(1, true);  // context 1 faults in guest mode
   f.cc.set_stalled(1, true);   // fault thread A takes a fault of context 1
   f.cc.set_stalled(1, true);   // fault thread B takes its retried fault
   f.cc.set_stalled(1, false);  // B is done; A still serves
@@ -215,13 +218,15 @@ TEST_P(CrossCallModes, InitiatorsServingContextsThatFaultAgainNeverDeadlock) {
         // A kick after this safe point must get the context out of the fault wait (a kick before
         // KVM_RUN makes it return at once), so the baseline is taken first.
         uint64_t kicks = f.kicked[c].load();
-        f.cc.serve(c);  // a safe point before the access that faults
+        f.cc.safe_point(c);  // a safe point before the access that faults
+        f.cc.set_in_guest(c, true);
         raise(c, k);
         bool retried = false;
         while (resolved[c].load() < k) {
           if (f.kicked[c].load() != kicks) {  // EINTR: back to the loop, then the same fault
             kicks = f.kicked[c].load();
-            f.cc.serve(c);
+            f.cc.safe_point(c);
+            f.cc.set_in_guest(c, true);
             if (!retried) raise(c, k);  // once: a flood of retries would only slow the test
             retried = true;
           }
@@ -321,6 +326,8 @@ TEST(CrossCall, ServingFaultStallsItsContextAndChargesItsCallsWhileItLives) {
   std::atomic<int> ran{0};
   const CrossCall::Fn count = [&ran](uint32_t) { ran++; };
   f.cc.set_stalled(0, true, CrossCall::kIdle);  // context 0 idle: calls to it never wait
+  f.cc.set_in_guest(1, true);                   // 1 and 2 fault in guest mode
+  f.cc.set_in_guest(2, true);
   {
     CrossCall::ServingFault serving(f.cc, 1);
     f.cc.on_selected_cpus(CpuSet::single(3, 1), count, -1);  // excused: 1 is in its fault
@@ -335,8 +342,8 @@ TEST(CrossCall, ServingFaultStallsItsContextAndChargesItsCallsWhileItLives) {
   }
   EXPECT_EQ(f.cc.report()["acks_excused_stalled"], 3u);
   EXPECT_EQ(ran.load(), 0);
-  f.cc.serve(1);  // after its fault: the excused call still runs
-  f.cc.serve(2);
+  f.cc.safe_point(1);  // after its fault: the excused call still runs
+  f.cc.safe_point(2);
   EXPECT_EQ(ran.load(), 2);
   f.cc.on_selected_cpus(CpuSet::single(3, 0), count, -1);
   EXPECT_EQ(calls_charged_to(f.cc, -1), 1u) << "no scope: no context's";
@@ -371,6 +378,62 @@ TEST(CrossCall, ServingFaultStallsItsContextAndChargesItsCallsWhileItLives) {
   EXPECT_EQ(ran.load(), before + 1);
   EXPECT_EQ(f.cc.report()["acks_excused_stalled"], 6u)
       << "1 and 2 once each, idle 0 four times; the served call not";
+}
+
+// Issue 25: a fault thread's call does not kick the context whose fault it serves (in Xen that
+// context is the initiator and runs the function itself); blocked in its fault in guest mode, the
+// context is excused and runs the function at its next safe point. Other targets are kicked.
+TEST(CrossCall, AFaultThreadsCallDoesNotKickTheContextItServes) {
+  Fake f(3, CallLockMode::Global);
+  std::atomic<int> ran{0};
+  std::atomic<bool> stop{false};
+  std::thread two([&] {
+    while (!stop.load()) f.cc.serve(2);
+  });
+  f.cc.set_stalled(0, true, CrossCall::kIdle);
+  f.cc.set_in_guest(1, true);
+  std::atomic<bool> done{false};
+  std::thread dog([&] { watchdog(done, 20s, "a fault thread's call"); });
+  {
+    CrossCall::ServingFault serving(f.cc, 1);
+    f.cc.on_selected_cpus(
+        CpuSet(3, true), [&ran](uint32_t) { ran++; }, -1);
+  }
+  done = true;
+  dog.join();
+  stop = true;
+  two.join();
+  EXPECT_EQ(f.kicked[1].load(), 0u) << "the served context was kicked";
+  EXPECT_EQ(f.kicked[0].load(), 1u);
+  EXPECT_EQ(f.kicked[2].load(), 1u);
+  EXPECT_EQ(f.cc.report()["kicks"], 2u);
+  EXPECT_EQ(f.cc.report()["acks_excused_stalled"], 2u) << "idle 0 and 1, in its fault";
+  f.cc.safe_point(1);
+  EXPECT_EQ(ran.load(), 2) << "2 ran it; 1 at its safe point";
+}
+
+// A fault stall excuses a context only while it is in guest mode: back in VMM code (its fault
+// resolved, a kick, a duplicate event) it may use translations, so a call waits for its ack.
+TEST(CrossCall, AContextInAFaultStallButOutOfGuestModeIsWaitedFor) {
+  Fake f(2, CallLockMode::Global);
+  std::atomic<int> ran{0};
+  f.cc.set_stalled(1, true);  // a fault thread still serves context 1's fault ...
+  f.cc.set_in_guest(1, true);
+  f.cc.safe_point(1);  // ... which the zero page resolved: context 1 is back in VMM code
+  std::atomic<bool> done{false};
+  std::thread caller([&] {
+    f.cc.on_selected_cpus(
+        CpuSet::single(2, 1), [&ran](uint32_t) { ran++; }, 0);
+    done = true;
+  });
+  while (f.kicked[1].load() == 0) std::this_thread::yield();
+  for (int i = 0; i < 1000 && !done.load(); i++) std::this_thread::yield();
+  EXPECT_FALSE(done.load()) << "excused while it could use a translation";
+  f.cc.safe_point(1);  // its next safe point acks
+  caller.join();
+  EXPECT_EQ(ran.load(), 1);
+  EXPECT_EQ(f.cc.report()["acks_excused_stalled"], 0u);
+  f.cc.set_stalled(1, false);
 }
 
 TEST(LocksPolling, EveryStrategyPollsWhileItWaits) {

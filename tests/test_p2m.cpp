@@ -142,6 +142,28 @@ TEST(P2m, AContextLeavesTheMaskWhenItSwitchesToAnotherVm) {
   EXPECT_EQ(a.mask_total(), 0u);
 }
 
+// The executor's step before KVM_RUN (P2m::enter): a context that switches to another VM's vCPU
+// leaves the first VM's dirty mask (__context_switch), so that VM's flushes stop waiting for it;
+// entering the same VM again changes nothing but honours a mark.
+TEST(P2m, EnteringAnotherVmsVcpuLeavesTheFirstVmsMask) {
+  std::vector<mm::SoftTlb> tlbs(2);
+  P2m a(1, std::span(tlbs), nullptr), b(2, std::span(tlbs), nullptr);
+  P2m* held = nullptr;
+  P2m::enter(0, held, a);
+  EXPECT_EQ(held, &a);
+  EXPECT_EQ(a.dirty().members(), std::vector<uint32_t>{0});
+  P2m::enter(0, held, b);
+  EXPECT_EQ(held, &b);
+  EXPECT_TRUE(a.dirty().empty()) << "pCPU 0 no longer holds A's translations";
+  EXPECT_EQ(b.dirty().members(), std::vector<uint32_t>{0});
+  b.prepare_flush();
+  uint8_t page[1];
+  tlbs[0].insert(2, 5, page);
+  P2m::enter(0, held, b);
+  EXPECT_EQ(tlbs[0].lookup(2, 5), nullptr) << "the mark is honoured on every entry";
+  EXPECT_EQ(b.dirty().members(), std::vector<uint32_t>{0});
+}
+
 // Entry (join, then check the mark) racing a flush (mark, then read the mask): the context is
 // always either a target of the flush or sees the mark. A broken program order (e.g. reading the
 // mask before marking) loses both in some interleavings. It cannot catch a weakened memory order
@@ -212,6 +234,7 @@ TEST(P2m, AFaultThreadFlushesForTheContextWhoseFaultItServes) {
   vm.p2m.join(0);
   vm.p2m.join(1);
   std::atomic<bool> done{false};
+  vm.cc.set_in_guest(1, true);  // its fault is in KVM_RUN
   std::thread fault_thread([&] {
     CrossCall::ServingFault serving(vm.cc, 1);
     vm.p2m.fence(kGpa);
@@ -229,10 +252,56 @@ TEST(P2m, AFaultThreadFlushesForTheContextWhoseFaultItServes) {
   ASSERT_EQ(r["initiators"].size(), 1u);
   EXPECT_EQ(r["initiators"][0]["context"], 1) << "charged to the faulting context";
   EXPECT_EQ(vm.p2m.epoch(kGpa), 2u);
-  vm.cc.serve(1);  // context 1's next safe point, after its fault
+  vm.cc.safe_point(1);  // context 1's next safe point, after its fault
   EXPECT_EQ(vm.tlbs[1].lookup(kVm, kGfn), nullptr);
   mm::GuestView(vm.mem, kVm, &vm.tlbs[1], nullptr, &vm.p2m).translate(kGpa, 8);
   EXPECT_EQ(vm.tlbs[1].stale_hits(), 0u);
+}
+
+// Issue 25: a fault thread keeps its context stalled for the whole of PodVm::handle, but the zero
+// page (or a kick, or a duplicate fault event) lets the context run exit handlers before then. A
+// flush that excused it there completed while it used the translation that flush removed.
+// Forced at the safe point before a translation: context 1 is back from its fault while a fault
+// thread still serves it, and another thread fences and flushes the page.
+TEST(P2m, AContextBackFromItsFaultIsNotExcusedWhileItsFaultThreadFinishes) {
+  Vm2 vm;
+  ATTACH_OR_SKIP(vm);
+  ServingContext zero(vm, 0);
+  vm.threads.register_current(1);
+  vm.p2m.join(0);
+  vm.p2m.join(1);
+  ASSERT_NE(mm::GuestView(vm.mem, kVm, &vm.tlbs[1], nullptr, &vm.p2m).translate(kGpa, 8),
+            nullptr);           // populated and cached by context 1
+  vm.cc.set_in_guest(1, true);  // KVM_RUN, then a fault
+  std::atomic<bool> serving{false}, release{false}, flushed{false};
+  std::thread fault_thread([&] {
+    CrossCall::ServingFault s(vm.cc, 1);
+    serving = true;
+    while (!release.load()) std::this_thread::yield();  // still in PodVm::handle
+  });
+  while (!serving.load()) std::this_thread::yield();
+  std::thread flusher;
+  const std::function<void()> safe_point = [&] {
+    vm.cc.safe_point(1);  // the executor's: out of guest mode, then serve
+    if (flusher.joinable()) return;
+    flusher = std::thread([&] {
+      vm.p2m.fence(kGpa);
+      vm.p2m.flush();
+      flushed = true;
+    });
+    // Every chance for the flush to complete before the translation is used.
+    const auto until = std::chrono::steady_clock::now() + 500ms;
+    while (!flushed.load() && std::chrono::steady_clock::now() < until) std::this_thread::yield();
+  };
+  mm::GuestView(vm.mem, kVm, &vm.tlbs[1], &safe_point, &vm.p2m).translate(kGpa, 8);
+  const uint64_t stale = vm.tlbs[1].stale_hits();
+  while (!flushed.load()) vm.cc.safe_point(1);  // context 1's next safe points ack it
+  flusher.join();
+  release = true;
+  fault_thread.join();
+  EXPECT_EQ(stale, 0u) << "used a translation the completed flush had removed";
+  EXPECT_EQ(vm.cc.report()["acks_excused_stalled"], 0u);
+  EXPECT_EQ(vm.p2m.epoch(kGpa), 2u);
 }
 
 // The test hook the KVM tests use to prove they can fail: skipped flushes still complete the

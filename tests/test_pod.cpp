@@ -299,3 +299,43 @@ TEST(SoftTlb, FlushOnlyDropsThatVm) {
   ASSERT_NE(t.lookup(2, 6), nullptr);
   EXPECT_EQ(t.lookup(2, 6)->hva, b);
 }
+
+// p2m_pod_emergency_sweep ends with reclaim_single = i ? i - 1 : i, and a reclaim_single of 0
+// means "start from max_guest": a sweep that stops at granule 1 restarts the next one from the
+// top. (It used to start the next sweep at granule 0, scan only that, and declare the VM out of
+// PoD memory while a zero granule sat above.)
+TEST(PodXen, ASweepThatStoppedAtGranuleOneRestartsTheNextFromTheTop) {
+  FakeMem mem;
+  PodParams p = params(16, 4, 1, 1, PodReclaim::Xen);
+  p.eager_ring = 1;  // the ring only ever holds the latest populate (dirty here)
+  Pod pod(p, mem);
+  for (uint64_t g : {0, 1, 2, 3, 10, 11}) mem.kind[g] = FakeMem::Dirty;
+  for (uint64_t g = 0; g < 4; g++) ASSERT_EQ(pod.on_fault(g), Pod::Fault::Populate);
+  mem.kind[2] = FakeMem::Zero;
+  // Sweep from max_guest 3, limit 2: reclaims 2, stops at 1 (below the limit with a page).
+  ASSERT_EQ(pod.on_fault(10), Pod::Fault::Populate);
+  ASSERT_EQ(pod.stats().sweeps, 1u);
+  ASSERT_EQ(mem.discarded, std::set<uint64_t>{2});
+  mem.kind[3] = FakeMem::Zero;  // the guest zeroed granule 3 meanwhile
+  EXPECT_EQ(pod.on_fault(11), Pod::Fault::Populate) << "4.7 restarts from max_guest 10";
+  EXPECT_EQ(pod.stats().sweeps, 2u);
+  EXPECT_TRUE(mem.discarded.count(3));
+  EXPECT_EQ(pod.stats().out_of_memory, 0u);
+}
+
+// The batched sweep wraps once over every granule: wherever the last one stopped, a zero
+// granule anywhere is found before the VM is declared out of PoD memory.
+TEST(PodBatched, ASweepFromWhereTheLastStoppedWrapsToFindAGranuleAbove) {
+  FakeMem mem;
+  PodParams p = params(16, 4, 1, 1, PodReclaim::Batched);
+  p.eager_ring = 1;
+  Pod pod(p, mem);
+  for (uint64_t g : {0, 1, 2, 3, 10, 11, 12}) mem.kind[g] = FakeMem::Dirty;
+  for (uint64_t g : {0, 1, 2, 12}) ASSERT_EQ(pod.on_fault(g), Pod::Fault::Populate);
+  mem.kind[12] = FakeMem::Zero;
+  ASSERT_EQ(pod.on_fault(10), Pod::Fault::Populate);  // sweep from the top (15): takes 12
+  ASSERT_EQ(mem.discarded, std::set<uint64_t>{12});
+  mem.kind[10] = FakeMem::Zero;  // above where that sweep stopped
+  EXPECT_EQ(pod.on_fault(11), Pod::Fault::Populate);
+  EXPECT_TRUE(mem.discarded.count(10));
+}

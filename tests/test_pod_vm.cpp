@@ -11,6 +11,7 @@
 #include <memory>
 #include <thread>
 
+#include "app/pod_runtime.hpp"
 #include "locks/any_lock.hpp"
 #include "mm/fault_service.hpp"
 #include "mm/guest_memory.hpp"
@@ -145,4 +146,50 @@ TEST(PodVm, APageAnExitHandlerHoldsIsNeverReclaimedUnderIt) {
   ASSERT_NE(mm::GuestView(mem, 0, &tlb, nullptr, &p2m).translate(z, 8), nullptr);
   EXPECT_FALSE(out_of_memory);
   EXPECT_EQ(p2m.epoch(b), 2u) << "B, no longer held, is a candidate again";
+}
+
+// p2m_pod_zero_check_superpage's quick check reads the first 16 words of every 4 KiB page of a
+// 2 MiB granule; a granule dirty at the start of its second page is rejected there, with no
+// fence and no flush (it used to pass, reading only the granule's first 128 bytes, and cost a
+// flush before the full check restored it). Dirt past a page's first 128 bytes still passes.
+TEST(PodVm, TheQuickCheckReadsTheStartOfEvery4KPageOfAGranule) {
+  std::unique_ptr<mm::Userfaultfd> uffd;
+  try {
+    uffd = std::make_unique<mm::Userfaultfd>();
+  } catch (const std::exception& e) {
+    GTEST_SKIP() << "userfaultfd unavailable: " << e.what();
+  }
+  constexpr uint64_t kGranule = 2ull << 20;
+  void* m = mmap(nullptr, 2 * kGranule, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  ASSERT_NE(m, MAP_FAILED);
+  auto* base = static_cast<uint8_t*>(m);
+  std::memset(base, 0, 2 * kGranule);    // present before registration: reads never fault
+  base[kPage + 64] = 1;                  // granule 0: inside page 1's first 128 bytes
+  base[kGranule + 5 * kPage + 200] = 1;  // granule 1: past page 5's first 128 bytes
+  {
+    mm::PodParams pp;
+    pp.target = 1;
+    sched::P2m p2m(0, {}, nullptr);
+    mm::PodVm pod(base, 2 * kGranule, kGranule, pp, *uffd,
+                  std::make_unique<locks::AnyLock>(locks::Strategy::Ticket), p2m);
+    EXPECT_FALSE(pod.quick_zero(0));
+    EXPECT_TRUE(pod.quick_zero(1)) << "as 4.7: the full check (after the fence) finds it";
+    EXPECT_FALSE(pod.full_zero(1));
+  }
+  munmap(m, 2 * kGranule);
+}
+
+// "One fault thread per pCPU" (--fault-threads 0) holds at the study's 192 pCPUs; the default
+// stops at kMaxDefaultFaultThreads. An explicit --fault-threads is taken as given.
+TEST(PodRuntime, TheDefaultIsOneFaultThreadPerPcpu) {
+  app::RunConfig cfg;
+  cfg.sched = "credit";
+  for (uint32_t p : {1u, 2u, 64u, 65u, 192u, 1024u}) {
+    cfg.pcpus = p;
+    EXPECT_EQ(app::PodRuntime::fault_threads_for(cfg), p);
+  }
+  cfg.pcpus = 4096;
+  EXPECT_EQ(app::PodRuntime::fault_threads_for(cfg), app::PodRuntime::kMaxDefaultFaultThreads);
+  cfg.fault_threads = 3;
+  EXPECT_EQ(app::PodRuntime::fault_threads_for(cfg), 3u);
 }
