@@ -8,6 +8,7 @@
 #include "app/config.hpp"
 #include "app/record.hpp"
 #include "bench/lock_bench.hpp"
+#include "mm/thread_start.hpp"
 
 namespace kvmscale::bench {
 namespace {
@@ -63,7 +64,12 @@ class BenchLocks final : public app::Subcommand {
     for (const auto& n : opt_.only)
       if (std::find(known.begin(), known.end(), n) == known.end())
         throw app::ConfigError("--locks: unknown lock '" + n + "'");
-    nlohmann::json r = run_lock_bench(opt_);
+    nlohmann::json r;
+    try {
+      r = run_lock_bench(opt_);
+    } catch (const mm::ThreadStartError& e) {  // exit 1; the threads started are joined
+      throw mm::ThreadStartError(std::string(e.what()) + "; for bench-locks, give fewer --threads");
+    }
     int rc = app::kExitOk;
     // Never lose the results: what cannot be written goes to stdout.
     auto write = [&](const std::string& path, const std::string& text) {
