@@ -1,11 +1,16 @@
 #include "app/cli.hpp"
 
+#include <fcntl.h>
 #include <linux/userfaultfd.h>
+#include <signal.h>
 #include <sys/resource.h>
+#include <unistd.h>
 
 #include <CLI/CLI.hpp>
 #include <algorithm>
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <iostream>
 #include <map>
@@ -202,6 +207,61 @@ int do_info(bool json) {
   return kExitOk;
 }
 
+// A standard descriptor closed at start would be taken by the first file kvmscale opens (a
+// record, /dev/kvm), and what goes to stdout would land in that file. Each is held by /dev/null
+// opened read-only, so that writes to a closed stdout fail (EBADF) and are reported.
+void hold_closed_standard_fds() {
+  for (int fd = 0; fd <= 2; fd++)
+    if (fcntl(fd, F_GETFD) == -1 && errno == EBADF) {
+      const int held = ::open("/dev/null", O_RDONLY);  // the lowest free descriptor: fd
+      if (held >= 0 && held != fd) ::close(held);
+    }
+}
+
+// A reader that went away (`kvmscale ... | head -1`) makes writes fail with EPIPE instead of
+// killing kvmscale mid-command (a run still writes its record, a matrix its cells);
+// finish_stdout ends such a command quietly. A handler rather than SIG_IGN: programs kvmscale
+// starts (gnuplot, sbatch) get the default action back at exec.
+void on_sigpipe(int) {}
+void catch_sigpipe() {
+  struct sigaction sa {};
+  sa.sa_handler = on_sigpipe;
+  sigemptyset(&sa.sa_mask);
+  sa.sa_flags = SA_RESTART;
+  sigaction(SIGPIPE, &sa, nullptr);
+}
+
+// Every command's output to stdout is checked here, once: a write that failed (full disk,
+// stdout closed) turns success into exit 1 with a message; a reader that went away (EPIPE), into
+// exit 1 without one. The descriptor is closed to see errors a file system reports only then (NFS).
+int finish_stdout(int rc) {
+  errno = 0;
+  std::cout.flush();  // std::cout writes through stdout (in sync with stdio): this is fflush
+  int err = errno;
+  bool failed = !std::cout || std::ferror(stdout);
+  if (std::fflush(stdout) != 0) {
+    failed = true;
+    err = errno;
+  }
+  if (!failed && ::close(1) != 0 && errno != EINTR) {
+    failed = true;
+    err = errno;
+  }
+  if (!failed) return rc;
+  // stdio drops the errno of a write that failed before this flush; the output is cut short
+  // already, and one more byte says why.
+  if (err == 0 && ::write(1, "\n", 1) < 0) err = errno;
+  if (err != EPIPE) {
+    const bool closed = (fcntl(1, F_GETFL) & O_ACCMODE) == O_RDONLY;  // held, or never writable
+    std::cerr << "kvmscale: the output to stdout is incomplete: "
+              << (closed ? "stdout is closed (or read-only)"
+                  : err  ? std::strerror(err)
+                         : "a write failed")
+              << "\n";
+  }
+  return rc == kExitOk ? kExitFailure : rc;
+}
+
 }  // namespace
 
 RunConfig parse_run_args(const std::vector<std::string>& args) {
@@ -219,7 +279,8 @@ RunConfig parse_run_args(const std::vector<std::string>& args) {
   return cfg;
 }
 
-int cli_main(int argc, char** argv, const std::vector<Subcommand*>& more) {
+namespace {
+int run_command(int argc, char** argv, const std::vector<Subcommand*>& more) {
   CLI::App app{"kvmscale: a scalability testbed for virtualization platforms on /dev/kvm"};
   app.require_subcommand(1);
   app.footer(
@@ -289,6 +350,13 @@ int cli_main(int argc, char** argv, const std::vector<Subcommand*>& more) {
     std::cerr << "kvmscale: " << e.what() << "\n";
     return kExitFailure;
   }
+}
+}  // namespace
+
+int cli_main(int argc, char** argv, const std::vector<Subcommand*>& more) {
+  hold_closed_standard_fds();
+  catch_sigpipe();
+  return finish_stdout(run_command(argc, argv, more));
 }
 
 }  // namespace kvmscale::app

@@ -34,6 +34,7 @@ inline AnyPtr fas_ptr(void* target, void* v) { return {ck_pr_fas_ptr(target, v)}
 
 #include "locks/any_lock.hpp"
 #include "locks/registry.hpp"
+#include "mm/thread_start.hpp"
 
 namespace kvmscale::bench {
 namespace {
@@ -225,8 +226,20 @@ Throughput throughput_of(T& s, int threads, int ms) {
   std::vector<uint64_t> per(threads);
   uint64_t shared = 0;
   std::vector<std::thread> ts;
+  // A thread that cannot start (ulimit -u, -v): those started are let go and joined first.
+  auto start = [&](int t, auto fn) {
+    try {
+      ts.push_back(mm::start_thread(
+          "bench-locks thread " + std::to_string(t + 1) + " of " + std::to_string(threads), fn));
+    } catch (const mm::ThreadStartError&) {
+      stop.store(true);
+      go.store(true);
+      for (auto& th : ts) th.join();
+      throw;
+    }
+  };
   for (int t = 0; t < threads; t++)
-    ts.emplace_back([&, t] {
+    start(t, [&, t] {
       void* st = s.new_thread_state();
       ready++;
       while (!go.load()) std::this_thread::yield();
@@ -260,7 +273,7 @@ double handoff_of(T& s, int handoffs) {
   std::atomic<uint64_t> released_at{0};
   std::vector<double> samples;
   samples.reserve(handoffs);
-  std::thread waiter([&] {
+  std::thread waiter = mm::start_thread("bench-locks handoff thread", [&] {
     void* st = s.new_thread_state();
     for (int i = 0; i < handoffs; i++) {
       while (phase.load() != 1) locks::cpu_relax();
@@ -319,7 +332,8 @@ nlohmann::json run_lock_bench(const LockBenchOptions& opt) {
   {
     std::mutex park;
     std::unique_lock hold(park);
-    std::thread bystander([&] { std::lock_guard wait(park); });
+    std::thread bystander =
+        mm::start_thread("bench-locks bystander thread", [&] { std::lock_guard wait(park); });
     for (int r = 0; r < opt.reps; r++)
       for (const Entry* e : subjects) unc[e->name].push_back(e->uncontended(opt.uncontended_ops));
     hold.unlock();

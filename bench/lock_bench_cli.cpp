@@ -8,24 +8,42 @@
 #include "app/config.hpp"
 #include "app/record.hpp"
 #include "bench/lock_bench.hpp"
+#include "mm/thread_start.hpp"
 
 namespace kvmscale::bench {
 namespace {
 
-// --json/--csv must be usable before the benchmark runs, as run's --out (issue 12 item 10).
-void check_output(const std::string& path, const std::string& flag) {
+// --json/--csv must be usable before the benchmark runs, and are refused as run's --out is: an
+// existing file is replaced only with --force, and then only a regular file (never a symlink,
+// device or directory: the write renames over it).
+void check_output(const std::string& path, const std::string& flag, bool force) {
   if (path.empty()) return;
   namespace fs = std::filesystem;
   std::error_code ec;
-  // Only regular files are replaced (a rename over /dev/null would replace the device).
-  if (fs::exists(path, ec) && !fs::is_regular_file(path, ec))
-    throw app::ConfigError(flag + " " + path + " exists and is not a regular file");
+  const fs::file_status st = fs::symlink_status(path, ec);
+  if (fs::exists(st)) {
+    if (!fs::is_regular_file(st))
+      throw app::ConfigError(flag + " " + path + " exists and is not a regular file" +
+                             (fs::is_symlink(st) ? " (a symbolic link)" : ""));
+    if (!force) throw app::ConfigError(flag + " " + path + " exists; use --force to overwrite it");
+  }
   fs::path dir = fs::path(path).parent_path();
   if (dir.empty()) dir = ".";
   if (!fs::is_directory(dir, ec))
     throw app::ConfigError(flag + ": '" + dir.string() + "' is not a directory");
   if (std::string why = app::output_dir_unusable(dir.string()); !why.empty())
     throw app::ConfigError(flag + ": " + why);
+}
+
+// Both files at one path: the second write would replace the first.
+void check_distinct(const std::string& json, const std::string& csv) {
+  if (json.empty() || csv.empty()) return;
+  namespace fs = std::filesystem;
+  std::error_code ec1, ec2;
+  const fs::path a = fs::weakly_canonical(fs::absolute(json), ec1);
+  const fs::path b = fs::weakly_canonical(fs::absolute(csv), ec2);
+  if (ec1 || ec2 ? json == csv : a == b)
+    throw app::ConfigError("--json and --csv name the same file (" + csv + ")");
 }
 
 class BenchLocks final : public app::Subcommand {
@@ -47,12 +65,14 @@ class BenchLocks final : public app::Subcommand {
     cmd_->add_flag("--quick", quick_, "short run (for smoke tests)");
     cmd_->add_option("--json", json_out_, "write results as JSON");
     cmd_->add_option("--csv", csv_out_, "write results as CSV");
+    cmd_->add_flag("--force", force_, "overwrite existing --json/--csv files");
   }
 
   int run_if_selected() override {
     if (!cmd_ || !*cmd_) return -1;
-    check_output(json_out_, "--json");
-    check_output(csv_out_, "--csv");
+    check_output(json_out_, "--json", force_);
+    check_output(csv_out_, "--csv", force_);
+    check_distinct(json_out_, csv_out_);
     if (quick_) {
       opt_.reps = 3;
       opt_.uncontended_ops = 500000;
@@ -63,13 +83,19 @@ class BenchLocks final : public app::Subcommand {
     for (const auto& n : opt_.only)
       if (std::find(known.begin(), known.end(), n) == known.end())
         throw app::ConfigError("--locks: unknown lock '" + n + "'");
-    nlohmann::json r = run_lock_bench(opt_);
+    nlohmann::json r;
+    try {
+      r = run_lock_bench(opt_);
+    } catch (const mm::ThreadStartError& e) {  // exit 1; the threads started are joined
+      throw mm::ThreadStartError(std::string(e.what()) + "; for bench-locks, give fewer --threads");
+    }
     int rc = app::kExitOk;
     // Never lose the results: what cannot be written goes to stdout.
     auto write = [&](const std::string& path, const std::string& text) {
       if (path.empty()) return;
       try {
-        app::write_file_atomically(path, text);
+        // Without --force a file that appeared meanwhile is kept (EEXIST, content to stdout).
+        app::write_file_atomically(path, text, force_);
       } catch (const std::exception& e) {
         std::cerr << "kvmscale: could not write " << path << ": " << e.what()
                   << "\nkvmscale: its content follows on stdout\n";
@@ -85,7 +111,7 @@ class BenchLocks final : public app::Subcommand {
  private:
   CLI::App* cmd_ = nullptr;
   LockBenchOptions opt_;
-  bool quick_ = false;
+  bool quick_ = false, force_ = false;
   std::string json_out_, csv_out_;
 };
 

@@ -55,10 +55,11 @@ class ContextThreads {
       }
     }
   }
-  // The context of thread `tid`, or -1.
-  int find(uint32_t tid) const {
+  // The context of thread `tid`, or -1. `probes` (tests) counts the slots looked at.
+  int find(uint32_t tid, uint32_t* probes = nullptr) const {
     if (tid == 0) return -1;
     for (size_t i = hash(tid);; i = (i + 1) & mask_) {
+      if (probes) ++*probes;
       const uint64_t e = slots_[i].load(std::memory_order_acquire);
       if (e == 0) return -1;
       if (uint32_t(e >> 32) != tid) continue;

@@ -141,7 +141,7 @@ TEST(Cli, SigintEndsTheRunWithAValidPartialRecord) {
   auto j = nlohmann::json::parse(f);
   EXPECT_TRUE(j["run"]["interrupted"].get<bool>());
   EXPECT_EQ(j["run"]["end_reason"], "interrupted");
-  EXPECT_LT(j["run"]["wall_ns"].get<uint64_t>(), 30000000000ull);
+  EXPECT_LT(j["run"]["wall_ns"].get<uint64_t>(), 60000000000ull) << "ended before its --duration";
   EXPECT_EQ(j["vms"].size(), 2u);
   EXPECT_GT(j["vms"][0]["metrics"]["iterations"].get<uint64_t>(), 0u);
 }

@@ -1,13 +1,15 @@
 // Lock torture tests: every strategy, with threads fewer than, equal to and 4x more than the host's
 // cores. Mutual exclusion is checked inside the critical section (an owner field and an
 // unprotected counter that must come out exact); try-lock correctness; no lost wake-ups for the
-// parking strategies; fairness is reported as max/min acquisitions per thread.
+// parking strategies. Each thread does a fixed number of acquisitions: no test depends on how
+// many fit in a time (fairness and throughput are bench-locks' business).
 #include <gtest/gtest.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cstdio>
 #include <thread>
 #include <vector>
 
@@ -22,63 +24,63 @@ int host_cores() { return std::max(1, int(sysconf(_SC_NPROCESSORS_ONLN))); }
 
 struct TortureResult {
   uint64_t total = 0, counter = 0, try_owned = 0, violations = 0;
-  uint64_t min_per_thread = 0, max_per_thread = 0;
 };
 
-// Each thread acquires until `target` acquisitions were done in all or `budget` passed; every 8th
-// attempt is a try-lock. Inside: check nobody else is in, bump the plain counter.
-TortureResult torture(AnyLock& lock, int threads, uint64_t target,
-                      std::chrono::milliseconds budget) {
+// Each thread acquires `per_thread` times; every 8th acquisition tries first (try_lock) and takes
+// the lock when the try fails. Inside: check nobody else is in, and bump a plain counter by a read
+// and a later write (two threads inside lose an increment). The work is fixed, not a time: a
+// loaded host makes the test slower, never red. All threads meet every kRound acquisitions, so
+// none finishes before the others start: they contend whatever the host's scheduler does.
+TortureResult torture(AnyLock& lock, int threads, uint64_t per_thread) {
+  constexpr uint64_t kRound = 32;
   std::atomic<int> owner{-1};
   uint64_t counter = 0;  // protected only by `lock`: TSan and the final count check it
-  std::atomic<uint64_t> done{0}, try_owned{0}, violations{0};
-  std::atomic<bool> go{false}, stop{false};
+  std::atomic<uint64_t> try_owned{0}, violations{0}, arrived{0};
   std::vector<uint64_t> per(threads, 0);
   auto critical = [&](int me) {
     if (owner.exchange(me, std::memory_order_relaxed) != -1) violations++;
-    counter++;
+    const uint64_t seen = counter;
+    for (int k = 0; k < 8; k++) cpu_relax();
+    counter = seen + 1;
     if (owner.exchange(-1, std::memory_order_relaxed) != me) violations++;
+  };
+  auto meet = [&](uint64_t round) {  // returns once every thread has done `round` rounds
+    arrived.fetch_add(1);
+    while (arrived.load() < uint64_t(threads) * (round + 1)) std::this_thread::yield();
   };
   std::vector<std::thread> ts;
   for (int t = 0; t < threads; t++) {
     ts.emplace_back([&, t] {
-      while (!go.load()) std::this_thread::yield();
-      uint64_t n = 0;
-      for (uint64_t i = 0; !stop.load(std::memory_order_relaxed); i++) {
+      for (uint64_t i = 0; i < per_thread; i++) {
+        if (i % kRound == 0) meet(i / kRound);
         if (i % 8 == 7) {
-          TryGuard<AnyLock> g(lock);
-          if (!g) continue;
-          critical(t);
-          try_owned.fetch_add(1, std::memory_order_relaxed);
-        } else {
-          Guard<AnyLock> g(lock);
-          critical(t);
+          if (TryGuard<AnyLock> g(lock); g) {
+            critical(t);
+            try_owned.fetch_add(1, std::memory_order_relaxed);
+            per[t]++;
+            continue;
+          }
         }
-        n++;
-        if (done.fetch_add(1, std::memory_order_relaxed) + 1 >= target) stop.store(true);
+        Guard<AnyLock> g(lock);
+        critical(t);
+        per[t]++;
       }
-      per[t] = n;
     });
   }
-  go.store(true);
-  auto deadline = std::chrono::steady_clock::now() + budget;
-  while (!stop.load() && std::chrono::steady_clock::now() < deadline)
-    std::this_thread::sleep_for(1ms);
-  stop.store(true);
   for (auto& th : ts) th.join();
   TortureResult r;
   for (uint64_t n : per) r.total += n;
   r.counter = counter;
   r.try_owned = try_owned.load();
   r.violations = violations.load();
-  r.min_per_thread = *std::min_element(per.begin(), per.end());
-  r.max_per_thread = *std::max_element(per.begin(), per.end());
   return r;
 }
 
-std::chrono::milliseconds budget() {
-  const char* s = getenv("KVMSCALE_TORTURE_MS");
-  return std::chrono::milliseconds(s ? atoi(s) : 3000);
+// Acquisitions per case: 100,000, or 4,000 when oversubscribed, where FIFO spinlocks hand over at
+// the pace of the host's scheduler (docs/locks.md: a few thousand per second at worst).
+uint64_t per_thread(int threads, int cores) {
+  const uint64_t all = threads > cores ? 4000 : 100000;
+  return all / uint64_t(threads) + 1;
 }
 
 class LockTorture : public testing::TestWithParam<Strategy> {};
@@ -88,14 +90,13 @@ class LockTorture : public testing::TestWithParam<Strategy> {};
 TEST_P(LockTorture, MutualExclusionAcrossThreadCounts) {
   const int cores = host_cores();
   LockRegistry reg(LockPolicy::parse(strategy_name(GetParam()), {}));
-  uint64_t all = 0;
   for (int threads : {std::max(1, cores / 2), cores, 4 * cores}) {
     auto lock = reg.make("torture", std::to_string(threads) + "threads");
-    TortureResult r = torture(*lock, threads, 1000000, budget());
-    all += r.total;
+    const uint64_t each = per_thread(threads, cores);
+    TortureResult r = torture(*lock, threads, each);
     EXPECT_EQ(r.violations, 0u) << threads << " threads";
+    EXPECT_EQ(r.total, each * uint64_t(threads));
     EXPECT_EQ(r.counter, r.total) << threads << " threads: a lost or doubled increment";
-    EXPECT_GT(r.min_per_thread, 0u) << threads << " threads: a thread never got the lock";
     LockStats s = lock->profile()->snapshot();
     EXPECT_EQ(s.acquisitions, r.total) << "the profile counts every acquisition";
     EXPECT_EQ(s.try_ok, r.try_owned);
@@ -103,17 +104,10 @@ TEST_P(LockTorture, MutualExclusionAcrossThreadCounts) {
     for (uint64_t h : s.wait_hist) hist += h;
     EXPECT_EQ(hist, s.contended);
     EXPECT_LE(s.contended, s.acquisitions - s.try_ok);
-    double fairness = double(r.max_per_thread) / double(std::max<uint64_t>(1, r.min_per_thread));
-    std::printf(
-        "%-10s %2d threads: %9llu acquisitions (%llu contended, %llu try-fail), max/min per "
-        "thread %.2f\n",
-        strategy_name(GetParam()), threads, (unsigned long long)r.total,
-        (unsigned long long)s.contended, (unsigned long long)s.try_fail, fairness);
-    RecordProperty(std::to_string(threads) + "_threads_fairness", std::to_string(fairness));
+    std::printf("%-10s %2d threads: %9llu acquisitions (%llu contended, %llu try-fail)\n",
+                strategy_name(GetParam()), threads, (unsigned long long)r.total,
+                (unsigned long long)s.contended, (unsigned long long)s.try_fail);
   }
-  // FIFO spinlocks collapse when oversubscribed (see docs/locks.md), so the 4x case is bounded by
-  // time; the 10^6 acquisitions come from the other cases.
-  EXPECT_GE(all, 1000000u);
 }
 
 TEST_P(LockTorture, TryLockFailsWhileHeldAndSucceedsWhenFree) {
@@ -136,21 +130,26 @@ TEST_P(LockTorture, TryLockFailsWhileHeldAndSucceedsWhenFree) {
 }
 
 // The CLH try-lock ABA, forced: between try_lock's read of a free tail and its CAS, another thread
-// locks, unlocks and locks again (reusing the node that was the tail) and holds the lock for
-// 300 ms. Before the free-tail mark the CAS then succeeded and try_lock queued behind that
-// holder, returning true only after its whole critical section (seen: ~300 ms).
+// locks, unlocks and locks again (reusing the node that was the tail) and holds the lock until
+// try_lock has returned. Before the free-tail mark the CAS then succeeded and try_lock queued
+// behind that holder, returning true only after its whole critical section (the holder gives up
+// after 10 s so that such a try_lock returns at all).
 TEST(ClhLock, TryLockNeverWaitsOutAnotherHoldersCriticalSection) {
   ClhLock lock;  // not static: its destructor gives a node to this thread's pool, alive until exit
   static std::atomic<int> phase{0};  // static: the hook is a plain function pointer
   phase = 0;
-  std::thread holder([&lock] {
+  std::atomic<bool> released{false};
+  std::thread holder([&lock, &released] {
     while (phase.load() != 1) std::this_thread::yield();
     ClhLock::Node a, b;
     lock.lock(a);
     lock.unlock(a);
     lock.lock(b);
     phase = 2;
-    std::this_thread::sleep_for(300ms);
+    const auto give_up = std::chrono::steady_clock::now() + 10s;
+    while (phase.load() != 3 && std::chrono::steady_clock::now() < give_up)
+      std::this_thread::sleep_for(1ms);
+    released = true;
     lock.unlock(b);
   });
   ClhLock::try_lock_hook = [] {
@@ -158,12 +157,12 @@ TEST(ClhLock, TryLockNeverWaitsOutAnotherHoldersCriticalSection) {
     while (phase.load() != 2) std::this_thread::yield();
   };
   ClhLock::Node n;
-  const auto t0 = std::chrono::steady_clock::now();
   const bool got = lock.try_lock(n);
-  const auto waited = std::chrono::steady_clock::now() - t0;
+  const bool waited = released.load();
+  phase = 3;
   ClhLock::try_lock_hook = nullptr;
   EXPECT_FALSE(got) << "the lock was held at the CAS";
-  EXPECT_LT(waited, 150ms) << "try_lock waited out the holder's critical section";
+  EXPECT_FALSE(waited) << "try_lock waited out the holder's critical section";
   if (got) lock.unlock(n);
   holder.join();
   ClhLock::Node m;
