@@ -669,10 +669,14 @@ CellOutcome run_cell(const std::string& dir_text, const std::string& cell_id,
 std::vector<RunRow> load_rows(const MatrixSpec& spec, const std::string& dir,
                               std::vector<std::string>* warnings) {
   const std::vector<Cell> cells = expand(spec);
-  // A cell's configuration is needed only where a file stands: parsed then.
+  // A cell's configuration is needed only where a file stands: parsed then, once for all the
+  // repetitions of its values.
+  std::map<std::map<std::string, std::string>, app::RunConfig> parsed;
   auto config_of = [&](size_t i) {
+    auto it = parsed.find(cells[i].values);
+    if (it != parsed.end()) return it->second;
     try {
-      return app::parse_run_args(cell_args(spec, cells[i]));
+      return parsed[cells[i].values] = app::parse_run_args(cell_args(spec, cells[i]));
     } catch (const ConfigError& e) {
       throw ConfigError("run " + cells[i].id + ": " + e.what());
     }
