@@ -398,17 +398,22 @@ nlohmann::json RunConfig::to_json() const {
 
 RunConfig RunConfig::from_json(const nlohmann::json& j) {
   RunConfig c;
-  try {
-    for (const Setting& s : run_settings()) {
-      if (j.contains(s.key))
-        s.from_json(c, j.at(s.key));
-      else if (s.required_in_json)
-        throw ConfigError("invalid config: '" + s.key + "' is missing");
-      else if (!s.legacy.is_null())
-        s.from_json(c, s.legacy);
+  if (!j.is_object()) throw ConfigError("invalid config: not an object");
+  for (const Setting& s : run_settings()) {
+    if (!j.contains(s.key)) {
+      if (s.required_in_json) throw ConfigError("invalid config: '" + s.key + "' is missing");
+      if (!s.legacy.is_null()) s.from_json(c, s.legacy);
+      continue;
     }
-  } catch (const nlohmann::json::exception& e) {
-    throw ConfigError(std::string("invalid config: ") + e.what());
+    try {
+      s.from_json(c, j.at(s.key));
+    } catch (const nlohmann::json::exception&) {
+      // The key and what it holds, not the library's message.
+      throw ConfigError(
+          "invalid config: '" + s.key + "' holds " + std::string(j.at(s.key).type_name()) + " " +
+          j.at(s.key).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).substr(0, 40) +
+          ", of the wrong type");
+    }
   }
   c.validate();
   return c;

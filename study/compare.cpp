@@ -12,87 +12,91 @@
 #include "study/matrix.hpp"
 #include "study/metrics.hpp"
 #include "study/stats.hpp"
+#include "vmm/regular_file.hpp"
 
 namespace kvmscale::study {
 
 namespace fs = std::filesystem;
 using nlohmann::json;
 
+namespace {
+
+// A matrix directory's runs, as load_rows judges its cells; files in cells/ that are no cell of
+// the matrix are named too.
+void load_matrix_runs(const std::string& dir, RunSet& set) {
+  const MatrixSpec spec = load_spec(dir);
+  std::vector<std::string> warnings;
+  for (RunRow& r : load_rows(spec, dir, &warnings)) set.runs.push_back(std::move(r.metrics));
+  std::set<std::string> cells;
+  for (const Cell& c : expand(spec)) cells.insert(c.id + ".json");
+  std::vector<std::string> others;
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(fs::path(dir) / "cells", ec)) {
+    const std::string name = e.path().filename().string();
+    if (!name.starts_with(".") && !cells.count(name)) others.push_back(name);
+  }
+  std::sort(others.begin(), others.end());
+  for (const auto& name : others)
+    warnings.push_back("cells/" + name + ": not a cell of the matrix");
+  for (const auto& w : warnings) set.skipped.push_back((fs::path(dir) / w).string());
+}
+
+// Every *.json under `dir` (not a matrix's mismatched/ or failed/), each read as one run.
+void load_directory_runs(const std::string& dir, RunSet& set) {
+  std::vector<fs::path> files;
+  std::error_code ec;
+  fs::recursive_directory_iterator it(dir, fs::directory_options::skip_permission_denied, ec), end;
+  for (; !ec && it != end; it.increment(ec)) {
+    // A matrix's mismatched/ and failed/ hold runs of other configurations or none at all.
+    const std::string name = it->path().filename().string();
+    std::error_code type_ec;
+    if (it->is_directory(type_ec)) {
+      if (name == "mismatched" || name == "failed") it.disable_recursion_pending();
+      continue;
+    }
+    // Whatever else stands there (a FIFO, a device) is named by the reader, not skipped unseen.
+    if (it->path().extension() == ".json") files.push_back(it->path());
+  }
+  if (ec) throw app::ConfigError(dir + ": " + ec.message());
+  std::sort(files.begin(), files.end());
+  for (const auto& f : files) {
+    json r;
+    std::string why;
+    if (read_finished_record(f, r, &why))
+      set.runs.push_back(run_metrics(r));  // the shape was checked: cannot throw
+    else
+      set.skipped.push_back(f.string() + ": " + why);
+  }
+}
+
+}  // namespace
+
 RunSet load_run_set(const std::string& path) {
   RunSet set;
   set.label = path;
   std::error_code ec;
-  if (fs::is_regular_file(path, ec)) {
+  if (!vmm::path_exists(path)) throw app::ConfigError(path + ": no such file or directory");
+  if (!fs::is_directory(path, ec)) {
     json r;
     std::string why;
     if (!read_finished_record(path, r, &why))
       throw app::ConfigError(path + " is not a finished run record: " + why);
-    try {
-      set.runs.push_back(run_metrics(r));
-    } catch (const std::invalid_argument& e) {
-      throw app::ConfigError(path + " is not a usable run record: " + e.what());
-    }
+    set.runs.push_back(run_metrics(r));
     return set;
   }
-  if (!fs::exists(path, ec)) throw app::ConfigError(path + ": no such file or directory");
-  if (!fs::is_directory(path, ec))
-    throw app::ConfigError(path + " is not a run record or a directory of records");
-  const bool matrix = holds_matrix(path);
-  fs::path root = matrix ? fs::path(path) / "cells" : fs::path(path);
-  std::vector<fs::path> files;
-  fs::recursive_directory_iterator it(root, fs::directory_options::skip_permission_denied, ec), end;
-  for (; !ec && it != end; it.increment(ec)) {
-    // A matrix's mismatched/ and failed/ hold runs of other configurations or none at all.
-    const std::string name = it->path().filename().string();
-    if (it->is_directory(ec) && (name == "mismatched" || name == "failed")) {
-      it.disable_recursion_pending();
-      continue;
-    }
-    if (it->is_regular_file(ec) && it->path().extension() == ".json") files.push_back(it->path());
+  if (holds_matrix(path))
+    load_matrix_runs(path, set);
+  else
+    load_directory_runs(path, set);
+  if (set.runs.empty()) {
+    std::string why = path + " holds no finished run records";
+    if (!set.skipped.empty())
+      why += " (" + set.skipped.front() +
+             (set.skipped.size() > 1 ? ", and " + std::to_string(set.skipped.size() - 1) + " more"
+                                     : "") +
+             ")";
+    throw app::ConfigError(why);
   }
-  if (ec) throw app::ConfigError(path + ": " + ec.message());
-  std::sort(files.begin(), files.end());
-  struct Found {
-    std::string file, backend;
-    std::map<std::string, double> metrics;
-  };
-  std::vector<Found> found;
-  std::map<std::string, size_t> backends;
-  for (const auto& f : files) {
-    json r;
-    std::string why;
-    if (!read_finished_record(f, r, &why)) {
-      set.skipped.push_back(f.string() + ": " + why);
-      continue;
-    }
-    try {
-      const json host = r.value("host", json::object());
-      std::string backend =
-          host.is_object() && host.contains("backend") && host["backend"].is_string()
-              ? host["backend"].get<std::string>()
-              : "";
-      if (backend == "unknown") backend.clear();
-      found.push_back({f.string(), backend, run_metrics(r)});
-      if (!backend.empty()) backends[backend]++;
-    } catch (const std::invalid_argument& e) {
-      set.skipped.push_back(f.string() + ": " + e.what());
-    }
-  }
-  // A matrix's runs on another KVM backend than its own (as load_rows decides) are left out.
-  std::string want = matrix ? matrix_backend(path) : "";
-  if (matrix && want.empty()) {
-    size_t best = 0;
-    for (const auto& [b, n] : backends)
-      if (n > best) best = n, want = b;
-  }
-  for (auto& f : found) {
-    if (want.empty() || f.backend.empty() || f.backend == want)
-      set.runs.push_back(std::move(f.metrics));
-    else
-      set.skipped.push_back(f.file + ": ran on KVM backend " + f.backend + ", the matrix's is " +
-                            want);
-  }
-  if (set.runs.empty()) throw app::ConfigError(path + " holds no finished run records");
   return set;
 }
 

@@ -15,14 +15,15 @@ struct RunSet {
   std::vector<std::string> skipped;                 // "file: why" of files that were not used
 };
 
-// A run record file (one run) or a directory: a matrix (its finished runs, as load_rows reads
-// them: runs on another KVM backend are left out and named in `skipped`) or any directory of
-// records (searched recursively). Throws app::ConfigError when nothing usable is found.
+// A run record file (one run) or a directory: a matrix (its usable runs, as load_rows judges its
+// cells: every refused cell file, and any file in cells/ that is no cell, is named in `skipped`)
+// or any directory of records (searched recursively; each *.json that is not a finished record
+// is named in `skipped`). Throws app::ConfigError when nothing usable is found.
 RunSet load_run_set(const std::string& path);
 
 // The finished runs of a matrix directory grouped by their values of `axes` (e.g. {"vms"}):
 // "vms=4" -> its runs. Throws app::ConfigError when `dir` is no matrix or an axis is not one of it.
-// Runs load_rows leaves out (another KVM backend) are named in `left_out`.
+// Cell files load_rows leaves out are named in `left_out`.
 std::map<std::string, RunSet> load_grouped(const std::string& dir,
                                            const std::vector<std::string>& axes,
                                            std::vector<std::string>* left_out = nullptr);
@@ -36,8 +37,8 @@ std::string host_fact(const nlohmann::json& host, const std::string& key);
 // The runs of the matrix directories `dirs`, grouped by the axis keys of `keys`, each group split
 // by the values of its host keys in the order they are first met (dirs in order, then cells):
 // "vms=4" -> [{host=a}, {host=b}]. Throws app::ConfigError when a dir is no matrix, an axis key is
-// not an axis of every dir, or no group holds runs of two host values. Runs load_rows leaves out
-// (another KVM backend) are named in `left_out`.
+// not an axis of every dir, or no group holds runs of two host values. Cell files load_rows
+// leaves out are named in `left_out`.
 std::vector<std::pair<std::string, std::vector<RunSet>>> load_by_host(
     const std::vector<std::string>& dirs, const std::vector<std::string>& keys,
     std::vector<std::string>* left_out = nullptr);

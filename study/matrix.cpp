@@ -14,11 +14,13 @@
 #include <sstream>
 #include <thread>
 
+#include "app/cli.hpp"
 #include "app/record.hpp"
 #include "app/settings.hpp"
 #include "study/metrics.hpp"
 #include "study/plots.hpp"
 #include "vmm/backend.hpp"
+#include "vmm/regular_file.hpp"
 
 namespace kvmscale::study {
 
@@ -160,19 +162,7 @@ std::string record_problem(const json& r) {
       sv->get<int64_t>() > app::kRecordSchemaVersion)
     return "schema_version is not " + std::to_string(app::kOldestRecordSchemaVersion) + " to " +
            std::to_string(app::kRecordSchemaVersion);
-  for (const char* obj : {"run", "summary", "config"}) {
-    auto it = r.find(obj);
-    if (it == r.end() || !it->is_object()) return std::string("no \"") + obj + "\" object";
-  }
-  const json& run = r["run"];
-  if (!run.contains("interrupted") || !run["interrupted"].is_boolean())
-    return "run.interrupted is not a boolean";
-  for (const char* key : {"vms", "vms_booted", "vms_crashed", "exits_total"}) {
-    auto it = r["summary"].find(key);
-    if (it == r["summary"].end() || !it->is_number_unsigned())
-      return std::string("summary.") + key + " is not a count";
-  }
-  return {};
+  return record_shape_problem(r);
 }
 
 bool read_finished_record(const std::string& path, json& out, std::string* why) {
@@ -180,20 +170,40 @@ bool read_finished_record(const std::string& path, json& out, std::string* why) 
     if (why) *why = reason;
     return false;
   };
-  std::ifstream in(path);
-  if (!in) return fail("cannot be read");
-  out = json::parse(in, nullptr, false);
+  std::string text;
+  try {
+    text = vmm::read_regular_file(path);
+  } catch (const vmm::FileError& e) {
+    return fail(e.why());
+  }
+  out = json::parse(text, nullptr, false);
   if (out.is_discarded()) return fail("not JSON");
   if (std::string p = record_problem(out); !p.empty()) return fail(p);
   if (out["run"]["interrupted"].get<bool>()) return fail("an interrupted run");
   return true;
 }
 
-bool holds_matrix(const std::string& dir) { return fs::exists(fs::path(dir) / "matrix.json"); }
+bool holds_matrix(const std::string& dir) {
+  return vmm::path_exists((fs::path(dir) / "matrix.json").string());
+}
+
+namespace {
+
+// DIR/matrix.json's text; ConfigError naming it when it is missing or not a regular file.
+json read_matrix_file(const std::string& dir) {
+  const std::string file = (fs::path(dir) / "matrix.json").string();
+  if (!vmm::path_exists(file)) throw ConfigError(dir + " holds no matrix (no matrix.json)");
+  try {
+    return json::parse(vmm::read_regular_file(file), nullptr, false);
+  } catch (const vmm::FileError& e) {
+    throw ConfigError(e.what());
+  }
+}
+
+}  // namespace
 
 std::string matrix_backend(const std::string& dir) {
-  std::ifstream in(fs::path(dir) / "matrix.json");
-  json j = json::parse(in, nullptr, false);
+  json j = read_matrix_file(dir);
   if (j.is_discarded() || !j.is_object()) return {};
   auto it = j.find("backend");
   if (it == j.end() || !it->is_string() || *it == "unknown") return {};
@@ -209,12 +219,9 @@ std::string spec_digest(const MatrixSpec& spec) {
 }
 
 MatrixSpec load_spec(const std::string& dir) {
-  const fs::path file = fs::path(dir) / "matrix.json";
-  std::ifstream in(file);
-  if (!in) throw ConfigError(dir + " holds no matrix (no matrix.json)");
-  json j = json::parse(in, nullptr, false);
+  json j = read_matrix_file(dir);
   if (j.is_discarded() || !j.is_object() || !j.contains("spec"))
-    throw ConfigError(file.string() + " is not a matrix spec");
+    throw ConfigError((fs::path(dir) / "matrix.json").string() + " is not a matrix spec");
   return MatrixSpec::from_json(j["spec"]);
 }
 
@@ -362,21 +369,101 @@ std::vector<std::string> PreparedMatrix::pending_ids() const {
 
 namespace {
 
-// Whether `record` is the run of `want` (the file name alone proves nothing). Compared as settings,
-// not as text: a record written before a setting existed lacks its key, and reads back with the
-// default (or the legacy value) it ran with.
-bool is_run_of(const json& record, app::RunConfig want) {
+// Why `record` is not the run of `want` ("" if it is): the file name alone proves nothing.
+// Compared as settings, not as text: a record written before a setting existed lacks its key,
+// and reads back with the default (or the legacy value) it ran with.
+std::string config_problem(const json& record, app::RunConfig want) {
   app::RunConfig have;
   try {
-    have = app::RunConfig::from_json(record.value("config", json()));
-  } catch (const app::ConfigError&) {
-    return false;
+    have = app::RunConfig::from_json(record["config"]);
+  } catch (const ConfigError& e) {
+    return std::string("config: ") + e.what();
   }
   for (app::RunConfig* c : {&have, &want}) {
     c->json = false;
     c->out.clear();
   }
-  return have.to_json() == want.to_json();
+  const json h = have.to_json(), w = want.to_json();
+  for (const auto& [key, value] : w.items())
+    if (!h.contains(key) || h[key] != value)
+      return "config." + key + " is " + (h.contains(key) ? h[key].dump() : "missing") +
+             ", the cell's is " + value.dump() + " (a run of another configuration)";
+  return {};
+}
+
+std::string backend_of(const json& host) {
+  auto it = host.find("backend");
+  std::string b = it != host.end() && it->is_string() ? it->get<std::string>() : "";
+  return b == "unknown" ? std::string() : b;
+}
+
+// Why a run on `host` is not a run of a matrix on KVM backend `want` ("" accepts any); records
+// that name no backend are kept (nothing to tell them by).
+std::string backend_problem(const json& host, const std::string& want) {
+  const std::string have = backend_of(host);
+  if (have.empty() || want.empty() || have == want) return {};
+  auto name = host.find("hostname");
+  return "ran on KVM backend " + have + " (host " +
+         (name != host.end() && name->is_string() ? name->get<std::string>() : "?") +
+         "), the matrix's is " + want;
+}
+
+}  // namespace
+
+CellRun read_cell_run(const std::string& path, const app::RunConfig& want,
+                      const std::string& backend) {
+  CellRun c;
+  if (!vmm::path_exists(path)) return c;
+  json record;
+  c.state = CellRun::State::Refused;
+  if (!read_finished_record(path, record, &c.why)) return c;
+  if (c.why = config_problem(record, want); !c.why.empty()) return c;
+  c.host = record.value("host", json::object());
+  if (c.why = backend_problem(c.host, backend); !c.why.empty()) return c;
+  c.metrics = run_metrics(record);  // the shape was checked: cannot throw
+  c.state = CellRun::State::Usable;
+  return c;
+}
+
+std::vector<CellRun> read_cell_runs(const std::string& dir, const std::vector<Cell>& cells,
+                                    const std::function<app::RunConfig(size_t)>& config_of,
+                                    std::string backend) {
+  std::vector<CellRun> runs;
+  runs.reserve(cells.size());
+  for (size_t i = 0; i < cells.size(); i++) {
+    const std::string path = cell_file(dir, cells[i]);
+    runs.push_back(vmm::path_exists(path) ? read_cell_run(path, config_of(i), backend) : CellRun{});
+  }
+  if (!backend.empty()) return runs;
+  // A matrix created where KVM was unknown (a login node): its backend is the most common one.
+  std::map<std::string, size_t> count;
+  for (const CellRun& r : runs)
+    if (r.state == CellRun::State::Usable && !backend_of(r.host).empty())
+      count[backend_of(r.host)]++;
+  size_t best = 0;
+  for (const auto& [b, n] : count)
+    if (n > best) best = n, backend = b;
+  for (CellRun& r : runs) {
+    if (r.state != CellRun::State::Usable) continue;
+    if (r.why = backend_problem(r.host, backend); !r.why.empty()) r.state = CellRun::State::Refused;
+  }
+  return runs;
+}
+
+namespace {
+
+// Moves a refused cell file to DIR/mismatched/ (a new name if one is there): kept for a look,
+// never counted or pooled. Throws ConfigError when it cannot, before the cell runs over it.
+void set_aside(const fs::path& dir, const Cell& cell) {
+  std::error_code ec;
+  fs::create_directories(dir / "mismatched", ec);
+  fs::path to = dir / "mismatched" / (cell.id + ".json");
+  for (int n = 1; vmm::path_exists(to.string()); n++)
+    to = dir / "mismatched" / (cell.id + "." + std::to_string(n) + ".json");
+  fs::rename(dir / "cells" / (cell.id + ".json"), to, ec);
+  if (ec)
+    throw ConfigError("cannot move " + (dir / "cells" / (cell.id + ".json")).string() + " to " +
+                      to.string() + ": " + ec.message());
 }
 
 std::string this_host() {
@@ -430,26 +517,18 @@ PreparedMatrix prepare_matrix(const MatrixSpec& spec_in, const MatrixOptions& op
     if (name.size() > 1 && name[0] == '.' && name.find(".tmp.") != std::string::npos)
       fs::remove(e.path());
   }
-  // Which runs are finished: read once (records can be large and matrices long).
+  // Which runs are finished, judged as --collect and compare judge them; what is refused is set
+  // aside and its cell runs again.
+  const std::vector<CellRun> runs = read_cell_runs(
+      opt.dir, p.cells, [&](size_t i) { return p.configs[i]; },
+      backend == "unknown" ? std::string() : backend);
   p.done.assign(p.cells.size(), false);
-  json record;
   for (size_t i = 0; i < p.cells.size(); i++) {
-    const std::string path = cell_file(opt.dir, p.cells[i]);
-    if (!read_finished_record(path, record)) continue;
-    if (!is_run_of(record, p.configs[i])) {
-      std::error_code ec;
-      fs::create_directories(dir / "mismatched", ec);
-      fs::path to = dir / "mismatched" / (p.cells[i].id + ".json");
-      for (int n = 1; fs::exists(to, ec); n++)
-        to = dir / "mismatched" / (p.cells[i].id + "." + std::to_string(n) + ".json");
-      fs::rename(path, to, ec);
-      if (ec) fs::remove(path, ec);  // it must not count as this cell's run either way
-      p.warnings.push_back("cells/" + p.cells[i].id +
-                           ".json held a run of another configuration: moved to mismatched/, "
-                           "the cell runs again");
-      continue;
-    }
-    p.done[i] = true;
+    p.done[i] = runs[i].state == CellRun::State::Usable;
+    if (runs[i].state != CellRun::State::Refused) continue;
+    set_aside(dir, p.cells[i]);
+    p.warnings.push_back("cells/" + p.cells[i].id + ".json: " + runs[i].why +
+                         ": moved to mismatched/, the cell runs again");
   }
   return p;
 }
@@ -553,11 +632,18 @@ CellOutcome run_cell(const std::string& dir_text, const std::string& cell_id,
     record_failure(why);
     throw ConfigError(why);
   }
-  json record;
-  if (read_finished_record(path, record) && is_run_of(record, cfg)) {
+  // The matrix's backend, or when it is unknown any: a task cannot tell the most common one.
+  const CellRun done = read_cell_run(path, cfg, want);
+  if (done.state == CellRun::State::Usable) {
     log << "cell " << cell_id << ": already finished, nothing to do\n";
     return CellOutcome::AlreadyDone;
   }
+  if (done.state == CellRun::State::Refused) {
+    set_aside(dir, *it);
+    log << "cell " << cell_id << ": cells/" << cell_id << ".json: " << done.why
+        << ": moved to mismatched/, the cell runs again\n";
+  }
+  json record;
   log << "cell " << cell_id << " on " << host << ":";
   for (const auto& a : cell_args(spec, *it)) log << " " << a;
   log << "\n" << std::flush;
@@ -582,44 +668,31 @@ CellOutcome run_cell(const std::string& dir_text, const std::string& cell_id,
 
 std::vector<RunRow> load_rows(const MatrixSpec& spec, const std::string& dir,
                               std::vector<std::string>* warnings) {
-  std::vector<RunRow> rows;
-  for (const Cell& c : expand(spec)) {
-    json record;
-    if (!read_finished_record(cell_file(dir, c), record)) continue;
+  const std::vector<Cell> cells = expand(spec);
+  // A cell's configuration is needed only where a file stands: parsed then, once for all the
+  // repetitions of its values.
+  std::map<std::map<std::string, std::string>, app::RunConfig> parsed;
+  auto config_of = [&](size_t i) {
+    auto it = parsed.find(cells[i].values);
+    if (it != parsed.end()) return it->second;
     try {
-      rows.push_back({c.id, c.values, c.rep, run_metrics(record), "cells/" + c.id + ".json",
-                      record.value("host", json::object())});
-    } catch (const std::invalid_argument&) {
-      // a badly typed record is not a finished run of this cell: left out of CSV and compare
+      return parsed[cells[i].values] = app::parse_run_args(cell_args(spec, cells[i]));
+    } catch (const ConfigError& e) {
+      throw ConfigError("run " + cells[i].id + ": " + e.what());
     }
-  }
-  // Runs on another KVM backend measure another machine: never mixed in silently.
-  auto backend_of = [](const RunRow& r) {
-    auto it = r.host.find("backend");
-    std::string b = it != r.host.end() && it->is_string() ? it->get<std::string>() : "";
-    return b == "unknown" ? std::string() : b;
   };
-  std::string want = matrix_backend(dir);
-  if (want.empty()) {
-    std::map<std::string, size_t> count;
-    for (const auto& r : rows)
-      if (!backend_of(r).empty()) count[backend_of(r)]++;
-    size_t best = 0;
-    for (const auto& [b, n] : count)
-      if (n > best) best = n, want = b;
+  const std::vector<CellRun> runs = read_cell_runs(dir, cells, config_of, matrix_backend(dir));
+  std::vector<RunRow> rows;
+  for (size_t i = 0; i < cells.size(); i++) {
+    const Cell& c = cells[i];
+    const std::string file = "cells/" + c.id + ".json";
+    if (runs[i].state == CellRun::State::Usable)
+      rows.push_back({c.id, c.values, c.rep, runs[i].metrics, file, runs[i].host});
+    else if (runs[i].state == CellRun::State::Refused && warnings)
+      warnings->push_back(file + ": " + runs[i].why +
+                          ": left out (matrix --resume runs the cell again)");
   }
-  std::vector<RunRow> kept;
-  for (auto& r : rows) {
-    if (backend_of(r).empty() || want.empty() || backend_of(r) == want) {
-      kept.push_back(std::move(r));
-      continue;
-    }
-    if (warnings)
-      warnings->push_back(r.record_file + " ran on KVM backend " + backend_of(r) + " (host " +
-                          r.host.value("hostname", std::string("?")) + "), the matrix's is " +
-                          want + ": left out (delete it to run the cell again)");
-  }
-  return kept;
+  return rows;
 }
 
 namespace {

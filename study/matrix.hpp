@@ -64,11 +64,14 @@ struct Cell {
   std::string id;                             // file name stem, e.g. "vms-4_lock-mcs_r0"
 };
 
-// A run record that parses and was not interrupted (the only kind a matrix keeps or compares).
+// A run record that parses, has the shape the study reads and was not interrupted, read from a
+// regular file only (vmm/regular_file.hpp: a FIFO or a directory is refused, never waited on).
+// `why` gets the reason otherwise, naming the field (e.g. "run.exec_ns is \"x\", not a number
+// >= 0") or the file's kind ("not a regular file (a FIFO)").
 bool read_finished_record(const std::string& path, nlohmann::json& out, std::string* why = nullptr);
 // Why `r` is not a usable run record ("" if it is): schema_version from
-// kOldestRecordSchemaVersion to this build's, run/summary/config objects, the summary's counters
-// numbers.
+// kOldestRecordSchemaVersion to this build's, and every field the study reads of the right type
+// and range (record_shape_problem, study/metrics.hpp).
 std::string record_problem(const nlohmann::json& r);
 // DIR/matrix.json exists / its spec (throws app::ConfigError when missing or malformed).
 bool holds_matrix(const std::string& dir);
@@ -119,6 +122,28 @@ struct MatrixOutcome {
   std::vector<std::string> warnings;
 };
 
+// A cell's file as judged by read_cell_run: the one meaning of "a finished run of this cell" that
+// --resume, --collect, compare, a Slurm task and the plots share.
+struct CellRun {
+  enum class State { Missing, Refused, Usable };
+  State state = State::Missing;
+  std::string why;                        // Refused: the reason, naming the field or file kind
+  std::map<std::string, double> metrics;  // Usable: run_metrics of the record
+  nlohmann::json host = nlohmann::json::object();  // Usable: the record's host facts
+};
+// Whether the file at `path` is a usable run of the cell whose configuration is `want`: a finished
+// record (read_finished_record) of that configuration (compared as settings: config.KEY names
+// the first difference) that ran on KVM backend `backend` ("" accepts any; records naming no
+// backend are accepted). Missing when nothing stands at `path`.
+CellRun read_cell_run(const std::string& path, const app::RunConfig& want,
+                      const std::string& backend);
+// read_cell_run for every cell of a matrix in `dir` (config_of(i): cell i's configuration, asked
+// only where a file stands). With `backend` "" (matrix.json names none: created where KVM was
+// unknown), the most common backend among the usable runs is the matrix's.
+std::vector<CellRun> read_cell_runs(const std::string& dir, const std::vector<Cell>& cells,
+                                    const std::function<app::RunConfig(size_t)>& config_of,
+                                    std::string backend);
+
 // Turns run flags into a validated RunConfig (the CLI's parser; throws app::ConfigError).
 using ConfigFn = std::function<app::RunConfig(const std::vector<std::string>& args)>;
 // Runs one configuration and returns its record (app::run_planned; throws app::RunError).
@@ -128,8 +153,8 @@ using StopFn = std::function<bool()>;
 
 // A matrix directory made ready to run or submit (under an Exclusive MatrixDirLock): the spec
 // checked against DIR/matrix.json (the stored seed kept), every cell validated, matrix.json
-// written, and which cells hold a finished run of their configuration (records of another
-// configuration are moved to DIR/mismatched/).
+// written, and which cells hold a usable run (read_cell_runs; every other file at a cell's place
+// is moved to DIR/mismatched/, named with its reason in `warnings`, and the cell runs again).
 struct PreparedMatrix {
   MatrixSpec spec;
   std::vector<Cell> cells;
@@ -151,7 +176,8 @@ MatrixOutcome run_matrix(const MatrixSpec& spec, const MatrixOptions& opt, const
 enum class CellOutcome { Ran, AlreadyDone, Interrupted };
 // One cell of the matrix in DIR, as a Slurm array task runs it: under a Shared lock, checks that
 // DIR still holds the matrix of `digest` ("" skips the check) and that this host's KVM backend is
-// the matrix's, runs the cell unless it is already finished, and writes its record atomically
+// the matrix's, runs the cell unless it holds a usable run (read_cell_run; a refused file is
+// moved to DIR/mismatched/, logged with its reason), and writes its record atomically
 // (DIR/failed/<id>.txt, naming the host, when the run fails). Throws app::ConfigError for a wrong
 // cell, digest or backend, and what `run` throws when the run fails.
 CellOutcome run_cell(const std::string& dir, const std::string& cell_id, const std::string& digest,
@@ -167,9 +193,8 @@ struct RunRow {
   std::string record_file;  // relative to DIR
   nlohmann::json host;      // the record's host facts (hostname, kernel, backend, ...)
 };
-// The finished runs of the matrix. Runs on a KVM backend other than the matrix's (matrix.json's,
-// or when that is unknown the most common one) are left out, each named in `warnings` if given;
-// records that name no backend are kept (nothing to tell them by).
+// The usable runs of the matrix (read_cell_runs against matrix.json's backend); every refused
+// cell file is named in `warnings` ("cells/ID.json: why: left out ...") if given.
 std::vector<RunRow> load_rows(const MatrixSpec& spec, const std::string& dir,
                               std::vector<std::string>* warnings = nullptr);
 // Metrics present in any row: built-in ones in definition order, then guest metrics.

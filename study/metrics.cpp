@@ -1,6 +1,7 @@
 #include "study/metrics.hpp"
 
 #include <stdexcept>
+#include <string_view>
 
 namespace kvmscale::study {
 
@@ -52,24 +53,175 @@ MetricInfo metric_info(const std::string& name) {
 
 namespace {
 
-// A field that is absent counts as 0 (older records lack newer counters); one of the wrong type
-// makes the record unusable rather than silently 0.
-double num(const json& j, const char* key) {
-  if (!j.is_object()) return 0.0;
-  auto it = j.find(key);
-  if (it == j.end() || it->is_null()) return 0.0;
-  if (!it->is_number()) throw std::invalid_argument(std::string("'") + key + "' is not a number");
-  return it->get<double>();
+// What a reader requires of a field where it is present (docs/run-record.md).
+enum class Shape {
+  Object,
+  Array,
+  Flag,    // true or false
+  Count,   // a whole number >= 0
+  Amount,  // a number >= 0: durations, percentiles, sums
+  Ratio,   // a number >= 0, or null (a NaN is written as null): the metric is then absent
+  Text,    // a string, or null (a host fact that could not be read)
+};
+
+struct FieldRule {
+  const char* path;  // dots into objects; "name[]" is every element of an array, "*" every member
+  Shape shape;
+  bool required = false;
+};
+
+// Every field the study reads from a record (run_metrics, the matrix's checks, host facts), in
+// an order where a container comes before its members. Absent optional fields count as 0:
+// older records lack newer counters.
+const FieldRule kRecordFields[] = {
+    {"run", Shape::Object, true},
+    {"run.interrupted", Shape::Flag, true},
+    {"run.exec_ns", Shape::Amount},
+    {"config", Shape::Object, true},
+    {"host", Shape::Object},
+    {"host.hostname", Shape::Text},
+    {"host.backend", Shape::Text},
+    {"summary", Shape::Object, true},
+    {"summary.vms", Shape::Count, true},
+    {"summary.vms_booted", Shape::Count, true},
+    {"summary.vms_crashed", Shape::Count, true},
+    {"summary.exits_total", Shape::Count, true},
+    {"summary.boot_ns", Shape::Object},
+    {"summary.boot_ns.p50", Shape::Amount},
+    {"summary.boot_ns.max", Shape::Amount},
+    {"cross_calls", Shape::Object},
+    {"cross_calls.calls", Shape::Count},
+    {"cross_calls.latency_ns_total", Shape::Amount},
+    {"cross_calls.latency_ns_max", Shape::Amount},
+    {"cross_calls.flush_mask_mean", Shape::Ratio},
+    {"cross_calls.initiators_max_concurrent", Shape::Count},
+    {"locks", Shape::Object},
+    {"locks.classes", Shape::Object},
+    {"locks.classes.call", Shape::Object},
+    {"locks.classes.call.acquisitions", Shape::Count},
+    {"locks.classes.call.contended", Shape::Count},
+    {"locks.classes.call.wait_ns", Shape::Amount},
+    {"locks.classes.call.wait_max_ns", Shape::Amount},
+    {"locks.classes.runq", Shape::Object},
+    {"locks.classes.runq.wait_ns", Shape::Amount},
+    {"vms", Shape::Array},
+    {"vms[]", Shape::Object},
+    {"vms[].metrics", Shape::Object},
+    {"vms[].metrics.*", Shape::Amount},
+    {"vms[].pod", Shape::Object},
+    {"vms[].pod.populates", Shape::Count},
+    {"vms[].pod.reclaimed", Shape::Count},
+    {"vms[].pod.sweeps", Shape::Count},
+    {"vms[].pod.flushes", Shape::Count},
+    {"vms[].pod.fault_stall_ns", Shape::Amount},
+    {"sched", Shape::Object},
+    {"sched.sched_overhead", Shape::Ratio},
+    {"sched.jain_fairness", Shape::Ratio},
+    {"sched.pcpus", Shape::Array},
+    {"sched.pcpus[]", Shape::Object},
+    {"sched.pcpus[].balance", Shape::Object},
+    {"sched.pcpus[].balance.attempts_idle", Shape::Count},
+    {"sched.pcpus[].balance.attempts_over", Shape::Count},
+    {"sched.pcpus[].balance.trylocks", Shape::Count},
+    {"sched.pcpus[].balance.trylock_failures", Shape::Count},
+    {"sched.pcpus[].balance.skipped_bitmap", Shape::Count},
+    {"sched.pcpus[].balance.skipped_count", Shape::Count},
+    {"sched.pcpus[].balance.steals", Shape::Count},
+    {"sched.pcpus[].balance.balance_ns", Shape::Amount},
+    {"sched.vcpus", Shape::Array},
+    {"sched.vcpus[]", Shape::Object},
+    {"sched.vcpus[].migrations", Shape::Count},
+};
+
+std::string shown(const json& v) {
+  if (v.is_object()) return "an object";
+  if (v.is_array()) return "an array";
+  std::string s = v.dump(-1, ' ', false, json::error_handler_t::replace);
+  return s.size() > 24 ? s.substr(0, 20) + "..." : s;
 }
 
-bool has(const json& j, const char* key) { return j.is_object() && j.contains(key); }
+std::string shape_problem(const json& v, const std::string& where, Shape shape) {
+  auto non_negative = [&] { return v.is_number() && v.get<double>() >= 0; };
+  bool ok = false;
+  const char* want = "";
+  switch (shape) {
+    case Shape::Object: ok = v.is_object(), want = "an object"; break;
+    case Shape::Array: ok = v.is_array(), want = "an array"; break;
+    case Shape::Flag: ok = v.is_boolean(), want = "true or false"; break;
+    case Shape::Count: ok = v.is_number_integer() && non_negative(), want = "a count >= 0"; break;
+    case Shape::Amount: ok = non_negative(), want = "a number >= 0"; break;
+    case Shape::Ratio: ok = v.is_null() || non_negative(), want = "a number >= 0 or null"; break;
+    case Shape::Text: ok = v.is_null() || v.is_string(), want = "a string or null"; break;
+  }
+  return ok ? std::string() : where + " is " + shown(v) + ", not " + want;
+}
+
+// `rule` at every place the rest of its path reaches from `node` (named `where`).
+std::string check_rule(const json& node, std::string_view rest, const std::string& where,
+                       const FieldRule& rule) {
+  if (rest.empty()) return shape_problem(node, where, rule.shape);
+  if (!node.is_object()) return {};  // the container's own rule names it
+  const size_t dot = rest.find('.');
+  std::string_view name = rest.substr(0, dot);
+  const std::string_view tail = dot == rest.npos ? std::string_view() : rest.substr(dot + 1);
+  const bool each = name.ends_with("[]");
+  if (each) name.remove_suffix(2);
+  auto at = [&](const json& child, const std::string& child_where) -> std::string {
+    if (!each) return check_rule(child, tail, child_where, rule);
+    if (!child.is_array()) return {};
+    for (size_t i = 0; i < child.size(); i++)
+      if (std::string p =
+              check_rule(child[i], tail, child_where + "[" + std::to_string(i) + "]", rule);
+          !p.empty())
+        return p;
+    return {};
+  };
+  auto joined = [&](std::string_view key) {
+    return where.empty() ? std::string(key) : where + "." + std::string(key);
+  };
+  if (name == "*") {
+    for (const auto& [key, child] : node.items())
+      if (std::string p = at(child, joined(key)); !p.empty()) return p;
+    return {};
+  }
+  auto it = node.find(std::string(name));
+  if (it == node.end())
+    return rule.required && tail.empty() && !each ? joined(name) + " is missing" : std::string();
+  return at(*it, joined(name));
+}
+
+// Read only after record_shape_problem passed: absent is 0.
+double num(const json& j, const char* key) {
+  auto it = j.find(key);
+  return it == j.end() || it->is_null() ? 0.0 : it->get<double>();
+}
+
+bool has(const json& j, const char* key) { return j.contains(key); }
+
+const json& member(const json& j, const char* key) {
+  static const json none = json::object();
+  auto it = j.find(key);
+  return it == j.end() ? none : *it;
+}
 
 }  // namespace
 
+std::string record_shape_problem(const json& r) {
+  if (!r.is_object()) return "not a JSON object";
+  for (const FieldRule& rule : kRecordFields)
+    if (std::string p = check_rule(r, rule.path, "", rule); !p.empty()) return p;
+  return {};
+}
+
 std::map<std::string, double> run_metrics(const json& r) {
+  if (std::string p = record_shape_problem(r); !p.empty()) throw std::invalid_argument(p);
   std::map<std::string, double> m;
-  const json& summary = r.value("summary", json::object());
-  const double exec_s = num(r.value("run", json::object()), "exec_ns") / 1e9;
+  // A ratio written as null (NaN) has no value: its metric is absent, not 0.
+  auto ratio = [&](const json& j, const char* key, const std::string& metric) {
+    if (has(j, key) && !j[key].is_null()) m[metric] = j[key].get<double>();
+  };
+  const json& summary = member(r, "summary");
+  const double exec_s = num(member(r, "run"), "exec_ns") / 1e9;
   m["exec_s"] = exec_s;
   m["vms_booted"] = num(summary, "vms_booted");
   m["vms_crashed"] = num(summary, "vms_crashed");
@@ -86,35 +238,33 @@ std::map<std::string, double> run_metrics(const json& r) {
       m["flush_avg_us"] = num(cc, "latency_ns_total") / calls / 1e3;
       m["flush_max_us"] = num(cc, "latency_ns_max") / 1e3;
     }
-    if (has(cc, "flush_mask_mean")) m["flush_mask_mean"] = num(cc, "flush_mask_mean");
+    ratio(cc, "flush_mask_mean", "flush_mask_mean");
     if (has(cc, "initiators_max_concurrent"))
       m["initiators_max"] = num(cc, "initiators_max_concurrent");
   }
-  if (has(r, "locks") && has(r["locks"], "classes")) {
-    const json& cls = r["locks"]["classes"];
-    if (has(cls, "call")) {
-      m["call_lock_acq"] = num(cls["call"], "acquisitions");
-      m["call_lock_contended"] = num(cls["call"], "contended");
-      m["call_lock_wait_ms"] = num(cls["call"], "wait_ns") / 1e6;
-      m["call_lock_wait_max_us"] = num(cls["call"], "wait_max_ns") / 1e3;
-    }
-    if (has(cls, "runq")) m["runq_lock_wait_ms"] = num(cls["runq"], "wait_ns") / 1e6;
+  const json& cls = member(member(r, "locks"), "classes");
+  if (has(cls, "call")) {
+    m["call_lock_acq"] = num(cls["call"], "acquisitions");
+    m["call_lock_contended"] = num(cls["call"], "contended");
+    m["call_lock_wait_ms"] = num(cls["call"], "wait_ns") / 1e6;
+    m["call_lock_wait_max_us"] = num(cls["call"], "wait_max_ns") / 1e3;
   }
+  if (has(cls, "runq")) m["runq_lock_wait_ms"] = num(cls["runq"], "wait_ns") / 1e6;
   std::map<std::string, double> guest_totals;
   bool any_pod = false;
   double populates = 0, reclaimed = 0, sweeps = 0, stall_ns = 0, pod_flushes = 0;
-  for (const json& vm : r.value("vms", json::array())) {
-    if (has(vm, "pod")) {
-      any_pod = true;
-      populates += num(vm["pod"], "populates");
-      reclaimed += num(vm["pod"], "reclaimed");
-      sweeps += num(vm["pod"], "sweeps");
-      pod_flushes += num(vm["pod"], "flushes");
-      stall_ns += num(vm["pod"], "fault_stall_ns");
+  if (has(r, "vms")) {
+    for (const json& vm : r["vms"]) {
+      if (has(vm, "pod")) {
+        any_pod = true;
+        populates += num(vm["pod"], "populates");
+        reclaimed += num(vm["pod"], "reclaimed");
+        sweeps += num(vm["pod"], "sweeps");
+        pod_flushes += num(vm["pod"], "flushes");
+        stall_ns += num(vm["pod"], "fault_stall_ns");
+      }
+      for (const auto& [k, v] : member(vm, "metrics").items()) guest_totals[k] += v.get<double>();
     }
-    if (has(vm, "metrics") && vm["metrics"].is_object())
-      for (const auto& [k, v] : vm["metrics"].items())
-        if (v.is_number()) guest_totals[k] += v.get<double>();
   }
   if (any_pod) {
     m["pod_populates"] = populates;
@@ -125,11 +275,11 @@ std::map<std::string, double> run_metrics(const json& r) {
   }
   if (exec_s > 0)
     for (const auto& [k, v] : guest_totals) m["guest_" + k + "_per_s"] = v / exec_s;
-  if (has(r, "sched") && has(r["sched"], "pcpus")) {
-    const json& s = r["sched"];
+  const json& s = member(r, "sched");
+  if (has(s, "pcpus")) {
     double attempts = 0, trylocks = 0, failures = 0, skipped = 0, steals = 0, bal_ns = 0;
     for (const json& p : s["pcpus"]) {
-      const json& b = p.value("balance", json::object());
+      const json& b = member(p, "balance");
       attempts += num(b, "attempts_idle") + num(b, "attempts_over");
       trylocks += num(b, "trylocks");
       failures += num(b, "trylock_failures");
@@ -143,11 +293,13 @@ std::map<std::string, double> run_metrics(const json& r) {
     m["balance_skipped"] = skipped;
     m["balance_steals"] = steals;
     m["balance_us"] = bal_ns / 1e3;
-    m["sched_overhead_pct"] = num(s, "sched_overhead") * 100.0;
+    if (!has(s, "sched_overhead") || !s["sched_overhead"].is_null())
+      m["sched_overhead_pct"] = num(s, "sched_overhead") * 100.0;
     double migrations = 0;
-    for (const json& v : s.value("vcpus", json::array())) migrations += num(v, "migrations");
+    if (has(s, "vcpus"))
+      for (const json& v : s["vcpus"]) migrations += num(v, "migrations");
     m["migrations"] = migrations;
-    if (has(s, "jain_fairness")) m["jain_fairness"] = num(s, "jain_fairness");
+    ratio(s, "jain_fairness", "jain_fairness");
   }
   return m;
 }

@@ -15,6 +15,7 @@
 
 #include "app/config.hpp"
 #include "app/record.hpp"
+#include "vmm/regular_file.hpp"
 
 extern char** environ;
 
@@ -140,9 +141,24 @@ ProgramResult run_program(const std::vector<std::string>& argv) {
   return r;
 }
 
+namespace {
+
+// DIR/slurm/jobs.txt ("" when there is none); ConfigError naming it when it is no regular file.
+std::string jobs_file(const std::string& dir) {
+  const std::string file = (fs::path(dir) / "slurm" / "jobs.txt").string();
+  if (!vmm::path_exists(file)) return {};
+  try {
+    return vmm::read_regular_file(file);
+  } catch (const vmm::FileError& e) {
+    throw ConfigError(e.what());
+  }
+}
+
+}  // namespace
+
 std::vector<std::string> submitted_jobs(const std::string& dir) {
   std::vector<std::string> jobs;
-  std::ifstream in(fs::path(dir) / "slurm" / "jobs.txt");
+  std::istringstream in(jobs_file(dir));
   std::string line;
   while (std::getline(in, line)) {
     std::istringstream words(line);
@@ -189,13 +205,7 @@ Submission submit_cells(const std::string& dir, const std::string& exe,
   if (id.empty() || id.find_first_not_of("0123456789") != std::string::npos)
     throw std::runtime_error("sbatch printed no job id: " + r.out);
   sub.job_id = id;
-  std::string jobs;
-  {
-    std::ifstream in(slurm / "jobs.txt");
-    std::ostringstream all;
-    all << in.rdbuf();
-    jobs = all.str();
-  }
+  std::string jobs = jobs_file(dir);
   jobs += id + " " + name + " " + std::to_string(cells.size()) + "\n";
   app::write_file_atomically((slurm / "jobs.txt").string(), jobs);
   return sub;

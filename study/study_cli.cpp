@@ -19,6 +19,7 @@
 #include "study/scenario.hpp"
 #include "study/slurm.hpp"
 #include "vmm/kick.hpp"
+#include "vmm/regular_file.hpp"
 
 namespace kvmscale::study {
 
@@ -187,9 +188,14 @@ json scenario_settings(const std::string& name, const ScenarioOptions& so) {
 
 // The stored settings of the scenario in `dir`; false if `dir` holds none.
 bool load_scenario_settings(const std::string& dir, std::string& name, ScenarioOptions& so) {
-  std::ifstream in(fs::path(dir) / kScenarioFile);
-  if (!in) return false;
-  json j = json::parse(in, nullptr, false);
+  const std::string file = (fs::path(dir) / kScenarioFile).string();
+  if (!vmm::path_exists(file)) return false;
+  json j;
+  try {
+    j = json::parse(vmm::read_regular_file(file), nullptr, false);
+  } catch (const vmm::FileError& e) {
+    throw app::ConfigError(e.what());
+  }
   try {
     name = j.at("name").get<std::string>();
     so.host_cpus = j.at("host_cpus").get<uint32_t>();

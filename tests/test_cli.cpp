@@ -78,7 +78,8 @@ TEST(Cli, BadUsageExitsTwoWithAClearMessage) {
       {{"matrix", "--repeat", "0"}, "--repeat"},
       {{"compare", "/nonexistent-a", "/nonexistent-b"}, "no such file"},
       {{"compare", "only-one"}, "B"},
-      {{"compare", "--metrics", "nosuch", "/dev/null", "/dev/null"}, "not a run record"},
+      {{"compare", "--metrics", "nosuch", "/dev/null", "/dev/null"},
+       "/dev/null is not a finished run record: not a regular file"},
       {{"scenario", "nosuch"}, "nosuch"},
       {{"matrix", "--cell", "vms-1_r0"}, "--cell needs --out"},
       {{"matrix", "--vms", "1,2", "--sbatch-arg=--exclusive"}, "need --slurm"},
@@ -463,6 +464,55 @@ TEST(CliMatrix, SlurmScriptTasksRunTheirCellsAndCollectBuildsTheCsv) {
   EXPECT_EQ(nosb.exit_code, 1) << nosb.err;
   EXPECT_NE(nosb.err.find("sbatch: cannot run it"), std::string::npos) << nosb.err;
   EXPECT_TRUE(fs::exists(dir2 / "slurm" / "submit-1.sbatch"));
+}
+
+// A FIFO where kvmscale reads a file (a cell's record, matrix.json, slurm/jobs.txt,
+// scenario.json) is refused at once, named; each used to block the command for ever.
+TEST(CliMatrix, FifosWhereFilesAreReadAreNamedNotWaitedFor) {
+  const fs::path dir = scratch("fifo-matrix");
+  fs::remove_all(dir);
+  auto sub = ks({"matrix", "--guest", "spin", "--vms", "1,2", "--no-plots", "--slurm",
+                 "--no-submit", "--out", dir});
+  ASSERT_EQ(sub.exit_code, 0) << sub.err;
+  auto fifo = [](const fs::path& p) {
+    fs::remove(p);
+    ASSERT_EQ(mkfifo(p.c_str(), 0600), 0) << p;
+  };
+  auto run = [](std::vector<std::string> args) {
+    args.insert(args.begin(), KVMSCALE_BIN);
+    return test::spawn(args, 0, 20000);
+  };
+  fifo(dir / "cells" / "vms-1_r0.json");
+  auto collect = run({"matrix", "--collect", "--no-plots", "--out", dir});
+  EXPECT_EQ(collect.exit_code, 0) << collect.err;
+  EXPECT_NE(collect.err.find("cells/vms-1_r0.json: not a regular file (a FIFO)"), std::string::npos)
+      << collect.err;
+  auto cmp = run({"compare", dir, dir});
+  EXPECT_EQ(cmp.exit_code, 2) << cmp.err;
+  EXPECT_NE(cmp.err.find("not a regular file (a FIFO)"), std::string::npos) << cmp.err;
+  fifo(dir / "slurm" / "jobs.txt");
+  collect = run({"matrix", "--collect", "--no-plots", "--out", dir});
+  EXPECT_EQ(collect.exit_code, 2) << collect.err;
+  EXPECT_NE(collect.err.find("jobs.txt: not a regular file (a FIFO)"), std::string::npos)
+      << collect.err;
+  fs::remove(dir / "slurm" / "jobs.txt");
+  fifo(dir / "matrix.json");
+  for (const auto& args :
+       std::vector<std::vector<std::string>>{{"matrix", "--collect", "--no-plots", "--out", dir},
+                                             {"matrix", "--resume", "--no-plots", "--out", dir},
+                                             {"compare", dir, dir}}) {
+    auto r = run(args);
+    EXPECT_EQ(r.exit_code, 2) << args[1] << ": " << r.err;
+    EXPECT_NE(r.err.find("matrix.json: not a regular file (a FIFO)"), std::string::npos)
+        << args[1] << ": " << r.err;
+  }
+  const fs::path scen = scratch("fifo-scenario");
+  fs::remove_all(scen);
+  fs::create_directories(scen);
+  fifo(scen / "scenario.json");
+  auto s = run({"scenario", "call-lock", "--resume", "--out", scen});
+  EXPECT_EQ(s.exit_code, 2) << s.err;
+  EXPECT_NE(s.err.find("scenario.json: not a regular file (a FIFO)"), std::string::npos) << s.err;
 }
 
 TEST(Cli, FlagsARunIgnoresAreWarnedAndRecorded) {

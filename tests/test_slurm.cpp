@@ -133,10 +133,12 @@ TEST(SlurmCells, ASubmissionCoversExactlyTheCellsWithoutAFinishedRun) {
   for (size_t i : run_order(3, spec.seed)) in_order.push_back(p.cells[i].id);
   EXPECT_EQ(p.pending_ids(), in_order);
   // vms-2 finished; vms-3 holds a run of another configuration (moved away, pending again).
-  kvmscale::app::write_file_atomically(p.configs[1].out, record_of(p.configs[1]).dump());
+  const std::string backend = matrix_backend(dir);  // this host's
+  kvmscale::app::write_file_atomically(p.configs[1].out,
+                                       record_of(p.configs[1], "node1", backend).dump());
   kvmscale::app::RunConfig other = p.configs[2];
   other.duration_ns += 1;
-  kvmscale::app::write_file_atomically(p.configs[2].out, record_of(other).dump());
+  kvmscale::app::write_file_atomically(p.configs[2].out, record_of(other, "node1", backend).dump());
   PreparedMatrix again = prepare_matrix(spec, {dir, true, false}, kvmscale::app::parse_run_args);
   std::vector<std::string> pending = again.pending_ids();
   std::sort(pending.begin(), pending.end());
@@ -246,6 +248,37 @@ TEST(SlurmCell, ATaskOfAnotherMatrixOrAnotherBackendRunsNothing) {
   EXPECT_NE(slurp(dir + "/failed/vms-1_r0.txt").find("NoSuchBackend"), std::string::npos);
 }
 
+// The task's "already finished" is the one --collect uses: a record collect would leave out (a
+// wrong type, another configuration) is set aside in mismatched/ and the cell runs.
+TEST(SlurmCell, ARecordCollectWouldLeaveOutIsSetAsideAndTheCellRuns) {
+  TempDir t;
+  const std::string dir = t.sub("m");
+  PreparedMatrix p =
+      prepare_matrix(small_spec(), {dir, false, false}, kvmscale::app::parse_run_args);
+  const std::string backend = matrix_backend(dir);  // this host's
+  json bad = record_of(p.configs[1], "node1", backend);
+  bad["run"]["exec_ns"] = "x";
+  kvmscale::app::write_file_atomically(p.configs[1].out, bad.dump());
+  kvmscale::app::write_file_atomically(p.configs[2].out,
+                                       record_of(p.configs[0], "node1", backend).dump());
+  int calls = 0;
+  auto run = [&](const kvmscale::app::RunConfig& c) {
+    calls++;
+    return record_of(c, "node1", backend);
+  };
+  std::ostringstream log;
+  const std::string digest = spec_digest(p.spec);
+  EXPECT_EQ(run_cell(dir, "vms-2_r0", digest, kvmscale::app::parse_run_args, run, log),
+            CellOutcome::Ran);
+  EXPECT_EQ(run_cell(dir, "vms-3_r0", digest, kvmscale::app::parse_run_args, run, log),
+            CellOutcome::Ran);
+  EXPECT_EQ(calls, 2);
+  EXPECT_NE(log.str().find("cells/vms-2_r0.json: run.exec_ns"), std::string::npos) << log.str();
+  EXPECT_NE(log.str().find("cells/vms-3_r0.json: config.vms"), std::string::npos) << log.str();
+  EXPECT_TRUE(fs::exists(dir + "/mismatched/vms-2_r0.json"));
+  EXPECT_EQ(load_rows(p.spec, dir).size(), 2u);
+}
+
 TEST(SlurmCollect, RunsOnAnotherBackendAreReportedNotMixedIn) {
   TempDir t;
   const std::string dir = t.sub("m");
@@ -260,7 +293,7 @@ TEST(SlurmCollect, RunsOnAnotherBackendAreReportedNotMixedIn) {
   std::vector<RunRow> rows = load_rows(p.spec, dir, &warnings);
   EXPECT_EQ(rows.size(), 2u);
   ASSERT_EQ(warnings.size(), 1u);
-  EXPECT_NE(warnings[0].find("cells/vms-3_r0.json ran on KVM backend SVM (host n2)"),
+  EXPECT_NE(warnings[0].find("cells/vms-3_r0.json: ran on KVM backend SVM (host n2)"),
             std::string::npos)
       << warnings[0];
   // matrix.json without a backend (created on a login node): the most common one is the matrix's.

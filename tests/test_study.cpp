@@ -1,12 +1,16 @@
 // The study tools without KVM: axis parsing, matrix expansion, resume, CSV and plots from canned
 // records, and the statistics on data with known answers.
+#include <fcntl.h>
 #include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <future>
 #include <sstream>
 
 #include "app/cli.hpp"
@@ -368,7 +372,6 @@ TEST(Compare, LoadsRecordsAndMatrixDirectoriesAndRejectsJunk) {
   std::ofstream(t.sub("m/cells/a.json")) << canned_record(10, 1).dump();
   std::ofstream(t.sub("m/cells/b.json")) << canned_record(20, 1).dump();
   std::ofstream(t.sub("m/cells/partial.json")) << canned_record(30, 1, true).dump();
-  std::ofstream(t.sub("m/matrix.json")) << "{}";
   EXPECT_EQ(load_run_set(t.sub("m")).runs.size(), 2u);
   EXPECT_EQ(load_run_set(t.sub("m/cells/a.json")).runs.size(), 1u);
   std::ofstream(t.sub("junk.json")) << "{not json";
@@ -387,8 +390,12 @@ TEST(Compare, GroupsTwoMatricesCellByCell) {
              log);
   run_matrix(
       spec, {t.sub("b"), false, false}, kvmscale::app::parse_run_args,
-      [](const kvmscale::app::RunConfig& c) { return canned_record(20.0 * c.vms, 1); }, nullptr,
-      log);
+      [](const kvmscale::app::RunConfig& c) {
+        json r = canned_record(20.0 * c.vms, 1);
+        r["config"] = c.to_json();
+        return r;
+      },
+      nullptr, log);
   auto ga = load_grouped(t.sub("a"), {"vms"}), gb = load_grouped(t.sub("b"), {"vms"});
   ASSERT_EQ(ga.size(), 2u);
   ASSERT_EQ(ga.count("vms=2"), 1u);
@@ -519,6 +526,261 @@ TEST(MatrixRun, ARecordFromBeforeANewSettingIsStillTheRunOfItsCell) {
   EXPECT_EQ(m.calls, 1) << "only the cell whose record ran with another delay runs again";
 }
 
+// Whether a cell's file is a usable run of that cell is decided in one place: --resume runs
+// again what --collect and compare leave out, and every refusal is named with its reason.
+TEST(CellRecords, AWrongTypedRecordIsNamedLeftOutAndRunAgainByResume) {
+  FinishedMatrix m;
+  json r = json::parse(std::ifstream(m.files[0]));
+  r["run"]["exec_ns"] = "x";
+  std::ofstream(m.files[0]) << r.dump();
+  const std::string name = "cells/" + m.files[0].filename().string();
+  std::vector<std::string> warnings;
+  EXPECT_EQ(load_rows(m.spec, m.opt.dir, &warnings).size(), 3u);
+  ASSERT_EQ(warnings.size(), 1u) << "collect names what it leaves out";
+  EXPECT_NE(warnings[0].find(name), std::string::npos) << warnings[0];
+  EXPECT_NE(warnings[0].find("run.exec_ns"), std::string::npos) << warnings[0];
+  RunSet set = load_run_set(m.opt.dir);
+  EXPECT_EQ(set.runs.size(), 3u);
+  ASSERT_EQ(set.skipped.size(), 1u);
+  EXPECT_NE(set.skipped[0].find("run.exec_ns"), std::string::npos) << set.skipped[0];
+  MatrixOutcome o = m.resume();
+  EXPECT_EQ(m.calls, 1) << "a record collect leaves out is not a finished run for resume";
+  ASSERT_EQ(o.warnings.size(), 1u);
+  EXPECT_NE(o.warnings[0].find("run.exec_ns"), std::string::npos) << o.warnings[0];
+  EXPECT_TRUE(fs::exists(m.t.sub("m/mismatched/" + m.files[0].filename().string())));
+  EXPECT_EQ(load_rows(m.spec, m.opt.dir).size(), 4u);
+}
+
+TEST(CellRecords, ARecordOfAnotherConfigurationIsNotPooledByCollectOrCompare) {
+  FinishedMatrix m;
+  // files: vms-1_lock-mcs, vms-1_lock-ticket, vms-2_lock-mcs, vms-2_lock-ticket (r0 each).
+  ASSERT_NE(m.files[0].string().find("vms-1_lock-mcs"), std::string::npos);
+  fs::copy_file(m.files[2], m.files[0], fs::copy_options::overwrite_existing);  // a vms=2 run
+  std::vector<std::string> warnings;
+  std::vector<RunRow> rows = load_rows(m.spec, m.opt.dir, &warnings);
+  EXPECT_EQ(rows.size(), 3u);
+  ASSERT_EQ(warnings.size(), 1u);
+  EXPECT_NE(warnings[0].find("cells/vms-1_lock-mcs_r0.json"), std::string::npos) << warnings[0];
+  EXPECT_NE(warnings[0].find("config.vms"), std::string::npos) << warnings[0];
+  EXPECT_EQ(load_run_set(m.opt.dir).runs.size(), 3u);
+  std::vector<std::string> left_out;
+  auto groups = load_grouped(m.opt.dir, {"vms"}, &left_out);
+  EXPECT_EQ(groups["vms=1"].runs.size(), 1u);
+  EXPECT_EQ(left_out.size(), 1u);
+  write_outputs(m.spec, m.opt.dir, false);
+  std::ifstream csv(m.t.sub("m/summary.csv"));
+  int lines = 0;
+  for (std::string l; std::getline(csv, l);) lines++;
+  EXPECT_EQ(lines, 4) << "header and three runs";
+  m.resume();
+  EXPECT_EQ(m.calls, 1);
+}
+
+namespace {
+
+// Runs `read`, a reader that may meet the FIFO at `fifo`; true if it returned by itself. One
+// that waits for a writer gets one after 5 s (opened and closed: it then reads EOF), so a reader
+// that blocks fails the test instead of hanging the suite.
+bool returns_by_itself(const std::string& fifo, const std::function<void()>& read) {
+  auto done = std::async(std::launch::async, read);
+  const bool alone = done.wait_for(std::chrono::seconds(5)) == std::future_status::ready;
+  while (done.wait_for(std::chrono::milliseconds(50)) != std::future_status::ready) {
+    int fd = ::open(fifo.c_str(), O_WRONLY | O_NONBLOCK | O_CLOEXEC);
+    if (fd >= 0) ::close(fd);
+  }
+  done.get();
+  return alone;
+}
+
+std::string joined(const std::vector<std::string>& lines) {
+  std::string s;
+  for (const auto& l : lines) s += l + "\n";
+  return s;
+}
+
+}  // namespace
+
+TEST(CellRecords, AFifoOrADirectoryWhereARecordBelongsIsNamedNotWaitedFor) {
+  FinishedMatrix m;
+  const std::string fifo = m.files[0].string(), dir = m.files[1].string();
+  fs::remove(fifo);
+  ASSERT_EQ(mkfifo(fifo.c_str(), 0600), 0);
+  fs::remove(dir);
+  fs::create_directories(dir + "/inside");
+  const std::string fifo_name = "cells/" + m.files[0].filename().string(),
+                    dir_name = "cells/" + m.files[1].filename().string();
+  std::vector<std::string> warnings;
+  size_t rows = 0;
+  EXPECT_TRUE(returns_by_itself(fifo, [&] {
+    rows = load_rows(m.spec, m.opt.dir, &warnings).size();
+  })) << "collect";
+  EXPECT_EQ(rows, 2u);
+  const std::string all = joined(warnings);
+  EXPECT_NE(all.find(fifo_name + ": not a regular file (a FIFO)"), std::string::npos) << all;
+  EXPECT_NE(all.find(dir_name + ": not a regular file (a directory)"), std::string::npos) << all;
+  RunSet set;
+  EXPECT_TRUE(returns_by_itself(fifo, [&] { set = load_run_set(m.opt.dir); })) << "compare DIR";
+  EXPECT_EQ(set.runs.size(), 2u);
+  EXPECT_EQ(set.skipped.size(), 2u) << joined(set.skipped);
+  std::string error;
+  EXPECT_TRUE(returns_by_itself(fifo, [&] {
+    try {
+      load_run_set(fifo);
+    } catch (const ConfigError& e) {
+      error = e.what();
+    }
+  })) << "compare FILE";
+  EXPECT_NE(error.find(fifo + " is not a finished run record: not a regular file (a FIFO)"),
+            std::string::npos)
+      << error;
+  EXPECT_TRUE(returns_by_itself(fifo, [&] { m.resume(); })) << "resume";
+  EXPECT_EQ(m.calls, 2) << "both cells run again";
+  EXPECT_TRUE(fs::is_regular_file(fifo));
+  EXPECT_TRUE(fs::is_regular_file(dir));
+  EXPECT_TRUE(fs::is_directory(m.t.sub("m/mismatched/" + m.files[1].filename().string())));
+}
+
+TEST(MatrixSpecFile, AFifoOrADirectoryAsMatrixJsonIsRefusedNamingIt) {
+  TempDir t;
+  fs::create_directories(t.sub("m/cells"));
+  const std::string spec_file = t.sub("m/matrix.json");
+  ASSERT_EQ(mkfifo(spec_file.c_str(), 0600), 0);
+  std::string error;
+  EXPECT_TRUE(returns_by_itself(spec_file, [&] {
+    try {
+      load_spec(t.sub("m"));
+    } catch (const ConfigError& e) {
+      error = e.what();
+    }
+  }));
+  EXPECT_NE(error.find(spec_file + ": not a regular file (a FIFO)"), std::string::npos) << error;
+  error.clear();
+  EXPECT_TRUE(returns_by_itself(spec_file, [&] {
+    try {
+      load_run_set(t.sub("m"));
+    } catch (const ConfigError& e) {
+      error = e.what();
+    }
+  }));
+  EXPECT_NE(error.find(spec_file + ": not a regular file"), std::string::npos) << error;
+  fs::remove(spec_file);
+  fs::create_directories(spec_file);
+  try {
+    load_spec(t.sub("m"));
+    ADD_FAILURE() << "a directory was read as matrix.json";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find(spec_file + ": not a regular file (a directory)"),
+              std::string::npos)
+        << e.what();
+  }
+}
+
+namespace {
+
+// A record with every container the metrics read (sched, cross_calls, PoD, lock classes).
+json rich_record() {
+  json r = json::parse(canned_record(10, 100).dump());
+  r["host"] = {{"hostname", "h"}, {"backend", "VMX"}};
+  r["sched"] = {{"sched_overhead", 0.01},
+                {"jain_fairness", 1.0},
+                {"pcpus",
+                 {{{"balance",
+                    {{"attempts_idle", 1},
+                     {"attempts_over", 1},
+                     {"trylocks", 3},
+                     {"trylock_failures", 1},
+                     {"skipped_bitmap", 0},
+                     {"skipped_count", 0},
+                     {"steals", 1},
+                     {"balance_ns", 500}}}}}},
+                {"vcpus", {{{"migrations", 2}}}}};
+  r["cross_calls"] = {{"calls", 4},
+                      {"latency_ns_total", 4000},
+                      {"latency_ns_max", 2000},
+                      {"flush_mask_mean", 1.5},
+                      {"initiators_max_concurrent", 2}};
+  r["locks"]["classes"]["runq"] = {{"wait_ns", 100}};
+  r["vms"][0]["pod"] = {
+      {"populates", 10}, {"reclaimed", 2}, {"sweeps", 1}, {"flushes", 3}, {"fault_stall_ns", 5000}};
+  return json::parse(r.dump());  // numbers as a file reads them back
+}
+
+}  // namespace
+
+TEST(RecordSchema, WrongShapesAndNegativeDurationsAreRefusedNamingTheField) {
+  TempDir t;
+  const json good = rich_record();
+  ASSERT_EQ(record_problem(good), "");
+  EXPECT_EQ(run_metrics(good).at("balance_steals"), 1.0);
+  struct Case {
+    const char* pointer;
+    json value;
+    const char* field;
+  } cases[] = {
+      {"/sched/pcpus", 5, "sched.pcpus"},
+      {"/cross_calls", {1, 2}, "cross_calls"},
+      {"/summary/boot_ns", "fast", "summary.boot_ns"},
+      {"/vms/0/pod", "x", "vms[0].pod"},
+      {"/run/exec_ns", "x", "run.exec_ns"},
+      {"/run/exec_ns", -1, "run.exec_ns"},
+      {"/summary/boot_ns/max", -5, "summary.boot_ns.max"},
+      {"/locks/classes/call/wait_ns", -1.5, "locks.classes.call.wait_ns"},
+      {"/sched/pcpus/0/balance/balance_ns", -3, "sched.pcpus[0].balance.balance_ns"},
+      {"/sched/pcpus/0/balance", {1}, "sched.pcpus[0].balance"},
+      {"/vms/0/pod/fault_stall_ns", -1, "vms[0].pod.fault_stall_ns"},
+      {"/vms/0/metrics/iterations", "many", "vms[0].metrics.iterations"},
+      {"/vms/0/metrics", 3, "vms[0].metrics"},
+      {"/vms", "all", "vms"},
+      {"/sched/vcpus/0", 7, "sched.vcpus[0]"},
+      {"/host/hostname", 5, "host.hostname"},
+      {"/host/backend", 5, "host.backend"},
+      {"/locks/classes", {1, 2}, "locks.classes"},
+  };
+  int n = 0;
+  for (const auto& c : cases) {
+    json r = good;
+    r[json::json_pointer(c.pointer)] = c.value;
+    const std::string why = record_problem(r);
+    EXPECT_NE(why.find(c.field), std::string::npos) << c.pointer << ": '" << why << "'";
+    // Read as a file: refused with the file and the field named, never a library message.
+    const std::string file = t.sub("r" + std::to_string(n++) + ".json");
+    std::ofstream(file) << r.dump();
+    try {
+      load_run_set(file);
+      ADD_FAILURE() << c.pointer << " was read";
+    } catch (const ConfigError& e) {
+      const std::string msg = e.what();
+      EXPECT_NE(msg.find(file), std::string::npos) << msg;
+      EXPECT_NE(msg.find(c.field), std::string::npos) << msg;
+      EXPECT_EQ(msg.find("json.exception"), std::string::npos) << msg;
+    }
+  }
+}
+
+// Whatever value stands at any place of a record, the record is refused (naming a field) or its
+// metrics are read without an exception: no reader meets a shape the schema let through.
+TEST(RecordSchema, EveryShapeAtEveryPlaceIsRefusedOrRead) {
+  const json good = rich_record();
+  const json flat = good.flatten();
+  std::vector<std::string> places;
+  for (const auto& [leaf, v] : flat.items()) {
+    (void)v;
+    for (std::string p = leaf; !p.empty(); p = p.substr(0, p.rfind('/')))
+      if (std::find(places.begin(), places.end(), p) == places.end()) places.push_back(p);
+  }
+  const std::vector<json> values = {
+      "x",     -1,   -0.5, json::array({1, 2}),          json::object(),
+      nullptr, true, 1.5,  json::array({json::object()})};
+  for (const auto& place : places) {
+    for (const auto& v : values) {
+      json r = good;
+      r[json::json_pointer(place)] = v;
+      if (!record_problem(r).empty()) continue;
+      EXPECT_NO_THROW(run_metrics(r)) << place << " = " << v.dump();
+    }
+  }
+}
+
 TEST(Compare, RecordsOfAnotherSchemaOrWithBadTypesAreSkippedAndNamed) {
   TempDir t;
   fs::create_directories(t.sub("d"));
@@ -544,23 +806,28 @@ TEST(Compare, RecordsOfAnotherSchemaOrWithBadTypesAreSkippedAndNamed) {
   ASSERT_EQ(set.skipped.size(), 5u);
   std::string all;
   for (const auto& s : set.skipped) all += s + "\n";
-  for (const char* why : {"schema_version is not 1 to", "summary.vms is not a count",
-                          "'wait_ns' is not a number", "not JSON"})
+  for (const char* why : {"schema_version is not 1 to", "summary.vms is missing",
+                          "locks.classes.call.wait_ns is \"lots\", not a number >= 0", "not JSON"})
     EXPECT_NE(all.find(why), std::string::npos) << all;
   EXPECT_THROW(load_run_set(t.sub("d/v99.json")), ConfigError);
 }
 
-// A record whose host.backend is not a string is read as a run on an unknown backend, not a raw
-// JSON type error (exit 1) from compare.
-TEST(Compare, ABackendThatIsNotAStringIsAnUnknownBackend) {
+// A record whose host.backend is not a string is refused, naming the field, not a raw JSON type
+// error (exit 1) from compare.
+TEST(Compare, ABackendThatIsNotAStringIsNamedNotARawError) {
   TempDir t;
   fs::create_directories(t.sub("d"));
   json r = canned_record(10, 100);
   r["host"]["backend"] = 5;
   std::ofstream(t.sub("d/r.json")) << r.dump();
+  std::ofstream(t.sub("d/good.json")) << canned_record(10, 100).dump();
   RunSet set;
   ASSERT_NO_THROW(set = load_run_set(t.sub("d")));
   EXPECT_EQ(set.runs.size(), 1u);
+  ASSERT_EQ(set.skipped.size(), 1u);
+  EXPECT_NE(set.skipped[0].find("r.json: host.backend is 5, not a string or null"),
+            std::string::npos)
+      << set.skipped[0];
 }
 
 // Schema 2 only added fields: records of schema 1 (older builds) are still read.

@@ -1,12 +1,7 @@
 #include "vmm/guest_images.hpp"
 
-#include <fcntl.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
-#include <cstring>
-
 #include "guests/include/kvmscale_abi.h"
+#include "vmm/regular_file.hpp"
 
 namespace {
 struct GuestBlob {
@@ -37,30 +32,19 @@ std::vector<uint8_t> load_guest_file(const std::string& path) {
   auto refuse = [&](const std::string& why) {
     return GuestImageError("--guest-file '" + path + "': " + why);
   };
-  // O_NONBLOCK: opening a FIFO must not wait for a writer; only regular files are read, so
-  // /dev/zero, FIFOs and directories are refused before a byte is read.
-  int fd = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
-  if (fd < 0) throw refuse(std::strerror(errno));
-  struct Close {
-    int fd;
-    ~Close() { ::close(fd); }
-  } close_fd{fd};
-  struct stat st {};
-  if (fstat(fd, &st) != 0) throw refuse(std::strerror(errno));
-  if (!S_ISREG(st.st_mode)) throw refuse("not a regular file");
-  if (st.st_size < 1 || uint64_t(st.st_size) > KS_IMAGE_MAX)
-    throw refuse("must be 1 byte to 1 MiB (a flat image linked at 0x100000), is " +
-                 std::to_string(st.st_size) + " bytes");
-  std::vector<uint8_t> data(size_t(st.st_size));
-  size_t got = 0;
-  while (got < data.size()) {
-    ssize_t n = ::read(fd, data.data() + got, data.size() - got);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) throw refuse(std::strerror(errno));
-    if (n == 0) throw refuse("shrank while being read");
-    got += size_t(n);
+  // Regular files only (vmm/regular_file.hpp): /dev/zero, FIFOs and directories are refused
+  // before a byte is read.
+  try {
+    RegularFile f(path);
+    if (f.size() < 1 || f.size() > KS_IMAGE_MAX)
+      throw refuse("must be 1 byte to 1 MiB (a flat image linked at 0x100000), is " +
+                   std::to_string(f.size()) + " bytes");
+    const std::string bytes = f.read_all(KS_IMAGE_MAX);
+    if (bytes.size() != f.size()) throw refuse("changed size while being read");
+    return std::vector<uint8_t>(bytes.begin(), bytes.end());
+  } catch (const FileError& e) {
+    throw refuse(e.why());
   }
-  return data;
 }
 
 }  // namespace kvmscale::vmm
