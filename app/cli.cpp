@@ -17,6 +17,7 @@
 #include "app/record.hpp"
 #include "app/settings.hpp"
 #include "app/testbed.hpp"
+#include "app/text.hpp"
 #include "vmm/clock.hpp"
 #include "vmm/guest_images.hpp"
 #include "vmm/kick.hpp"
@@ -125,7 +126,7 @@ int do_run(const RunConfig& cfg, bool force) {
     std::cout << text << std::flush;
     std::cerr << "record: " << path << "\n";
   } else {
-    std::cout << summary_table(record) << "record: " << path << "\n" << std::flush;
+    std::cout << printable(summary_table(record) + "record: " + path + "\n", true) << std::flush;
   }
   return record["run"]["interrupted"].get<bool>() ? kExitInterrupted : kExitOk;
 }
@@ -220,6 +221,8 @@ RunConfig parse_run_args(const std::vector<std::string>& args) {
 }
 
 int cli_main(int argc, char** argv, const std::vector<Subcommand*>& more) {
+  // Messages quote flags, paths and record values: none may drive the terminal.
+  PrintableStderr printable_stderr;
   CLI::App app{"kvmscale: a scalability testbed for virtualization platforms on /dev/kvm"};
   app.require_subcommand(1);
   app.footer(
