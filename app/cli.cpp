@@ -22,6 +22,7 @@
 #include "app/record.hpp"
 #include "app/settings.hpp"
 #include "app/testbed.hpp"
+#include "app/text.hpp"
 #include "vmm/clock.hpp"
 #include "vmm/guest_images.hpp"
 #include "vmm/kick.hpp"
@@ -130,7 +131,7 @@ int do_run(const RunConfig& cfg, bool force) {
     std::cout << text << std::flush;
     std::cerr << "record: " << path << "\n";
   } else {
-    std::cout << summary_table(record) << "record: " << path << "\n" << std::flush;
+    std::cout << printable(summary_table(record) + "record: " + path + "\n", true) << std::flush;
   }
   return record["run"]["interrupted"].get<bool>() ? kExitInterrupted : kExitOk;
 }
@@ -356,6 +357,8 @@ int run_command(int argc, char** argv, const std::vector<Subcommand*>& more) {
 int cli_main(int argc, char** argv, const std::vector<Subcommand*>& more) {
   hold_closed_standard_fds();
   catch_sigpipe();
+  // Messages quote flags, paths and record values: none may drive the terminal.
+  PrintableStderr printable_stderr;
   return finish_stdout(run_command(argc, argv, more));
 }
 

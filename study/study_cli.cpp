@@ -8,12 +8,14 @@
 #include <fstream>
 #include <iostream>
 #include <random>
+#include <sstream>
 
 #include "app/cli.hpp"
 #include "app/procs.hpp"
 #include "app/record.hpp"
 #include "app/settings.hpp"
 #include "app/testbed.hpp"
+#include "app/text.hpp"
 #include "study/compare.hpp"
 #include "study/matrix.hpp"
 #include "study/scenario.hpp"
@@ -51,6 +53,12 @@ CLI::Validator whole_number() {
 
 CLI::Validator decimal_count() {
   return CLI::Validator([](std::string& v) { return app::decimal_count_error(v); }, "");
+}
+
+// JSON escapes control bytes itself; a path that is not UTF-8 (e.g. a label) is shown with
+// U+FFFD where its bytes are not text, rather than ending the command.
+std::string json_text(const json& j) {
+  return j.dump(2, ' ', false, json::error_handler_t::replace) + "\n";
 }
 
 uint64_t random_seed() { return std::random_device{}() & 0xffffffffu; }
@@ -150,7 +158,9 @@ int execute_matrix(const MatrixSpec& spec, const StudyCommands& st, const std::s
         throw app::ConfigError("run " + c.id + ": " + e.what());
       }
     }
-    print_dry_run(spec, std::cout);
+    std::ostringstream plan;
+    print_dry_run(spec, plan);
+    std::cout << app::printable(plan.str(), true);
     return app::kExitOk;
   }
   vmm::install_kick_signal();
@@ -212,7 +222,7 @@ void write_verdict(const ScenarioPlan& plan, const std::string& dir) {
   ScenarioVerdict v = scenario_verdict(plan, load_rows(plan.spec, dir));
   app::write_file_atomically((fs::path(dir) / "verdict.txt").string(), v.text);
   app::write_file_atomically((fs::path(dir) / "verdict.json").string(), v.json.dump(2) + "\n");
-  std::cout << v.text << "verdict: " << dir << "/verdict.txt\n";
+  std::cout << app::printable(v.text + "verdict: " + dir + "/verdict.txt\n", true);
 }
 
 // `matrix --cell ID --out DIR`: one run of the matrix in DIR, as a Slurm array task runs it.
@@ -376,9 +386,9 @@ int compare_hosts(const StudyCommands& st) {
   }
   check_metrics(st.metrics, all);
   if (st.json)
-    std::cout << json{{"groups", out}}.dump(2) << "\n";
+    std::cout << json_text(json{{"groups", out}});
   else
-    std::cout << text;
+    std::cout << app::printable(text, true);
   return app::kExitOk;
 }
 
@@ -396,9 +406,9 @@ int do_compare(StudyCommands& st) {
     check_metrics(st.metrics, {rows});
     if (rows.empty()) throw app::ConfigError("no metric is present in both sets");
     if (st.json)
-      std::cout << comparison_json(a, b, rows).dump(2) << "\n";
+      std::cout << json_text(comparison_json(a, b, rows));
     else
-      std::cout << comparison_text(a, b, rows);
+      std::cout << app::printable(comparison_text(a, b, rows), true);
     return app::kExitOk;
   }
   // Cell by cell: the runs of each group of A against the same group of B.
@@ -422,9 +432,9 @@ int do_compare(StudyCommands& st) {
   if (groups.empty()) throw app::ConfigError("--by: no group is present in both matrices");
   check_metrics(st.metrics, all);
   if (st.json)
-    std::cout << json{{"groups", groups}}.dump(2) << "\n";
+    std::cout << json_text(json{{"groups", groups}});
   else
-    std::cout << text;
+    std::cout << app::printable(text, true);
   return app::kExitOk;
 }
 
