@@ -11,6 +11,7 @@
 #include <fstream>
 #include <functional>
 #include <future>
+#include <set>
 #include <sstream>
 
 #include "app/cli.hpp"
@@ -574,6 +575,51 @@ TEST(CellRecords, ARecordOfAnotherConfigurationIsNotPooledByCollectOrCompare) {
   EXPECT_EQ(lines, 4) << "header and three runs";
   m.resume();
   EXPECT_EQ(m.calls, 1);
+}
+
+// The invariant behind the tests above: for any file at a cell's place, --resume counts the cell
+// done exactly when --collect (and so compare and the plots) keeps its run.
+TEST(CellRecords, ResumeCountsDoneExactlyWhatCollectKeeps) {
+  const std::vector<std::pair<const char*, std::function<void(const fs::path&, json&)>>>
+      tamperings = {
+          {"untouched", [](const fs::path&, json&) {}},
+          {"wrong type", [](const fs::path&, json& r) { r["run"]["exec_ns"] = "x"; }},
+          {"negative", [](const fs::path&, json& r) { r["summary"]["boot_ns"]["max"] = -1; }},
+          {"shape",
+           [](const fs::path&, json& r) {
+             r["sched"] = {{"pcpus", 5}};
+           }},
+          {"other config", [](const fs::path&, json& r) { r["config"]["vms"] = 8; }},
+          {"interrupted", [](const fs::path&, json& r) { r["run"]["interrupted"] = true; }},
+          {"schema", [](const fs::path&, json& r) { r["schema_version"] = 99; }},
+          {"backend",
+           [](const fs::path&, json& r) {
+             r["host"] = {{"backend", "NoSuch"}};
+           }},
+          {"not JSON", [](const fs::path& f, json&) { std::ofstream(f) << "{"; }},
+          {"directory",
+           [](const fs::path& f, json&) {
+             fs::remove(f);
+             fs::create_directories(f);
+           }},
+      };
+  for (const auto& [what, tamper] : tamperings) {
+    SCOPED_TRACE(what);
+    FinishedMatrix m;
+    const json original = json::parse(std::ifstream(m.files[0]));
+    json r = original;
+    tamper(m.files[0], r);
+    if (r != original) std::ofstream(m.files[0]) << r.dump();  // a field changed
+    std::set<std::string> kept, done;
+    for (const RunRow& row : load_rows(m.spec, m.opt.dir)) kept.insert(row.id);
+    MatrixOptions resume = m.opt;
+    resume.resume = true;
+    PreparedMatrix p = prepare_matrix(m.spec, resume, kvmscale::app::parse_run_args);
+    for (size_t i = 0; i < p.cells.size(); i++)
+      if (p.done[i]) done.insert(p.cells[i].id);
+    EXPECT_EQ(kept, done);
+    EXPECT_EQ(done.size(), std::string(what) == "untouched" ? 4u : 3u);
+  }
 }
 
 namespace {
