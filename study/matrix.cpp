@@ -697,8 +697,10 @@ std::vector<RunRow> load_rows(const MatrixSpec& spec, const std::string& dir,
 
 namespace {
 
+// RFC 4180: a field holding a comma, quote, CR or LF is quoted, its quotes doubled, so it stays
+// one field whatever bytes it holds.
 std::string csv_field(const std::string& s) {
-  if (s.find_first_of(",\"\n") == std::string::npos) return s;
+  if (s.find_first_of(",\"\r\n") == std::string::npos) return s;
   std::string q = "\"";
   for (char c : s) q += c == '"' ? std::string("\"\"") : std::string(1, c);
   return q + "\"";
@@ -729,7 +731,7 @@ std::string summary_csv(const MatrixSpec& spec, const std::vector<RunRow>& rows)
   std::ostringstream s;
   s << "id,rep";
   for (const auto& a : spec.axes) s << "," << csv_field(a.flag);
-  for (const auto& m : metrics) s << "," << m;
+  for (const auto& m : metrics) s << "," << csv_field(m);  // guest metric names come from records
   s << ",record\n";
   for (const auto& r : rows) {
     s << csv_field(r.id) << "," << r.rep;

@@ -1,15 +1,22 @@
 #include "study/plots.hpp"
 
+#include <fcntl.h>
 #include <spawn.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <map>
 #include <sstream>
 
 #include "app/record.hpp"
+#include "app/text.hpp"
 #include "study/metrics.hpp"
 #include "study/stats.hpp"
 
@@ -30,10 +37,24 @@ const std::vector<std::string>& plotted_metrics() {
 namespace {
 
 bool numeric(const std::string& s) {
-  if (s.empty()) return false;
+  if (s.empty() || std::isspace(static_cast<unsigned char>(s[0]))) return false;
   char* end = nullptr;
-  std::strtod(s.c_str(), &end);
-  return end && *end == '\0';
+  const double v = std::strtod(s.c_str(), &end);
+  return end && *end == '\0' && std::isfinite(v);
+}
+
+// A number as the .dat and .gp files hold it: never the axis value's own text.
+std::string number(double v) {
+  char b[32];
+  std::snprintf(b, sizeof b, "%.15g", v);
+  return b;
+}
+
+// A metric names its files: a plain name only (a guest's metric names are [A-Za-z0-9_.-]).
+bool plain_file_name(const std::string& s) {
+  return !s.empty() && s[0] != '.' &&
+         s.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-") ==
+             std::string::npos;
 }
 
 // The x axis: "vms" when it varies, else the first all-numeric axis, else the first axis
@@ -44,15 +65,6 @@ int pick_x_axis(const MatrixSpec& spec) {
   for (size_t i = 0; i < spec.axes.size(); i++)
     if (std::all_of(spec.axes[i].values.begin(), spec.axes[i].values.end(), numeric)) return int(i);
   return spec.axes.empty() ? -1 : 0;
-}
-
-std::string gp_quote(const std::string& s) {
-  std::string q = "\"";
-  for (char c : s) {
-    if (c == '"' || c == '\\') q += '\\';
-    q += c;
-  }
-  return q + "\"";
 }
 
 std::string file_tail(const std::string& path, size_t n) {
@@ -75,28 +87,83 @@ bool complete_svg(const std::string& path) {
   return file_tail(path, 64).find("</svg>") != std::string::npos;
 }
 
-// Renders into *.part files (names passed with -e) that the caller renames on success.
+// Renders into *.part files (names passed with -e) that the caller renames on success. gnuplot's
+// messages quote the script, values and all, so they go to a pipe, not to the terminal: the last
+// line of a failure is in `error`, printed like every message (app::printable).
 int run_gnuplot(const std::string& script, const std::string& metric, std::string& error) {
-  const std::string vars =
-      "png_out=" + gp_quote(metric + ".png.part") + "; svg_out=" + gp_quote(metric + ".svg.part");
+  const std::string vars = "png_out=" + gnuplot_string(metric + ".png.part") +
+                           "; svg_out=" + gnuplot_string(metric + ".svg.part");
   const char* argv[] = {"gnuplot", "-e", vars.c_str(), script.c_str(), nullptr};
+  int err_pipe[2];
+  if (::pipe2(err_pipe, O_CLOEXEC) != 0) {
+    error = "gnuplot: pipe: " + std::string(std::strerror(errno));
+    return -1;
+  }
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
+  posix_spawn_file_actions_adddup2(&fa, err_pipe[1], 2);
   pid_t pid;
-  int rc = posix_spawnp(&pid, "gnuplot", nullptr, nullptr, const_cast<char**>(argv), environ);
+  int rc = posix_spawnp(&pid, "gnuplot", &fa, nullptr, const_cast<char**>(argv), environ);
+  posix_spawn_file_actions_destroy(&fa);
+  ::close(err_pipe[1]);
   if (rc != 0) {
+    ::close(err_pipe[0]);
     error = "gnuplot not found (install gnuplot-nox): wrote the data and scripts only";
     return -1;
   }
+  std::string messages;
+  char buf[4096];
+  for (ssize_t n; (n = ::read(err_pipe[0], buf, sizeof buf)) != 0;) {
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) break;
+    messages.append(buf, size_t(n));
+    if (messages.size() > 65536) messages.erase(0, messages.size() - 65536);  // the end matters
+  }
+  ::close(err_pipe[0]);
   int status = 0;
   while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
   }
   if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-    error = "gnuplot failed on " + script;
+    while (!messages.empty() && messages.back() == '\n') messages.pop_back();
+    const size_t last = messages.rfind('\n');
+    error =
+        "gnuplot failed on " + script +
+        (messages.empty() ? "" : ": " + messages.substr(last == std::string::npos ? 0 : last + 1));
     return -1;
   }
   return 0;
 }
 
 }  // namespace
+
+// gnuplot runs `...` inside double-quoted strings as a shell command, also when a user renders a
+// script by hand; a single-quoted string is taken as it stands up to the next quote. A quote or a
+// control byte (a raw newline would end the command) is joined in as a double-quoted octal
+// escape, which holds no backquote: "it's\n" becomes 'it'."\047".'s'."\012". (Doubling a quote
+// is no way to write one: gnuplot 5.4 reads three quotes as an empty string and what follows as
+// unquoted, backquotes and all.)
+std::string gnuplot_string(const std::string& s) {
+  std::string out;
+  char open = 0;  // the quote of the part being written
+  for (char c : s) {
+    const bool escaped = static_cast<unsigned char>(c) < 0x20 || c == 0x7f || c == '\'';
+    const char quote = escaped ? '"' : '\'';
+    if (open != quote) {
+      if (open) out += std::string(1, open) + ".";
+      out += quote;
+      open = quote;
+    }
+    if (escaped) {
+      char octal[5];
+      std::snprintf(octal, sizeof octal, "\\%03o", static_cast<unsigned char>(c));
+      out += octal;
+    } else {
+      out += c;
+    }
+  }
+  return open ? out + open : "''";
+}
 
 std::vector<std::string> write_plots(const MatrixSpec& spec, const std::vector<RunRow>& rows,
                                      const std::string& plot_dir) {
@@ -121,17 +188,23 @@ std::vector<std::string> write_plots(const MatrixSpec& spec, const std::vector<R
   const std::vector<std::string> xs =
       x >= 0 ? spec.axes[size_t(x)].values : std::vector<std::string>{"run"};
 
-  std::vector<std::string> metrics = plotted_metrics();
-  for (const auto& m : metric_columns(rows))
-    if (m.rfind("guest_", 0) == 0) metrics.push_back(m);  // throughput
-
   std::vector<std::string> warnings;
+  std::vector<std::string> metrics = plotted_metrics();
+  for (const auto& m : metric_columns(rows)) {
+    if (m.rfind("guest_", 0) != 0) continue;  // throughput
+    if (plain_file_name(m))
+      metrics.push_back(m);
+    else
+      warnings.push_back("metric '" + app::printable(m) +
+                         "' is no plain file name ([A-Za-z0-9_.-]): not plotted");
+  }
+
   for (const auto& metric : metrics) {
     std::ostringstream dat;
-    dat << "# " << metric << ": x, median, min, max, x label, runs; one block per series\n";
+    dat << "# " << metric << ": x, median, min, max, runs; one block per series\n";
     bool any = false;
     for (const auto& s : series) {
-      dat << "# " << s << "\n";
+      dat << "# " << app::printable(s) << "\n";
       for (size_t xi = 0; xi < xs.size(); xi++) {
         std::vector<double> v;
         for (size_t ri = 0; ri < rows.size(); ri++) {
@@ -142,13 +215,13 @@ std::vector<std::string> write_plots(const MatrixSpec& spec, const std::vector<R
         }
         if (v.empty()) {
           // Bars of one category line up by row: a series without this category gets a gap.
-          if (!x_numeric) dat << xi << " ? ? ? " << gp_quote(xs[xi]) << " 0\n";
+          if (!x_numeric) dat << xi << " ? ? ? 0\n";
           continue;
         }
         any = true;
         auto [mn, mx] = std::minmax_element(v.begin(), v.end());
-        dat << (x_numeric ? xs[xi] : std::to_string(xi)) << " " << median(v) << " " << *mn << " "
-            << *mx << " " << gp_quote(xs[xi]) << " " << v.size() << "\n";
+        dat << (x_numeric ? number(std::strtod(xs[xi].c_str(), nullptr)) : std::to_string(xi))
+            << " " << median(v) << " " << *mn << " " << *mx << " " << v.size() << "\n";
       }
       dat << "\n\n";
     }
@@ -158,9 +231,10 @@ std::vector<std::string> write_plots(const MatrixSpec& spec, const std::vector<R
     app::write_file_atomically(base + ".dat", dat.str());
     std::ostringstream gp;
     gp << "# generated by kvmscale matrix; run: gnuplot " << metric << ".gp\n"
-       << "set title " << gp_quote(info.description.empty() ? metric : info.description) << "\n"
-       << "set xlabel " << gp_quote(x_flag.empty() ? "run" : "--" + x_flag) << "\n"
-       << "set ylabel " << gp_quote(metric + (info.unit.empty() ? "" : " (" + info.unit + ")"))
+       << "set title " << gnuplot_string(info.description.empty() ? metric : info.description)
+       << "\nset xlabel " << gnuplot_string(x_flag.empty() ? "run" : "--" + x_flag) << "\n"
+       << "set ylabel "
+       << gnuplot_string(metric + (info.unit.empty() ? "" : " (" + info.unit + ")"))
        << "\nset key below\nset grid\nset yrange [0:*]\nset offsets 0.3, 0.3, 0, 0\n";
     if (x_numeric) {
       // Tics at the measured x values; a log2 axis for doubling series such as 1,2,4,..,64.
@@ -172,7 +246,7 @@ std::vector<std::string> write_plots(const MatrixSpec& spec, const std::vector<R
         pow2 = pow2 && v >= 1 && (uint64_t(v) & (uint64_t(v) - 1)) == 0 && v == double(uint64_t(v));
         lo = std::min(lo, v);
         hi = std::max(hi, v);
-        gp << (i ? ", " : "") << xs[i];
+        gp << (i ? ", " : "") << number(v);
       }
       gp << ")\n";
       if (pow2 && hi >= 4 * lo) gp << "set logscale x 2\nset offsets 0, 0, 0, 0\n";
@@ -180,21 +254,25 @@ std::vector<std::string> write_plots(const MatrixSpec& spec, const std::vector<R
     } else {
       // Categories are not a scale: grouped bars (one cluster per category, one bar per series)
       // with min-max error bars, so equal series stay visible side by side.
-      gp << "set datafile missing \"?\"\nset style data histograms\n"
+      gp << "set xtics (";
+      for (size_t i = 0; i < xs.size(); i++)
+        gp << (i ? ", " : "") << gnuplot_string(xs[i]) << " " << i;
+      gp << ")\n";
+      gp << "set datafile missing '?'\nset style data histograms\n"
          << "set style histogram errorbars gap 1 linewidth 1\n"
          << "set style fill solid 0.5 border -1\nset boxwidth 0.9\nset offsets 0, 0, 0, 0\n";
     }
     std::ostringstream plot;
     plot << "plot ";
     for (size_t i = 0; i < series.size(); i++) {
-      plot << (i ? ", \\\n     " : "") << gp_quote(metric + ".dat") << " index " << i
-           << (x_numeric ? " using 1:2:3:4" : " using 2:3:4:xtic(5)") << " title "
-           << gp_quote(series[i]) << (x_numeric ? " pointtype 7 linewidth 2" : "");
+      plot << (i ? ", \\\n     " : "") << gnuplot_string(metric + ".dat") << " index " << i
+           << (x_numeric ? " using 1:2:3:4" : " using 2:3:4") << " title "
+           << gnuplot_string(series[i]) << (x_numeric ? " pointtype 7 linewidth 2" : "");
     }
     plot << "\n";
-    gp << "cd " << gp_quote(fs::absolute(plot_dir).string()) << "\n"
-       << "if (!exists(\"png_out\")) png_out = " << gp_quote(metric + ".png") << "\n"
-       << "if (!exists(\"svg_out\")) svg_out = " << gp_quote(metric + ".svg") << "\n"
+    gp << "cd " << gnuplot_string(fs::absolute(plot_dir).string()) << "\n"
+       << "if (!exists('png_out')) png_out = " << gnuplot_string(metric + ".png") << "\n"
+       << "if (!exists('svg_out')) svg_out = " << gnuplot_string(metric + ".svg") << "\n"
        << "set terminal pngcairo size 1000,600 noenhanced\nset output "
        << "png_out\n"
        << plot.str() << "set terminal svg size 1000,600 noenhanced\nset output "
@@ -202,7 +280,7 @@ std::vector<std::string> write_plots(const MatrixSpec& spec, const std::vector<R
        << plot.str() << "unset output\n";
     app::write_file_atomically(base + ".gp", gp.str());
     std::string err;
-    if (run_gnuplot(base + ".gp", metric, err) != 0) {
+    if (run_gnuplot(fs::absolute(base + ".gp").string(), metric, err) != 0) {
       // Never leave half-written images behind.
       for (const char* ext : {".png.part", ".svg.part"}) fs::remove(base + ext);
       warnings.push_back(err);

@@ -15,8 +15,14 @@ namespace kvmscale::study {
 // try-locks and failures, scheduler overhead, guest throughput.
 const std::vector<std::string>& plotted_metrics();
 
+// A gnuplot string expression that reads back as exactly `s` (any bytes but NUL, where gnuplot
+// ends a string) and that gnuplot cannot expand: the one way a value reaches a .gp script.
+std::string gnuplot_string(const std::string& s);
+
 // Writes <metric>.dat and <metric>.gp into `plot_dir` and renders PNG and SVG with gnuplot.
-// Returns warnings (gnuplot missing or failing); the data and scripts are written regardless.
+// Returns warnings (gnuplot missing or failing, a metric name that is no plain file name); the
+// data and scripts are written regardless. The .dat files hold numbers only; every label and
+// path is in the .gp script as a gnuplot_string.
 std::vector<std::string> write_plots(const MatrixSpec& spec, const std::vector<RunRow>& rows,
                                      const std::string& plot_dir);
 

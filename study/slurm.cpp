@@ -6,6 +6,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -15,6 +16,7 @@
 
 #include "app/config.hpp"
 #include "app/record.hpp"
+#include "app/text.hpp"
 #include "vmm/regular_file.hpp"
 
 extern char** environ;
@@ -26,19 +28,26 @@ using app::ConfigError;
 
 namespace {
 
-// Single-quoted for bash: the cell ids and paths are plain already, this keeps it so.
+// Single-quoted for bash, where nothing is expanded and only ' ends the word: a cell id, whatever
+// bytes it holds, stays one word.
 std::string quoted(const std::string& s) {
   std::string q = "'";
   for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
   return q + "'";
 }
 
-// #SBATCH lines are split by sbatch itself (no shell quoting), and '%' is its file pattern char.
+bool has_control_byte(const std::string& s) {
+  return std::any_of(s.begin(), s.end(),
+                     [](char c) { return static_cast<unsigned char>(c) < 0x20 || c == 0x7f; });
+}
+
+// #SBATCH lines are split by sbatch itself at any blank (also \v, \f, \r; no shell quoting),
+// and '%' is its file pattern char: such a path would not stay one value there.
 void check_plain_path(const std::string& what, const std::string& path) {
-  if (path.find_first_of(" \t\n\"'%\\") != std::string::npos)
-    throw ConfigError(
-        "--slurm: the " + what + " path '" + path +
-        "' holds a blank, quote, backslash or '%', which sbatch scripts cannot carry");
+  if (path.find_first_of(" \"'%\\") != std::string::npos || has_control_byte(path))
+    throw ConfigError("--slurm: the " + what + " path '" + app::printable(path) +
+                      "' holds a blank, control byte, quote, backslash or '%', which sbatch "
+                      "scripts cannot carry");
 }
 
 }  // namespace
@@ -48,9 +57,11 @@ void check_sbatch_inputs(const std::string& dir, const std::string& exe, const S
   check_plain_path("kvmscale", exe);
   for (const auto& a : o.args) {
     if (a.size() < 2 || a[0] != '-')
-      throw ConfigError("--sbatch-arg '" + a + "': not an sbatch option (e.g. --partition=big)");
-    if (a.find_first_of("\n\r") != std::string::npos)
-      throw ConfigError("--sbatch-arg: an argument holds a newline");
+      throw ConfigError("--sbatch-arg '" + app::printable(a) +
+                        "': not an sbatch option (e.g. --partition=big)");
+    if (has_control_byte(a))
+      throw ConfigError("--sbatch-arg '" + app::printable(a) +
+                        "': holds a control byte (a newline would start another line)");
     if (a.rfind("--array", 0) == 0 || a.rfind("-a", 0) == 0)
       throw ConfigError("--sbatch-arg " + a + ": the array is kvmscale's (use --slurm-throttle)");
   }
@@ -79,7 +90,7 @@ std::string sbatch_script(const std::string& dir, const std::string& exe,
   for (const auto& c : cells) s << "  " << quoted(c) << "\n";
   s << ")\n"
     << "exec " << quoted(exe) << " matrix --cell \"${cells[$SLURM_ARRAY_TASK_ID]}\" --out "
-    << quoted(dir) << " --matrix-digest " << digest << "\n";
+    << quoted(dir) << " --matrix-digest " << quoted(digest) << "\n";
   return s.str();
 }
 

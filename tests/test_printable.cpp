@@ -1,6 +1,8 @@
-// Names and values from outside (files, records, flags) on the
+// Names and values from outside (files, records, flags, gnuplot's messages about them) on the
 // terminal: control bytes and broken UTF-8 are shown as \xNN, never passed raw.
+#include <fcntl.h>
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <filesystem>
 #include <fstream>
@@ -11,6 +13,7 @@
 #include "app/record.hpp"
 #include "app/text.hpp"
 #include "study/matrix.hpp"
+#include "study/plots.hpp"
 #include "study/study_cli.hpp"
 #include "temp_dir.hpp"
 
@@ -23,6 +26,13 @@ namespace {
 struct TempDir : kvmscale::test::TempDir {
   TempDir() : kvmscale::test::TempDir("kvmscale-printable") {}
 };
+
+std::string slurp(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::ostringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
 
 // cli_main as the binary runs it, with stdout and stderr captured.
 struct CliRun {
@@ -122,4 +132,34 @@ TEST(Printable, ErrorsNamingAFlagOrPathAreEscaped) {
   EXPECT_EQ(r.rc, 2);
   EXPECT_NE(r.err.find("\\x1b]0;x\\x07"), std::string::npos) << r.err;
   EXPECT_FALSE(has_control_bytes(r.err)) << r.err;
+}
+
+// gnuplot's own messages quote the script, values and all: they never reach the terminal raw
+// (kvmscale's stderr); the last one is in the warning, which is printed like every message.
+TEST(Printable, GnuplotsMessagesDoNotReachTheTerminalRaw) {
+  TempDir t;
+  fs::create_directories(t.sub("bin"));
+  std::ofstream(t.sub("bin/gnuplot"))
+      << "#!/bin/sh\nprintf 'line 3: \\033]0;pwned\\007 bad\\n' >&2\n"
+         "exit 1\n";
+  fs::permissions(t.sub("bin/gnuplot"), fs::perms::owner_all);
+  const std::string saved_path = getenv("PATH") ? getenv("PATH") : "";
+  setenv("PATH", (t.sub("bin") + ":" + saved_path).c_str(), 1);
+  MatrixSpec spec;
+  spec.axes.push_back({"vms", {"1", "2"}});
+  // The test's own stderr, as the terminal kvmscale's children would write to.
+  fflush(stderr);
+  const int saved_fd = dup(2);
+  const int file = open(t.sub("stderr").c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+  dup2(file, 2);
+  auto warnings =
+      write_plots(spec, {{"a", {{"vms", "1"}}, 0, {{"boot_max_ms", 1}}, ""}}, t.sub("plots"));
+  dup2(saved_fd, 2);
+  close(saved_fd);
+  close(file);
+  setenv("PATH", saved_path.c_str(), 1);
+  EXPECT_EQ(slurp(t.sub("stderr")), "");
+  ASSERT_FALSE(warnings.empty());
+  EXPECT_NE(warnings[0].find("gnuplot failed"), std::string::npos) << warnings[0];
+  EXPECT_NE(warnings[0].find("line 3: \x1b]0;pwned\x07 bad"), std::string::npos) << warnings[0];
 }
