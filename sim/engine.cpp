@@ -101,6 +101,9 @@ void Engine::shutdown() {
   if (cancelling_) return;
   cancelling_ = true;
   locks::ClockOverride clock(clock_);  // destructors on the unwound stacks read virtual time
+#if KS_SIM_TSAN
+  main_->tsan_fiber = __tsan_get_current_fiber();
+#endif
   for (auto& a : actors_) {
     if (a->started_ && a->state_ != Actor::State::Finished) resume(*a);
   }
@@ -109,8 +112,8 @@ void Engine::shutdown() {
 }
 
 size_t Engine::actors_alive() const {
-  return size_t(std::count_if(actors_.begin(), actors_.end(),
-                              [](const auto& a) { return !a->finished(); }));
+  return size_t(
+      std::count_if(actors_.begin(), actors_.end(), [](const auto& a) { return !a->finished(); }));
 }
 
 size_t Engine::stacks() const {

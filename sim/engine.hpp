@@ -120,9 +120,9 @@ class Engine {
   };
 
   void push(Time t, Actor* a, uint32_t fn);
-  void schedule(Actor& a, Time t);  // a becomes Ready at t
-  void suspend();                   // the current actor gives the CPU back to run()
-  void resume(Actor& a);            // run(): switches to a until it suspends or finishes
+  void schedule(Actor& a, Time t);         // a becomes Ready at t
+  void suspend();                          // the current actor gives the CPU back to run()
+  void resume(Actor& a);                   // run(): switches to a until it suspends or finishes
   static void fiber_main(void* transfer);  // an actor's first frame; never returns
   void free_stacks();
 

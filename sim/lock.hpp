@@ -51,7 +51,7 @@ class SimLock : public locks::ExternalLock {
  private:
   Engine& engine_;
   locks::Strategy strategy_;
-  const LockCosts& costs_;
+  LockCosts costs_;
   WaitQueue waiters_;
   Actor* owner_ = nullptr;  // set at the release for the next owner: in transit counts as held
   uint64_t handoffs_ = 0;

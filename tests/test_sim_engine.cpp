@@ -27,11 +27,14 @@ TEST(SimEngine, EventsRunInTimeOrderThenInTheOrderTheyWereMade) {
   e.call_at(10, [&] { order.push_back("d10"); });
   std::vector<int> ties;
   for (int i = 0; i < 64; i++) e.call_at(40, [&, i] { ties.push_back(i); });
-  e.spawn("actor", [&] {
-    order.push_back("actor@" + std::to_string(e.now()));
-    e.advance(10);
-    order.push_back("actor@" + std::to_string(e.now()));
-  }, 10);
+  e.spawn(
+      "actor",
+      [&] {
+        order.push_back("actor@" + std::to_string(e.now()));
+        e.advance(10);
+        order.push_back("actor@" + std::to_string(e.now()));
+      },
+      10);
   EXPECT_EQ(e.run(), 70u);
   EXPECT_EQ(order, (std::vector<std::string>{"a10", "d10", "actor@10", "b20", "actor@20", "c30"}));
   std::vector<int> made(64);

@@ -286,7 +286,7 @@ TEST(SimLockModel, ThroughputMatchesTheMarkovModel) {
       const double a = 1.0 / (20000.0);  // each core wants the lock every 20 us
       const double model = model_throughput(n, a, s, c, ticket);
       const Measured m =
-          simulate(ticket ? Strategy::Ticket : Strategy::Mcs, n, a, s, Time(c), 200'000'000, 3);
+          simulate(ticket ? Strategy::Ticket : Strategy::Mcs, n, a, s, Time(c), 100'000'000, 3);
       EXPECT_NEAR(m.throughput / model, 1.0, 0.03)
           << (ticket ? "ticket" : "mcs") << " n=" << n << ": simulated " << m.throughput * 1e9
           << "/s, model " << model * 1e9 << "/s";
@@ -298,7 +298,9 @@ TEST(SimLockModel, ThroughputMatchesTheMarkovModel) {
 // hand-off that every waiter slows down is the collapse the paper describes.
 TEST(SimLockModel, TicketWaitsGrowFasterWithCoresThanMcs) {
   const double s = 1000, a = 1.0 / 20000;
-  auto wait = [&](Strategy st, int n) { return simulate(st, n, a, s, 100, 50'000'000, 5).mean_wait; };
+  auto wait = [&](Strategy st, int n) {
+    return simulate(st, n, a, s, 100, 50'000'000, 5).mean_wait;
+  };
   const double ticket8 = wait(Strategy::Ticket, 8), ticket32 = wait(Strategy::Ticket, 32);
   const double mcs8 = wait(Strategy::Mcs, 8), mcs32 = wait(Strategy::Mcs, 32);
   EXPECT_GT(ticket32 / ticket8, 1.5 * (mcs32 / mcs8))
