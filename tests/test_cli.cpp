@@ -554,7 +554,9 @@ TEST(Cli, AHugeMatrixIsRefusedAtOnceUnlessForced) {
       {"matrix", "--vms", a, "--duration", b, "--pod-target", c, "--repeat", "1000", "--dry-run"});
   EXPECT_EQ(r.exit_code, 2) << r.err;
   EXPECT_NE(r.err.find("110000000 runs"), std::string::npos) << r.err;
-  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(5));
+  // A watchdog, not a speed test: refused it takes milliseconds, expanded and validated tens of
+  // minutes; 60 s holds on any loaded host.
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(60));
 }
 
 TEST(CliMatrix, AnInterruptedScenarioResumesFromItsOwnSettings) {
