@@ -107,6 +107,7 @@ void check_output(const RunConfig& cfg, bool force) {
 }
 
 int do_run(const RunConfig& cfg, bool force) {
+  check_run_inputs(cfg);  // before check_output creates the directory: bad input writes nothing
   check_output(cfg, force);
   nlohmann::json record = run_planned(cfg);
   std::string path = record_path(cfg.out, record["run"]["started_unix_ns"].get<uint64_t>());

@@ -698,6 +698,19 @@ int shard_child_main(const std::string& record_path) {
   return record["run"]["interrupted"].get<bool>() ? kExitInterrupted : kExitOk;
 }
 
+void check_run_inputs(const RunConfig& cfg, std::set<std::string>* images_checked) {
+  for (const auto& g : cfg.guest_list())
+    if (g.rfind("file:", 0) == 0 && (!images_checked || images_checked->insert(g).second))
+      read_guest_file(g.substr(5));
+  rlimit nofile{};
+  getrlimit(RLIMIT_NOFILE, &nofile);
+  try {
+    plan_procs(cfg, nofile.rlim_max);
+  } catch (const RunError&) {
+    // this host's fd limit: the run reports it where it runs (a Slurm task may run elsewhere)
+  }
+}
+
 nlohmann::json run_planned(const RunConfig& cfg) {
   rlimit nofile{};
   getrlimit(RLIMIT_NOFILE, &nofile);

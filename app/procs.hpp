@@ -10,6 +10,7 @@
 
 #include <cstdint>
 #include <nlohmann/json.hpp>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -52,6 +53,12 @@ nlohmann::json merge_shard_records(const RunConfig& cfg, const ProcsPlan& plan,
 // after the others are stopped and reaped. SIGINT/SIGTERM (blocked, see block_stop_signals)
 // end every child; the record is then marked interrupted.
 nlohmann::json run_sharded(const RunConfig& cfg, const ProcsPlan& plan);
+
+// What a run checks of `cfg` before it starts and that needs neither KVM nor the host's limits:
+// its guest files (read_guest_file) and its processes' plan (plan_procs: pins within the pools).
+// Throws ConfigError. `images_checked`: file:PATH guests already read, skipped and added to (a
+// matrix reads each image once for all its cells).
+void check_run_inputs(const RunConfig& cfg, std::set<std::string>* images_checked = nullptr);
 
 // A run as `kvmscale run` and `kvmscale matrix` do it: planned (--procs), then in this process
 // or sharded over VMM children; the record has run.procs either way.

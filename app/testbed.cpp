@@ -182,6 +182,14 @@ void block_stop_signals() {
   pthread_sigmask(SIG_BLOCK, &s, nullptr);
 }
 
+std::vector<uint8_t> read_guest_file(const std::string& path) {
+  try {
+    return load_guest_file(path);
+  } catch (const GuestImageError& e) {
+    throw ConfigError(e.what());
+  }
+}
+
 nlohmann::json run_testbed(const RunConfig& cfg) { return run_testbed_with_hooks(cfg, {}); }
 
 nlohmann::json run_testbed_with_hooks(const RunConfig& cfg, const TestHooks& hooks) {
@@ -199,11 +207,7 @@ nlohmann::json run_testbed_with_hooks(const RunConfig& cfg, const TestHooks& hoo
   std::vector<std::span<const uint8_t>> images;
   for (const auto& g : cfg.guest_list()) {
     if (g.rfind("file:", 0) == 0) {
-      try {
-        images.emplace_back(file_images.emplace_back(load_guest_file(g.substr(5))));
-      } catch (const GuestImageError& e) {
-        throw ConfigError(e.what());
-      }
+      images.emplace_back(file_images.emplace_back(read_guest_file(g.substr(5))));
       continue;
     }
     images.push_back(builtin_guest_image(g));

@@ -2,8 +2,11 @@
 // the run record. It owns the lifetimes of the KVM system, VMs and executor.
 #pragma once
 
+#include <cstdint>
 #include <nlohmann/json.hpp>
 #include <stdexcept>
+#include <string>
+#include <vector>
 
 #include "app/config.hpp"
 
@@ -32,6 +35,10 @@ struct TestHooks {
   // runtime, executor and VMs must still be torn down in order).
   bool fail_while_running = false;
 };
+
+// A file:PATH guest's image, read as every run reads it (vmm::load_guest_file: a regular file of
+// 1 byte to 1 MiB). Throws ConfigError naming the file: a bad image is bad input.
+std::vector<uint8_t> read_guest_file(const std::string& path);
 
 // Runs the configured scenario and returns its run record (docs/run-record.md).
 nlohmann::json run_testbed(const RunConfig& cfg);

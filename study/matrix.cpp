@@ -1,6 +1,7 @@
 #include "study/matrix.hpp"
 
 #include <fcntl.h>
+#include <limits.h>
 #include <sys/file.h>
 #include <unistd.h>
 
@@ -15,6 +16,7 @@
 #include <thread>
 
 #include "app/cli.hpp"
+#include "app/procs.hpp"
 #include "app/record.hpp"
 #include "app/settings.hpp"
 #include "study/metrics.hpp"
@@ -139,6 +141,15 @@ MatrixSpec make_spec(const std::vector<std::pair<std::string, std::string>>& fla
 
 namespace {
 
+// 16 hex digits of FNV-1a 64.
+std::string fnv1a_hex(const std::string& bytes) {
+  uint64_t h = 0xcbf29ce484222325ull;
+  for (unsigned char c : bytes) h = (h ^ c) * 0x100000001b3ull;
+  char b[17];
+  std::snprintf(b, sizeof b, "%016llx", static_cast<unsigned long long>(h));
+  return b;
+}
+
 std::string slug(const std::string& v) {
   std::string out;
   for (char c : v) {
@@ -210,13 +221,7 @@ std::string matrix_backend(const std::string& dir) {
   return it->get<std::string>();
 }
 
-std::string spec_digest(const MatrixSpec& spec) {
-  uint64_t h = 0xcbf29ce484222325ull;  // FNV-1a 64
-  for (unsigned char c : spec.to_json().dump()) h = (h ^ c) * 0x100000001b3ull;
-  char b[17];
-  std::snprintf(b, sizeof b, "%016llx", static_cast<unsigned long long>(h));
-  return b;
-}
+std::string spec_digest(const MatrixSpec& spec) { return fnv1a_hex(spec.to_json().dump()); }
 
 MatrixSpec load_spec(const std::string& dir) {
   json j = read_matrix_file(dir);
@@ -230,20 +235,29 @@ std::vector<Cell> expand(const MatrixSpec& spec) {
   std::vector<size_t> idx(spec.axes.size(), 0);
   std::set<std::string> ids;
   while (true) {
+    std::map<std::string, std::string> values;
+    std::string stem, raw;  // "vms-4_lock-mcs_", and the values as they are
+    for (size_t a = 0; a < spec.axes.size(); a++) {
+      const Axis& ax = spec.axes[a];
+      values[ax.flag] = ax.values[idx[a]];
+      stem += slug(ax.flag) + "-" + slug(ax.values[idx[a]]) + "_";
+      raw += ax.flag + '\0' + ax.values[idx[a]] + '\0';
+    }
+    // Too long for a file name: a prefix, '~' (never in a slug) and a hash of the values, which
+    // tells cells apart even where their values slug alike; room left for "r999".
+    const std::string short_stem =
+        stem.substr(0, kMaxCellIdBytes - 4 - 18) + "~" + fnv1a_hex(raw) + "_";
     for (uint32_t rep = 0; rep < spec.repeat; rep++) {
       Cell c;
       c.rep = rep;
-      for (size_t a = 0; a < spec.axes.size(); a++) {
-        const Axis& ax = spec.axes[a];
-        c.values[ax.flag] = ax.values[idx[a]];
-        c.id += slug(ax.flag) + "-" + slug(ax.values[idx[a]]) + "_";
-      }
-      c.id += "r" + std::to_string(rep);
+      c.values = values;
+      c.id = stem + "r" + std::to_string(rep);
       // Distinct values can slug alike ("1:1", "1-1"): disambiguate by position.
       if (!ids.insert(c.id).second) {
         c.id += "_" + std::to_string(cells.size());
         ids.insert(c.id);
       }
+      if (c.id.size() > kMaxCellIdBytes) c.id = short_stem + "r" + std::to_string(rep);
       cells.push_back(std::move(c));
     }
     size_t a = spec.axes.size();
@@ -280,6 +294,37 @@ namespace {
 
 std::string cell_file(const std::string& dir, const Cell& c) {
   return (fs::path(dir) / "cells" / (c.id + ".json")).string();
+}
+
+// Every file a matrix in `dir` writes fits dir's file system (the nearest existing ancestor's,
+// for a directory yet to be made). The longest name is the temp file of a record's atomic write,
+// ".<id>.json.tmp.<pid>" (pid up to 7 digits); the longest path is at most a record's under
+// mismatched/ ("mismatched/<id>.<n>.json"), or a plot's or a Slurm log's (under 64 bytes).
+void check_file_names(const std::string& dir, const std::vector<Cell>& cells) {
+  size_t id_max = 0;
+  const Cell* longest = nullptr;
+  for (const Cell& c : cells)
+    if (c.id.size() > id_max) id_max = c.id.size(), longest = &c;
+  if (!longest) return;
+  const size_t name = id_max + std::strlen("..json.tmp.1234567");
+  const size_t rel = std::max<size_t>(std::strlen("mismatched/") + name, 64);
+  std::error_code ec;
+  fs::path probe = fs::absolute(dir, ec);
+  const size_t path = probe.string().size() + 1 + rel;
+  while (!fs::is_directory(probe, ec) && probe.has_relative_path()) probe = probe.parent_path();
+  long name_max = ::pathconf(probe.c_str(), _PC_NAME_MAX);
+  long path_max = ::pathconf(probe.c_str(), _PC_PATH_MAX);
+  if (name_max <= 0) name_max = NAME_MAX;
+  if (path_max <= 0) path_max = PATH_MAX;
+  if (name > size_t(name_max))
+    throw ConfigError("run " + longest->id + ": its record's file name takes " +
+                      std::to_string(name) + " bytes, over the NAME_MAX of " +
+                      std::to_string(name_max) + " of " + probe.string() + "'s file system");
+  if (path >= size_t(path_max))  // PATH_MAX counts the terminating NUL
+    throw ConfigError("--out " + dir +
+                      " is too deep: the matrix's files would have paths of up to " +
+                      std::to_string(path) + " bytes, over the PATH_MAX of " +
+                      std::to_string(path_max) + "; use a shorter --out");
 }
 
 // 12.3s, 4m05s, 1h02m: for progress lines that may span hours.
@@ -474,8 +519,39 @@ std::string this_host() {
 
 }  // namespace
 
-PreparedMatrix prepare_matrix(const MatrixSpec& spec_in, const MatrixOptions& opt,
+CheckedCells check_cells(const MatrixSpec& spec, const std::string& dir, const ConfigFn& config,
+                         const StopFn& stop) {
+  CheckedCells checked;
+  checked.cells = expand(spec);
+  check_file_names(dir, checked.cells);
+  // Every cell must be a valid run before any runs: no half-done matrix because of a typo.
+  std::set<std::string> images;  // each guest image read once
+  for (const Cell& c : checked.cells) {
+    if (stop && stop()) {
+      checked.stopped = true;
+      break;
+    }
+    try {
+      checked.configs.push_back(config(cell_args(spec, c)));
+      app::check_run_inputs(checked.configs.back(), &images);
+    } catch (const ConfigError& e) {
+      throw ConfigError("run " + c.id + ": " + e.what());
+    }
+    checked.configs.back().out = cell_file(dir, c);
+    checked.configs.back().json = false;
+  }
+  return checked;
+}
+
+PreparedMatrix prepare_matrix(const MatrixSpec& spec, const MatrixOptions& opt,
                               const ConfigFn& config) {
+  return prepare_matrix(spec, opt, check_cells(spec, opt.dir, config));
+}
+
+PreparedMatrix prepare_matrix(const MatrixSpec& spec_in, const MatrixOptions& opt,
+                              CheckedCells checked) {
+  if (checked.stopped || checked.configs.size() != checked.cells.size())
+    throw std::logic_error("prepare_matrix: not every cell was checked");
   PreparedMatrix p;
   p.spec = spec_in;
   MatrixSpec& spec = p.spec;
@@ -492,18 +568,11 @@ PreparedMatrix prepare_matrix(const MatrixSpec& spec_in, const MatrixOptions& op
     spec.seed = old.seed;
     if (std::string stored = matrix_backend(opt.dir); !stored.empty()) backend = stored;
   }
-  p.cells = expand(spec);
-  // Every cell must be a valid run before any runs: no half-done matrix because of a typo.
-  for (const Cell& c : p.cells) {
-    try {
-      p.configs.push_back(config(cell_args(spec, c)));
-    } catch (const ConfigError& e) {
-      throw ConfigError("run " + c.id + ": " + e.what());
-    }
-    p.configs.back().out = cell_file(opt.dir, c);
-    p.configs.back().json = false;
-  }
+  p.cells = std::move(checked.cells);
+  p.configs = std::move(checked.configs);
   fs::create_directories(dir / "cells");
+  for (const auto& [name, content] : opt.extra_files)
+    app::write_file_atomically((dir / name).string(), content);
   json meta = {{"spec", spec.to_json()},
                {"tool", app::version_string()},
                {"runs", p.cells.size()},
@@ -537,11 +606,19 @@ MatrixOutcome run_matrix(const MatrixSpec& spec_in, const MatrixOptions& opt,
                          const ConfigFn& config, const RunFn& run, const StopFn& stop,
                          std::ostream& log) {
   const fs::path dir(opt.dir);
+  MatrixOutcome out;
+  // Checked before the lock creates DIR: a matrix refused or stopped here writes nothing.
+  CheckedCells checked = check_cells(spec_in, opt.dir, config, stop);
+  if (checked.stopped) {
+    out.total = checked.cells.size();
+    out.interrupted = true;
+    out.started = false;
+    return out;
+  }
   MatrixDirLock lock(opt.dir, MatrixDirLock::Mode::Exclusive);
-  PreparedMatrix p = prepare_matrix(spec_in, opt, config);
+  PreparedMatrix p = prepare_matrix(spec_in, opt, std::move(checked));
   const MatrixSpec& spec = p.spec;
   const std::vector<Cell>& cells = p.cells;
-  MatrixOutcome out;
   out.total = cells.size();
   out.warnings = p.warnings;
   out.skipped = cells.size() - p.pending();
@@ -577,9 +654,9 @@ MatrixOutcome run_matrix(const MatrixSpec& spec_in, const MatrixOptions& opt,
       if (m.count("boot_max_ms"))
         s << ", boot max " << app::format_duration(uint64_t(m["boot_max_ms"] * 1e6));
       result = s.str();
-    } catch (const ConfigError&) {
-      throw;
     } catch (const std::exception& e) {
+      // Including a ConfigError: every cell was checked, so this one changed since (e.g. its
+      // guest image was removed): its run failed, the others go on.
       fs::create_directories(dir / "failed");
       app::write_file_atomically((dir / "failed" / (c.id + ".txt")).string(),
                                  std::string(e.what()) + "\n");

@@ -32,6 +32,10 @@ struct Axis {
 
 inline constexpr uint32_t kMaxRepeat = 1000;   // --repeat's range, for matrix.json too
 inline constexpr uint64_t kMaxRuns = 100'000;  // runs in one matrix without --force
+// A cell id is the stem of its files' names (cells/<id>.json, written as ".<id>.json.tmp.<pid>"):
+// an id longer than this is shortened (see Cell), so that every name fits the 255 bytes of
+// NAME_MAX with a 7-digit pid; ids that fit were always kept as they are.
+inline constexpr size_t kMaxCellIdBytes = 237;
 
 struct MatrixSpec {
   std::vector<Axis> axes;                                  // flags with 2+ values
@@ -61,7 +65,11 @@ MatrixSpec make_spec(const std::vector<std::pair<std::string, std::string>>& fla
 struct Cell {
   std::map<std::string, std::string> values;  // axis flag -> value
   uint32_t rep = 0;                           // 0-based repetition
-  std::string id;                             // file name stem, e.g. "vms-4_lock-mcs_r0"
+  // The file name stem, e.g. "vms-4_lock-mcs_r0". One over kMaxCellIdBytes is cut to a readable
+  // prefix, '~' and a hash of the cell's values (e.g. "guest-file-...~8c1f0e2a9b3d4c5e_r0"): the
+  // same for the same spec, so --resume and Slurm tasks find it; the values themselves are in
+  // matrix.json's spec, each record's config and summary.csv.
+  std::string id;
 };
 
 // A run record that parses, has the shape the study reads and was not interrupted, read from a
@@ -114,11 +122,15 @@ struct MatrixOptions {
   std::string dir;
   bool resume = false;
   bool plots = true;
+  // Written into DIR with matrix.json once every cell is checked (a scenario's settings):
+  // file name -> content.
+  std::vector<std::pair<std::string, std::string>> extra_files = {};
 };
 
 struct MatrixOutcome {
   size_t total = 0, ran = 0, skipped = 0, failed = 0;
   bool interrupted = false;
+  bool started = true;  // false: stopped while the cells were checked, nothing written
   std::vector<std::string> warnings;
 };
 
@@ -151,10 +163,24 @@ using RunFn = std::function<nlohmann::json(const app::RunConfig&)>;
 // Polled between runs: true stops the matrix (SIGINT).
 using StopFn = std::function<bool()>;
 
-// A matrix directory made ready to run or submit (under an Exclusive MatrixDirLock): the spec
-// checked against DIR/matrix.json (the stored seed kept), every cell validated, matrix.json
-// written, and which cells hold a usable run (read_cell_runs; every other file at a cell's place
-// is moved to DIR/mismatched/, named with its reason in `warnings`, and the cell runs again).
+// Every cell of `spec` checked as `run` checks a run before it starts (`config`, then
+// app::check_run_inputs: guest files, process plan), and every file a matrix in `dir` writes for
+// them checked against dir's file system (NAME_MAX, PATH_MAX). Reads only; needs no lock. Throws
+// app::ConfigError naming the cell. `stop` is polled before each cell: once it is true the checks
+// end, `stopped` set (SIGINT during the checks of a big matrix).
+struct CheckedCells {
+  std::vector<Cell> cells;
+  std::vector<app::RunConfig> configs;  // one per cell, `out` set to its record file
+  bool stopped = false;
+};
+CheckedCells check_cells(const MatrixSpec& spec, const std::string& dir, const ConfigFn& config,
+                         const StopFn& stop = nullptr);
+
+// A matrix directory made ready to run or submit (under an Exclusive MatrixDirLock) from its
+// checked cells: the spec checked against DIR/matrix.json (the stored seed kept), matrix.json
+// (and opt.extra_files) written, and which cells hold a usable run (read_cell_runs; every other
+// file at a cell's place is moved to DIR/mismatched/, named with its reason in `warnings`, and
+// the cell runs again).
 struct PreparedMatrix {
   MatrixSpec spec;
   std::vector<Cell> cells;
@@ -166,10 +192,14 @@ struct PreparedMatrix {
   std::vector<std::string> pending_ids() const;
 };
 PreparedMatrix prepare_matrix(const MatrixSpec& spec, const MatrixOptions& opt,
+                              CheckedCells checked);
+// The same after check_cells(spec, opt.dir, config).
+PreparedMatrix prepare_matrix(const MatrixSpec& spec, const MatrixOptions& opt,
                               const ConfigFn& config);
 
-// Validates every cell before running any (throws app::ConfigError), then runs what is missing.
-// Progress goes to `log` (one line per run: k of n, elapsed, ETA).
+// Checks every cell before running any (check_cells; throws app::ConfigError) and takes the
+// directory's Exclusive lock, then runs what is missing. `stop` is polled during the checks and
+// between runs. Progress goes to `log` (one line per run: k of n, elapsed, ETA).
 MatrixOutcome run_matrix(const MatrixSpec& spec, const MatrixOptions& opt, const ConfigFn& config,
                          const RunFn& run, const StopFn& stop, std::ostream& log);
 

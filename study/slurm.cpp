@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <poll.h>
+#include <signal.h>
 #include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -13,6 +14,7 @@
 #include <set>
 #include <sstream>
 #include <stdexcept>
+#include <thread>
 
 #include "app/config.hpp"
 #include "app/record.hpp"
@@ -94,7 +96,7 @@ std::string sbatch_script(const std::string& dir, const std::string& exe,
   return s.str();
 }
 
-ProgramResult run_program(const std::vector<std::string>& argv) {
+ProgramResult run_program(const std::vector<std::string>& argv, const SlurmCall& call) {
   int out_pipe[2], err_pipe[2];
   if (::pipe2(out_pipe, O_CLOEXEC) != 0)
     throw std::runtime_error("pipe: " + std::string(strerror(errno)));
@@ -107,12 +109,27 @@ ProgramResult run_program(const std::vector<std::string>& argv) {
   posix_spawn_file_actions_init(&fa);
   posix_spawn_file_actions_adddup2(&fa, out_pipe[1], 1);
   posix_spawn_file_actions_adddup2(&fa, err_pipe[1], 2);
+  // Its own process group, so that a timeout stops whatever it started too; SIGINT/SIGTERM
+  // unblocked and at their defaults, whatever the caller blocked.
+  posix_spawnattr_t attr;
+  posix_spawnattr_init(&attr);
+  sigset_t none, stops;
+  sigemptyset(&none);
+  sigemptyset(&stops);
+  sigaddset(&stops, SIGINT);
+  sigaddset(&stops, SIGTERM);
+  posix_spawnattr_setsigmask(&attr, &none);
+  posix_spawnattr_setsigdefault(&attr, &stops);
+  posix_spawnattr_setpgroup(&attr, 0);
+  posix_spawnattr_setflags(&attr,
+                           POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
   std::vector<char*> args;
   for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
   args.push_back(nullptr);
   pid_t pid = -1;
-  int rc = posix_spawnp(&pid, args[0], &fa, nullptr, args.data(), environ);
+  int rc = posix_spawnp(&pid, args[0], &fa, &attr, args.data(), environ);
   posix_spawn_file_actions_destroy(&fa);
+  posix_spawnattr_destroy(&attr);
   ::close(out_pipe[1]);
   ::close(err_pipe[1]);
   if (rc != 0) {
@@ -125,8 +142,19 @@ ProgramResult run_program(const std::vector<std::string>& argv) {
   pollfd fds[2] = {{out_pipe[0], POLLIN, 0}, {err_pipe[0], POLLIN, 0}};
   std::string* sinks[2] = {&r.out, &r.err};
   int open_fds = 2;
-  while (open_fds > 0) {
-    if (::poll(fds, 2, -1) < 0) {
+  const auto deadline = std::chrono::steady_clock::now() + call.timeout;
+  auto why_stop = [&]() -> std::string {
+    if (std::chrono::steady_clock::now() >= deadline)
+      return " did not finish within " +
+             app::format_duration(uint64_t(call.timeout.count()) * 1000000) +
+             " (--slurm-timeout): stopped it and what it started";
+    if (call.stop && call.stop())
+      return ": interrupted (SIGINT/SIGTERM): stopped it and what it started";
+    return {};
+  };
+  std::string stopped;
+  while (open_fds > 0 && (stopped = why_stop()).empty()) {
+    if (::poll(fds, 2, 100) < 0) {  // short waits: the deadline and a stop are seen in time
       if (errno == EINTR) continue;
       break;
     }
@@ -145,8 +173,18 @@ ProgramResult run_program(const std::vector<std::string>& argv) {
   }
   for (auto& f : fds)
     if (f.fd >= 0) ::close(f.fd);
+  // It may run on with its output closed: the same bound holds for its end.
   int status = 0;
-  while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  while (stopped.empty()) {
+    const pid_t w = ::waitpid(pid, &status, WNOHANG);
+    if (w == pid || (w < 0 && errno != EINTR)) break;
+    if ((stopped = why_stop()).empty()) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  if (!stopped.empty()) {
+    ::kill(-pid, SIGKILL);
+    while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+    }
+    throw std::runtime_error(argv[0] + stopped);
   }
   r.status = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
   return r;
@@ -179,10 +217,10 @@ std::vector<std::string> submitted_jobs(const std::string& dir) {
   return jobs;
 }
 
-std::vector<std::string> active_jobs(const std::vector<std::string>& jobs) {
+std::vector<std::string> active_jobs(const std::vector<std::string>& jobs, const SlurmCall& call) {
   if (jobs.empty()) return {};
   // %F: the array's job id, for every task still pending or running (all users: ours are there).
-  ProgramResult r = run_program({"squeue", "--noheader", "--array", "--format=%F"});
+  ProgramResult r = run_program({"squeue", "--noheader", "--array", "--format=%F"}, call);
   if (r.status != 0)
     throw std::runtime_error("squeue failed (" + std::to_string(r.status) + "): " + r.err);
   std::set<std::string> queued;
@@ -207,7 +245,7 @@ Submission submit_cells(const std::string& dir, const std::string& exe,
   app::write_file_atomically(sub.script, sbatch_script(dir, exe, cells, digest, o));
   fs::permissions(sub.script, fs::perms::owner_exec | fs::perms::group_exec, fs::perm_options::add);
   if (!submit) return sub;
-  ProgramResult r = run_program({"sbatch", "--parsable", sub.script});
+  ProgramResult r = run_program({"sbatch", "--parsable", sub.script}, o.call);
   if (r.status != 0)
     throw std::runtime_error("sbatch " + sub.script + " failed (exit " + std::to_string(r.status) +
                              "): " + r.err + r.out);

@@ -114,6 +114,10 @@ void add_matrix_options(CLI::App& m, StudyCommands& st) {
                "--slurm: at most N tasks at once (the array's %N; 0: no limit)")
       ->check(CLI::Range(0u, 1000000u));
   m.add_flag("--no-submit", st.no_submit, "--slurm: write DIR/slurm/ but do not call sbatch");
+  m.add_option("--slurm-timeout", st.slurm_timeout_text,
+               "--slurm, --collect: how long sbatch or squeue may take before it is stopped "
+               "(the command then fails)")
+      ->capture_default_str();
   m.add_flag("--collect", st.collect,
              "write the CSV and plots of --out DIR from the runs finished so far and say what is "
              "missing (while Slurm tasks still run)");
@@ -144,20 +148,19 @@ void print_dry_run(const MatrixSpec& spec, std::ostream& os) {
   }
 }
 
-int execute_matrix(const MatrixSpec& spec, const StudyCommands& st, const std::string& dir) {
+const char* const kStoppedWhileChecking =
+    "interrupted while checking the runs: nothing was written or run\n";
+
+// `extra_files`: written with matrix.json once every run is checked (a scenario's settings).
+int execute_matrix(const MatrixSpec& spec, const StudyCommands& st, const std::string& dir,
+                   std::vector<std::pair<std::string, std::string>> extra_files = {}) {
   // Refuse before expanding: validating millions of runs would take tens of minutes.
   if (spec.run_count() > kMaxRuns && !st.force)
     throw app::ConfigError("the matrix has " + std::to_string(spec.run_count()) +
                            " runs, over the limit of " + std::to_string(kMaxRuns) +
                            "; use --force if you mean it");
   if (st.dry_run) {
-    for (const Cell& c : expand(spec)) {
-      try {
-        app::parse_run_args(cell_args(spec, c));
-      } catch (const app::ConfigError& e) {
-        throw app::ConfigError("run " + c.id + ": " + e.what());
-      }
-    }
+    check_cells(spec, dir, app::parse_run_args);  // what the matrix would refuse, refused here
     std::ostringstream plan;
     print_dry_run(spec, plan);
     std::cout << app::printable(plan.str(), true);
@@ -165,11 +168,15 @@ int execute_matrix(const MatrixSpec& spec, const StudyCommands& st, const std::s
   }
   vmm::install_kick_signal();
   app::block_stop_signals();
-  MatrixOptions opt{dir, st.resume, !st.no_plots};
+  MatrixOptions opt{dir, st.resume, !st.no_plots, std::move(extra_files)};
   std::cerr << "matrix: " << expand(spec).size() << " runs into " << dir << " (seed " << spec.seed
             << ")\n";
   MatrixOutcome o =
       run_matrix(spec, opt, app::parse_run_args, app::run_planned, stop_requested, std::cerr);
+  if (!o.started) {
+    std::cerr << kStoppedWhileChecking;
+    return app::kExitInterrupted;
+  }
   for (const auto& w : o.warnings) std::cerr << "warning: " << w << "\n";
   std::cerr << "matrix: " << o.ran << " ran, " << o.skipped << " already done, " << o.failed
             << " failed" << (o.failed ? " (see " + dir + "/failed/)" : "") << ", of " << o.total
@@ -234,15 +241,24 @@ int do_cell(const StudyCommands& st) {
   return o == CellOutcome::Interrupted ? app::kExitInterrupted : app::kExitOk;
 }
 
-// The Slurm jobs of DIR still queued or running, "" when none or when squeue is not at hand.
-std::string active_jobs_note(const std::string& dir) {
+// How sbatch and squeue are run: --slurm-timeout, and SIGINT/SIGTERM (blocked from here on).
+SlurmCall slurm_call(const StudyCommands& st) {
+  app::block_stop_signals();
+  return {st.slurm_timeout, stop_requested};
+}
+
+// The Slurm jobs of DIR still queued or running, "" when none or when squeue is not at hand
+// (said as a warning when it is there but fails).
+std::string active_jobs_note(const std::string& dir, const SlurmCall& call) {
   std::vector<std::string> jobs = submitted_jobs(dir);
   if (jobs.empty()) return {};
   try {
     std::string s;
-    for (const auto& j : active_jobs(jobs)) s += (s.empty() ? "" : ", ") + j;
+    for (const auto& j : active_jobs(jobs, call)) s += (s.empty() ? "" : ", ") + j;
     return s;
   } catch (const std::exception& e) {
+    if (std::string(e.what()).find("cannot run it") == std::string::npos)
+      std::cerr << "warning: " << e.what() << "\n";
     return {};
   }
 }
@@ -261,12 +277,12 @@ int do_collect(const StudyCommands& st) {
             << "/summary.csv";
   if (failed) std::cerr << ", " << failed << " failed (see " << st.out << "/failed/)";
   std::cerr << "\n";
-  if (std::string active = active_jobs_note(st.out); !active.empty())
+  if (std::string active = active_jobs_note(st.out, slurm_call(st)); !active.empty())
     std::cerr << "collect: Slurm job(s) " << active << " still queued or running\n";
   else if (in_csv < cells.size())
     std::cerr << "collect: submit the missing runs with: kvmscale matrix --resume --slurm --out "
               << st.out << "\n";
-  return app::kExitOk;
+  return stop_requested() ? app::kExitInterrupted : app::kExitOk;
 }
 
 // `matrix ... --slurm`: validate the whole matrix, then one array task per run not finished.
@@ -277,18 +293,24 @@ int submit_matrix(const MatrixSpec& spec, const StudyCommands& st, const std::st
                            "; use --force if you mean it");
   const std::string dir = fs::absolute(dir_in).lexically_normal().string();
   const std::string exe = fs::canonical("/proc/self/exe").string();
-  SbatchOptions so{st.sbatch_args, st.slurm_throttle};
+  SbatchOptions so{st.sbatch_args, st.slurm_throttle, slurm_call(st)};
   check_sbatch_inputs(dir, exe, so);
+  // Checked before the lock creates DIR: a matrix refused or stopped here writes nothing.
+  CheckedCells checked = check_cells(spec, dir, app::parse_run_args, stop_requested);
+  if (checked.stopped) {
+    std::cerr << kStoppedWhileChecking;
+    return app::kExitInterrupted;
+  }
   MatrixDirLock lock(dir, MatrixDirLock::Mode::Exclusive);
   // Held through sbatch: no second submission races this one; tasks wait for it (run_cell).
   if (std::vector<std::string> jobs = submitted_jobs(dir); !jobs.empty() && !st.no_submit) {
-    std::vector<std::string> active = active_jobs(jobs);
+    std::vector<std::string> active = active_jobs(jobs, so.call);
     if (!active.empty())
       throw app::ConfigError("Slurm job " + active.front() + " of " + dir +
                              " is still queued or running: wait for it (squeue) or scancel it, "
                              "then submit what is missing");
   }
-  PreparedMatrix p = prepare_matrix(spec, {dir, st.resume, !st.no_plots}, app::parse_run_args);
+  PreparedMatrix p = prepare_matrix(spec, {dir, st.resume, !st.no_plots}, std::move(checked));
   for (const auto& w : p.warnings) std::cerr << "warning: " << w << "\n";
   const std::vector<std::string> pending = p.pending_ids();
   if (pending.empty()) {
@@ -298,7 +320,15 @@ int submit_matrix(const MatrixSpec& spec, const StudyCommands& st, const std::st
               << "summary: " << dir << "/summary.csv\n";
     return app::kExitOk;
   }
-  Submission sub = submit_cells(dir, exe, pending, spec_digest(p.spec), so, !st.no_submit);
+  Submission sub;
+  try {
+    sub = submit_cells(dir, exe, pending, spec_digest(p.spec), so, !st.no_submit);
+  } catch (const std::runtime_error& e) {
+    if (!stop_requested()) throw;
+    std::cerr << "kvmscale: " << e.what() << "\ninterrupted: see squeue whether the job was "
+              << "submitted before submitting again\n";
+    return app::kExitInterrupted;
+  }
   std::cerr << "matrix: " << pending.size() << " of " << p.cells.size() << " runs in " << sub.script
             << "\n";
   if (sub.job_id.empty())
@@ -316,6 +346,8 @@ void check_matrix_modes(const StudyCommands& st, bool run_flags_given) {
   const bool slurm_only = used("--sbatch-arg") || used("--slurm-throttle") || used("--no-submit");
   if (slurm_only && !st.slurm)
     throw app::ConfigError("--sbatch-arg, --slurm-throttle and --no-submit need --slurm");
+  if (used("--slurm-timeout") && !st.slurm && !st.collect)
+    throw app::ConfigError("--slurm-timeout needs --slurm or --collect");
   if (used("--matrix-digest") && st.cell.empty())
     throw app::ConfigError("--matrix-digest needs --cell");
   if (!st.cell.empty() || st.collect) {
@@ -331,6 +363,14 @@ void check_matrix_modes(const StudyCommands& st, bool run_flags_given) {
 int do_matrix(StudyCommands& st) {
   auto flags = given_flags(st);
   check_matrix_modes(st, !flags.empty() || !st.vm_opts.empty());
+  uint64_t timeout_ns = 0;
+  try {
+    timeout_ns = app::parse_duration_ns(st.slurm_timeout_text);
+  } catch (const app::ConfigError& e) {
+    throw app::ConfigError(std::string("--slurm-timeout: ") + e.what());
+  }
+  if (timeout_ns < 1000000) throw app::ConfigError("--slurm-timeout must be at least 1ms");
+  st.slurm_timeout = std::chrono::milliseconds(timeout_ns / 1000000);
   if (!st.cell.empty()) return do_cell(st);
   if (st.collect) return do_collect(st);
   if (st.resume && st.out.empty()) throw app::ConfigError("--resume needs --out DIR");
@@ -458,16 +498,16 @@ int do_scenario(StudyCommands& st) {
   }
   ScenarioPlan plan = plan_scenario(st.scenario_name, so);
   std::cerr << "scenario " << plan.name << ": " << plan.description << "\n";
+  std::vector<std::pair<std::string, std::string>> settings;
   if (!st.resume && !st.dry_run) {
     if (holds_matrix(dir) || fs::exists(fs::path(dir) / kScenarioFile))
       throw app::ConfigError(dir +
                              " already holds a scenario: use --resume to finish it, or "
                              "another --out");
-    fs::create_directories(dir);
-    app::write_file_atomically((fs::path(dir) / kScenarioFile).string(),
-                               scenario_settings(st.scenario_name, so).dump(2) + "\n");
+    // Written with matrix.json, once every run is checked: a refused scenario writes nothing.
+    settings.emplace_back(kScenarioFile, scenario_settings(st.scenario_name, so).dump(2) + "\n");
   }
-  int rc = execute_matrix(plan.spec, st, dir);
+  int rc = execute_matrix(plan.spec, st, dir, std::move(settings));
   if (st.dry_run || rc == app::kExitInterrupted) return rc;
   write_verdict(plan, dir);
   return rc;

@@ -2,12 +2,14 @@
 #pragma once
 
 #include <CLI/CLI.hpp>
+#include <chrono>
 #include <map>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "app/cli.hpp"
+#include "study/slurm.hpp"
 
 namespace kvmscale::study {
 
@@ -28,6 +30,8 @@ struct StudyCommands {
   bool slurm = false, no_submit = false, collect = false;
   std::vector<std::string> sbatch_args;
   uint32_t slurm_throttle = 0;
+  std::string slurm_timeout_text = "60s";  // --slurm-timeout, read into slurm_timeout
+  std::chrono::milliseconds slurm_timeout = kSlurmTimeout;
   std::string cell, matrix_digest;
   // compare
   std::string path_a, path_b;

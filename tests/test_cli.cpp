@@ -584,3 +584,91 @@ TEST(CliMatrix, AnInterruptedScenarioResumesFromItsOwnSettings) {
   EXPECT_EQ(m.exit_code, 0) << m.err;
   EXPECT_TRUE(fs::exists(dir / "verdict.txt"));
 }
+
+// A command refused for bad input writes nothing, not even its directory: everything is checked,
+// then written (before, a scenario with a bad --duration left DIR/scenario.json, after which only
+// deleting DIR helped; a matrix or run with a missing image left DIR behind).
+TEST(Cli, ARefusedCommandWritesNothing) {
+  fs::path dir = scratch("refused");
+  fs::remove_all(dir);
+  struct Case {
+    std::vector<std::string> args;
+    std::string message;
+  } cases[] = {
+      {{"scenario", "credit-balance", "--duration", "soon", "--out", dir.string()}, "--duration"},
+      {{"matrix", "--vms", "1,2", "--guest", "spin,file:/nonexistent/image", "--out", dir.string()},
+       "/nonexistent/image"},
+      {{"matrix", "--vms", "1,2", "--guest", "spin,file:/nonexistent/image", "--slurm",
+        "--no-submit", "--out", dir.string()},
+       "/nonexistent/image"},
+      {{"run", "--guest-file", "/nonexistent/image", "--out", (dir / "r.json").string()},
+       "/nonexistent/image"},
+  };
+  for (const auto& c : cases) {
+    auto r = ks(c.args);
+    EXPECT_EQ(r.exit_code, 2) << c.args[0] << ": " << r.err;
+    EXPECT_NE(r.err.find(c.message), std::string::npos) << r.err;
+    EXPECT_FALSE(fs::exists(dir)) << c.args[0] << " " << c.args[1] << " wrote " << dir;
+    fs::remove_all(dir);
+  }
+}
+
+// A long but valid axis value: --dry-run and the real matrix agree (both list and use the same
+// short ids); before, --dry-run passed and the matrix ended with "File name too long".
+TEST(CliMatrix, AValueLongerThanAFileNameWorksInDryRunAndRun) {
+  fs::path images = scratch("long-ids") / std::string(200, 'd');
+  fs::create_directories(images);
+  const fs::path image = images / (std::string(100, 'i') + ".bin");
+  auto hello = vmm::builtin_guest_image("hello");
+  std::ofstream(image, std::ios::binary)
+      .write(reinterpret_cast<const char*>(hello.data()), std::streamsize(hello.size()));
+  const fs::path dir = scratch("long-ids") / "m";
+  fs::remove_all(dir);
+  const std::vector<std::string> args = {"matrix",     "--guest",  "hello,file:" + image.string(),
+                                         "--mem",      "8M",       "--vcpus",
+                                         "1",          "--repeat", "1",
+                                         "--no-plots", "--out",    dir.string()};
+  std::vector<std::string> dry = args;
+  dry.push_back("--dry-run");
+  auto d = ks(dry);
+  ASSERT_EQ(d.exit_code, 0) << d.err;
+  EXPECT_NE(d.out.find("  guest-hello_r0:"), std::string::npos) << d.out;
+  const size_t at = d.out.find("  guest-file-");
+  ASSERT_NE(at, std::string::npos) << d.out;
+  const std::string long_id = d.out.substr(at + 2, d.out.find(':', at) - at - 2);
+  EXPECT_LE(long_id.size(), 237u) << long_id;
+  // Without KVM both runs fail (exit 1), with it both run: either way each cell is accounted for
+  // under its id and the summary is written.
+  auto r = ks(args);
+  EXPECT_TRUE(r.exit_code == 0 || r.exit_code == 1) << r.err;
+  EXPECT_EQ(r.err.find("too long"), std::string::npos) << r.err;
+  EXPECT_TRUE(fs::exists(dir / "summary.csv")) << r.err;
+  EXPECT_TRUE(fs::exists(dir / "cells" / (long_id + ".json")) ||
+              fs::exists(dir / "failed" / (long_id + ".txt")))
+      << r.err;
+}
+
+// A hung sbatch ends the submission after --slurm-timeout, naming sbatch and the timeout, and
+// the directory is free again (before, the command waited for ever holding its lock).
+TEST(CliMatrix, AHungSbatchEndsTheSubmissionAfterTheSlurmTimeout) {
+  const fs::path bin = scratch("hung-slurm-bin"), dir = scratch("hung-slurm");
+  fs::create_directories(bin);
+  fs::remove_all(dir);
+  std::ofstream(bin / "sbatch") << "#!/bin/bash\n/bin/sleep 1000 &\nwait\n";
+  fs::permissions(bin / "sbatch", fs::perms::owner_all);
+  auto r = test::spawn(
+      {"/usr/bin/env", "PATH=" + bin.string(), KVMSCALE_BIN, "matrix", "--guest", "spin", "--vms",
+       "1,2", "--slurm", "--slurm-timeout", "1s", "--out", dir.string()},
+      0, 60000);
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_NE(r.err.find("sbatch did not finish within 1s"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("--slurm-timeout"), std::string::npos) << r.err;
+  auto again = ks({"matrix", "--resume", "--slurm", "--no-submit", "--out", dir.string()});
+  EXPECT_EQ(again.exit_code, 0) << again.err;
+  // --slurm-timeout is for what calls Slurm: --slurm and --collect.
+  auto bad = ks({"matrix", "--vms", "1,2", "--slurm-timeout", "1s", "--dry-run"});
+  EXPECT_EQ(bad.exit_code, 2) << bad.err;
+  auto zero = ks({"matrix", "--collect", "--slurm-timeout", "0s", "--out", dir.string()});
+  EXPECT_EQ(zero.exit_code, 2) << zero.err;
+  EXPECT_NE(zero.err.find("--slurm-timeout"), std::string::npos) << zero.err;
+}

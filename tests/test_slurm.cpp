@@ -389,3 +389,51 @@ TEST(CompareByHost, HostFactsByPathAndHostsComparedCellByCell) {
   EXPECT_THROW(load_by_host({dirs[0]}, {"host.backend"}), ConfigError);
   EXPECT_THROW(load_by_host(dirs, {"lock", "host"}), ConfigError);  // not an axis
 }
+
+namespace {
+
+// Whether process `pid` is gone (or a zombie nobody reaped yet: it runs no more).
+bool gone(pid_t pid) {
+  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+  std::string line;
+  if (!std::getline(stat, line)) return true;
+  const size_t close = line.rfind(')');
+  return close != std::string::npos && line.substr(close + 2, 1) == "Z";
+}
+
+}  // namespace
+
+// A hung sbatch or squeue must not hold the command (and the directory lock) for ever: each is
+// killed with whatever it started after the timeout, and the error names it and the timeout.
+TEST(SlurmSubmit, AHungSbatchOrSqueueIsKilledAfterItsTimeout) {
+  TempDir t;
+  const std::string dir = t.sub("m"), bin = t.sub("bin");
+  fs::create_directories(bin);
+  // Each starts a child that inherits its output and sleeps: the whole group must go.
+  for (const char* name : {"sbatch", "squeue"})
+    write_exe(bin + "/" + name,
+              "/bin/sleep 1000 &\necho $! > " + t.sub(std::string(name) + ".pid") + "\nwait\n");
+  PathOverride path(bin);
+  SbatchOptions o;
+  o.call.timeout = milliseconds(300);
+  try {
+    submit_cells(dir, "/k", {"c0"}, "d", o, true);
+    ADD_FAILURE() << "a hung sbatch returned";
+  } catch (const std::runtime_error& e) {
+    EXPECT_NE(std::string(e.what()).find("sbatch did not finish within 300ms"), std::string::npos)
+        << e.what();
+  }
+  EXPECT_TRUE(submitted_jobs(dir).empty());
+  try {
+    active_jobs({"5"}, {milliseconds(300), nullptr});
+    ADD_FAILURE() << "a hung squeue returned";
+  } catch (const std::runtime_error& e) {
+    EXPECT_NE(std::string(e.what()).find("squeue did not finish within 300ms"), std::string::npos)
+        << e.what();
+  }
+  for (const char* name : {"sbatch", "squeue"}) {
+    pid_t child = std::stoi(slurp(t.sub(std::string(name) + ".pid")));
+    for (int i = 0; i < 100 && !gone(child); i++) std::this_thread::sleep_for(milliseconds(50));
+    EXPECT_TRUE(gone(child)) << name << "'s child " << child << " still runs";
+  }
+}

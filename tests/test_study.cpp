@@ -922,3 +922,152 @@ TEST(MatrixPlots, IncompleteImagesAreNotKept) {
     EXPECT_TRUE(ext != ".png" && ext != ".svg" && ext != ".part") << e.path();
   }
 }
+
+namespace {
+
+// A RunFn that counts its calls and fakes the run.
+struct CountingRun {
+  int calls = 0;
+  json operator()(const kvmscale::app::RunConfig& c) {
+    calls++;
+    return fake_run(c);
+  }
+};
+
+// An image file of `bytes` bytes.
+std::string image_file(const std::string& path, size_t bytes) {
+  fs::create_directories(fs::path(path).parent_path());
+  std::ofstream(path, std::ios::binary) << std::string(bytes, '\xf4');  // hlt
+  return path;
+}
+
+}  // namespace
+
+// What `run` refuses before it starts (guest files that are missing, not regular files or over
+// 1 MiB; pins outside a process's pool) is refused for every cell before the matrix runs any:
+// before, the fake run ran the earlier cells and the matrix ended at the bad one, no summary.
+TEST(MatrixRun, EveryCellIsCheckedAsRunChecksItBeforeAnyRun) {
+  TempDir t;
+  const std::string good = image_file(t.sub("img/good.bin"), 64);
+  const std::string big = image_file(t.sub("img/big.bin"), (1 << 20) + 1);
+  struct Case {
+    std::vector<std::pair<std::string, std::string>> flags;
+    std::string message;
+  } cases[] = {
+      {{{"guest", "spin,file:" + good + ",file:" + t.sub("img/missing.bin")}}, "missing.bin"},
+      {{{"guest", "spin,file:" + big}}, "1 MiB"},
+      {{{"guest", "spin,file:" + t.sub("img")}}, "not a regular file"},
+      // --procs 2 makes two pools of one pCPU: vm1's vCPU pinned to pCPU 0 is outside its own.
+      {{{"sched", "credit"},
+        {"pcpus", "2"},
+        {"vms", "2"},
+        {"vcpu-pin", "0"},
+        {"procs", "1,2"},
+        {"guest", "spin"}},
+       "outside the pool"},
+  };
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.message);
+    const std::string dir = t.sub("m-" + std::to_string(&c - cases));
+    CountingRun run;
+    std::ostringstream log;
+    try {
+      run_matrix(make_spec(c.flags, 2, 1), {dir, false, false}, kvmscale::app::parse_run_args,
+                 std::ref(run), nullptr, log);
+      ADD_FAILURE() << "the matrix ran";
+    } catch (const ConfigError& e) {
+      EXPECT_NE(std::string(e.what()).find(c.message), std::string::npos) << e.what();
+    }
+    EXPECT_EQ(run.calls, 0);
+    EXPECT_FALSE(fs::exists(dir + "/matrix.json"));
+  }
+}
+
+// A long but valid axis value (here a 300-byte image path) gives an id too long for a file name:
+// it is shortened to a readable prefix and a hash of the cell's values, the same every time, so
+// the matrix runs, resumes and collects. Before, the id was the whole value: the first record
+// could not be written ("File name too long") after its run.
+TEST(MatrixRun, AValueTooLongForAFileNameGetsAShortStableId) {
+  TempDir t;
+  const std::string long_dir = t.sub(std::string(200, 'd'));
+  const std::string image = image_file(long_dir + "/" + std::string(100, 'i') + ".bin", 64);
+  ASSERT_GE(image.size(), 300u);
+  MatrixSpec spec = make_spec({{"guest", "hello,file:" + image}, {"vms", "1,2"}}, 2, 3);
+  const std::vector<Cell> cells = expand(spec);
+  std::set<std::string> ids;
+  for (const Cell& c : cells) {
+    EXPECT_LE(c.id.size(), kMaxCellIdBytes) << c.id;
+    ids.insert(c.id);
+  }
+  EXPECT_EQ(ids.size(), cells.size());
+  EXPECT_EQ(cells[0].id, "guest-hello_vms-1_r0");  // short ids are as they were
+  const Cell& long_cell = cells[4];
+  ASSERT_EQ(long_cell.values.at("guest"), "file:" + image);
+  EXPECT_EQ(long_cell.id.rfind("guest-file-", 0), 0u) << long_cell.id;  // readable
+  EXPECT_EQ(long_cell.id.substr(long_cell.id.size() - 3), "_r0") << long_cell.id;
+  EXPECT_EQ(expand(spec)[4].id, long_cell.id);  // stable
+  EXPECT_NE(cells[5].id, long_cell.id);         // the next repetition
+  EXPECT_NE(cells[6].id.substr(0, cells[6].id.size() - 3),
+            long_cell.id.substr(0, long_cell.id.size() - 3));  // another cell: another hash
+
+  CountingRun run;
+  std::ostringstream log;
+  MatrixOptions opt{t.sub("m"), false, false};
+  MatrixOutcome o =
+      run_matrix(spec, opt, kvmscale::app::parse_run_args, std::ref(run), nullptr, log);
+  EXPECT_EQ(o.ran, 8u);
+  EXPECT_TRUE(fs::exists(t.sub("m/cells/" + long_cell.id + ".json")));
+  EXPECT_EQ(load_rows(spec, opt.dir).size(), 8u);
+  opt.resume = true;
+  o = run_matrix(spec, opt, kvmscale::app::parse_run_args, std::ref(run), nullptr, log);
+  EXPECT_EQ(o.skipped, 8u);
+  EXPECT_EQ(run.calls, 8);
+}
+
+// A directory so deep that a cell's file would pass PATH_MAX is refused before any run, naming
+// the limit (before: the first run ran, then its record could not be written).
+TEST(MatrixRun, ADirectoryTooDeepForTheCellFilesIsRefusedBeforeAnyRun) {
+  TempDir t;
+  fs::path deep = t.path;
+  while (deep.string().size() < 3700) deep /= std::string(200, 'p');
+  deep /= std::string(3950 - deep.string().size() - 1, 'q');  // 3950 bytes: matrix.json fits
+  fs::create_directories(deep);
+  MatrixSpec spec =
+      make_spec({{"vms", "1,2"}, {"duration", std::string(180, '0') + "1s,2s"}}, 1, 1);
+  CountingRun run;
+  std::ostringstream log;
+  try {
+    run_matrix(spec, {(deep / "m").string(), false, false}, kvmscale::app::parse_run_args,
+               std::ref(run), nullptr, log);
+    ADD_FAILURE() << "the matrix ran";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("PATH_MAX"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(run.calls, 0);
+  EXPECT_FALSE(fs::exists(deep / "m"));
+}
+
+// SIGINT during the checks of a big matrix ends them at once: the stop flag is polled per cell,
+// nothing is written and the directory lock is free again.
+TEST(MatrixRun, AStopWhileCheckingTheCellsEndsTheChecksAndWritesNothing) {
+  TempDir t;
+  std::string values;
+  for (int i = 1; i <= 40; i++) values += (i > 1 ? "," : "") + std::to_string(i);
+  MatrixSpec spec = make_spec({{"vms", values}, {"guest", "spin"}}, 1, 1);
+  int checked = 0;
+  auto config = [&](const std::vector<std::string>& args) {
+    checked++;
+    return kvmscale::app::parse_run_args(args);
+  };
+  CountingRun run;
+  std::ostringstream log;
+  const std::string dir = t.sub("m");
+  MatrixOutcome o = run_matrix(
+      spec, {dir, false, false}, config, std::ref(run), [&] { return checked >= 5; }, log);
+  EXPECT_TRUE(o.interrupted);
+  EXPECT_EQ(checked, 5);  // not 40
+  EXPECT_EQ(run.calls, 0);
+  EXPECT_FALSE(fs::exists(dir + "/matrix.json"));
+  EXPECT_FALSE(fs::exists(dir + "/summary.csv"));
+  EXPECT_NO_THROW(MatrixDirLock(dir, MatrixDirLock::Mode::Exclusive));
+}
