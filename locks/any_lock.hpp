@@ -65,7 +65,11 @@ class AnyLock {
     const bool traced = KS_PROBE_ENABLED(lock_acquire) || KS_PROBE_ENABLED(lock_release);
     if (profile_ == nullptr && !traced) return raw_lock(n, poll);
     int64_t wait_ns = -1;  // the first try succeeded
-    if (!raw_try(n)) {
+    if (auto* ext = std::get_if<Ext>(&impl_)) {
+      // Trying first would cost a simulated lock one more operation than an unprofiled lock().
+      const uint64_t t0 = lock_clock_ns();
+      if (ext_lock(**ext, poll)) wait_ns = int64_t(lock_clock_ns() - t0);
+    } else if (!raw_try(n)) {
       uint64_t t0 = lock_clock_ns();
       raw_lock(n, poll);
       wait_ns = int64_t(lock_clock_ns() - t0);
@@ -110,16 +114,21 @@ class AnyLock {
       return n.none;
   }
   using Ext = std::unique_ptr<ExternalLock>;
+  // True if it waited.
+  template <typename Poll>
+  static bool ext_lock(ExternalLock& l, Poll& poll) {
+    if constexpr (kPolls<Poll>)
+      return l.lock([](void* p) { (*static_cast<Poll*>(p))(); }, &poll);
+    else
+      return l.lock(nullptr, nullptr);
+  }
   template <typename Poll>
   void raw_lock(Node& n, Poll& poll) {
     std::visit(
         [&](auto& l) {
           using L = std::decay_t<decltype(l)>;
           if constexpr (std::is_same_v<L, Ext>) {
-            if constexpr (kPolls<Poll>)
-              l->lock([](void* p) { (*static_cast<Poll*>(p))(); }, &poll);
-            else
-              l->lock(nullptr, nullptr);
+            ext_lock(*l, poll);
           } else if constexpr (!std::is_same_v<L, std::monostate>) {
             l.lock(node_for<L>(n), poll);
           }

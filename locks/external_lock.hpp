@@ -14,9 +14,11 @@ namespace kvmscale::locks {
 class ExternalLock {
  public:
   virtual ~ExternalLock() = default;
-  // Waits until the lock is this caller's. poll(poll_ctx), when poll is not null, is the
-  // waiter's urgent work (AnyLock::lock's poll), to be called while it waits.
-  virtual void lock(void (*poll)(void*), void* poll_ctx) = 0;
+  // Waits until the lock is this caller's; true if it had to wait (the lock was not free).
+  // poll(poll_ctx), when poll is not null, is the waiter's urgent work (AnyLock::lock's poll), to
+  // be called while it waits. AnyLock profiles from the result instead of trying first, so a
+  // profile (or a tracer) does not change what a simulated lock costs.
+  virtual bool lock(void (*poll)(void*), void* poll_ctx) = 0;
   // Takes the lock iff it is free at this instant.
   virtual bool try_lock() = 0;
   virtual void unlock() = 0;

@@ -203,7 +203,16 @@ uint64_t Engine::run(Time until) {
       std::rethrow_exception(e);
     }
   }
-  if (until != kForever && until > now_) now_ = until;
+  if (until != kForever) {
+    if (until > now_) now_ = until;
+  } else if (actors_alive() > 0) {
+    // No event is left, so nothing can wake the actors still waiting.
+    std::string names;
+    for (const auto& a : actors_)
+      if (!a->finished()) names += (names.empty() ? "'" : ", '") + a->name_ + "'";
+    throw Deadlock("sim: deadlock at " + std::to_string(now_) +
+                   " ns: no event is left and these actors wait: " + names);
+  }
   return ran;
 }
 
@@ -218,7 +227,11 @@ void Engine::resume(Actor& a) {
       c.map = nullptr;
       throw std::runtime_error("sim: cannot map a stack for actor '" + a.name_ + "'");
     }
-    mprotect(c.map, page, PROT_NONE);
+    if (mprotect(c.map, page, PROT_NONE) != 0) {
+      munmap(c.map, c.map_bytes);
+      c.map = nullptr;
+      throw std::runtime_error("sim: cannot protect the guard page of actor '" + a.name_ + "'");
+    }
     c.stack_bottom = static_cast<char*>(c.map) + page;
     c.stack_size = stack_bytes_;
     c.fctx = fc::make_fcontext(static_cast<char*>(c.map) + c.map_bytes, stack_bytes_,
@@ -260,7 +273,14 @@ void WaitQueue::wait() {
   if (!a) throw std::logic_error("sim: WaitQueue::wait() outside an actor");
   a->state_ = Actor::State::Waiting;
   waiters_.push_back(a);
-  engine_.suspend();
+  try {
+    engine_.suspend();
+  } catch (const Cancelled&) {
+    // shutdown() unwinds it: leave the queue, or a release run later (another actor unwinding
+    // through a lock guard) would hand the lock to a finished actor.
+    waiters_.erase(std::find(waiters_.begin(), waiters_.end(), a));
+    throw;
+  }
 }
 
 Actor& WaitQueue::wake(size_t i, Time delay) {

@@ -16,6 +16,7 @@
 #include <functional>
 #include <memory>
 #include <random>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -54,6 +55,12 @@ class Actor {
 // Thrown at an actor's suspension point when the engine is destroyed before the actor finished:
 // it unwinds the actor's stack (destructors run). Do not swallow it.
 struct Cancelled {};
+
+// Thrown by run() without a limit when no event is left while actors still wait: nothing can ever
+// wake them (e.g. two actors taking two locks in opposite orders). Names the waiting actors.
+struct Deadlock : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
 
 class Engine {
  public:

@@ -22,19 +22,20 @@ bool LockCosts::random_winner(Strategy s) {
   return s == Strategy::Ttas || s == Strategy::SpinYield;
 }
 
-void SimLock::lock(void (*poll)(void*), void* poll_ctx) {
+bool SimLock::lock(void (*poll)(void*), void* poll_ctx) {
   Actor* me = engine_.current();
   if (!me) throw std::logic_error("sim: a simulated lock taken outside an actor");
   if (owner_ == me) throw std::logic_error("sim: actor '" + me->name() + "' relocks a lock");
   if (owner_ == nullptr) {
     owner_ = me;
     engine_.advance(costs_.line_ns);
-    return;
+    return false;
   }
   // Interrupts while waiting (cross-calls aimed at this pCPU) are not simulated yet: poll once,
   // as a real waiter does before it first spins.
   if (poll) poll(poll_ctx);
   waiters_.wait();  // unlock() made us the owner and charged the hand-off
+  return true;
 }
 
 bool SimLock::try_lock() {

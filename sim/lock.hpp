@@ -39,7 +39,7 @@ class SimLock : public locks::ExternalLock {
       : engine_(e), strategy_(s), costs_(costs), waiters_(e) {}
 
   // Called by an actor: suspends it while the lock is someone else's.
-  void lock(void (*poll)(void*), void* poll_ctx) override;
+  bool lock(void (*poll)(void*), void* poll_ctx) override;
   bool try_lock() override;
   void unlock() override;
 

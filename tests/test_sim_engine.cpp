@@ -11,6 +11,7 @@
 
 #include "locks/common.hpp"
 #include "sim/engine.hpp"
+#include "sim/lock.hpp"
 #include "vmm/clock.hpp"
 
 using namespace kvmscale;
@@ -187,7 +188,7 @@ TEST(SimEngine, ShutdownUnwindsActorsThatNeverFinished) {
       q.wait();  // nobody wakes it
       after_wait = true;
     });
-    e.run();
+    e.run(1000);
     EXPECT_EQ(e.actors_alive(), 1u);
     e.shutdown();
     EXPECT_TRUE(unwound) << "the actor's stack was unwound";
@@ -236,4 +237,68 @@ TEST(SimEngine, AFinishedActorGivesItsStackBack) {
   EXPECT_EQ(e.actors_alive(), 0u);
   EXPECT_LE(most_stacks, 3u) << "the spawner, at most two short ones";
   EXPECT_EQ(e.stacks(), 0u);
+}
+
+// A waiter unwound by shutdown() leaves its queue: the holder's release, run while the holder
+// unwinds after it, must not hand the lock to a finished actor.
+TEST(SimEngine, AWaiterUnwoundAtShutdownLeavesItsQueue) {
+  Engine e(1);
+  sim::SimLock lock(e, locks::Strategy::Mcs, sim::LockCosts{});
+  e.spawn("waiter", [&] {
+    e.advance(10);  // the holder has it by then
+    lock.lock(nullptr, nullptr);
+    lock.unlock();
+  });
+  e.spawn("holder", [&] {
+    lock.lock(nullptr, nullptr);
+    struct Release {
+      sim::SimLock& l;
+      ~Release() { l.unlock(); }
+    } release{lock};
+    e.advance(1'000'000);  // still holding when the run stops
+  });
+  e.run(100);
+  ASSERT_EQ(lock.waiting(), 1u);
+  e.shutdown();  // the waiter (spawned first) unwinds first, then the holder releases
+  EXPECT_EQ(lock.waiting(), 0u) << "the unwound waiter left the queue";
+  EXPECT_FALSE(lock.held()) << "nobody owns the lock: its last owner let go, no one waits";
+  EXPECT_EQ(lock.handoffs(), 0u) << "the lock was not handed to a finished actor";
+}
+
+// run() with no limit that runs out of events while actors still wait is a deadlock: it says so,
+// naming them, instead of returning as if the run had ended.
+TEST(SimEngine, ADeadlockIsReportedNamingTheBlockedActors) {
+  Engine e(1);
+  sim::SimLock a(e, locks::Strategy::Ticket, sim::LockCosts{});
+  sim::SimLock b(e, locks::Strategy::Ticket, sim::LockCosts{});
+  auto take = [&](sim::SimLock& first, sim::SimLock& second) {
+    first.lock(nullptr, nullptr);
+    e.advance(1'000);
+    second.lock(nullptr, nullptr);
+    second.unlock();
+    first.unlock();
+  };
+  e.spawn("ab", [&] { take(a, b); });
+  e.spawn("ba", [&] { take(b, a); });
+  try {
+    e.run();
+    FAIL() << "run() returned while two actors wait for each other";
+  } catch (const sim::Deadlock& d) {
+    const std::string what = d.what();
+    EXPECT_NE(what.find("'ab'"), std::string::npos) << what;
+    EXPECT_NE(what.find("'ba'"), std::string::npos) << what;
+  }
+  EXPECT_EQ(e.actors_alive(), 2u);
+  e.shutdown();
+  EXPECT_EQ(e.actors_alive(), 0u);
+}
+
+// A bounded run may leave actors waiting (an idle pCPU at the end of a run): not a deadlock.
+TEST(SimEngine, ABoundedRunLeavesWaitersWaiting) {
+  Engine e(1);
+  WaitQueue q(e);
+  e.spawn("idle", [&] { q.wait(); });
+  EXPECT_NO_THROW(e.run(5'000));
+  EXPECT_EQ(e.now(), 5'000u);
+  EXPECT_EQ(q.size(), 1u);
 }
