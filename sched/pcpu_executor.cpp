@@ -8,8 +8,8 @@
 // tick, slice end or block timeout; the signal only gets through inside KVM_RUN (see
 // vmm/kick.hpp), so it forces exactly one return to the pCPU loop. Idle pCPUs sleep on a condition
 // variable until tickled or their earliest timer. Block timeouts live on the pCPU where the vCPU
-// blocked (BlockTimers), as Xen's timers are per CPU: on the hot path only pCPU threads take
-// run-queue locks.
+// blocked (BlockTimers, sched/pcpu_sequence.hpp), as Xen's timers are per CPU: on the hot path only
+// pCPU threads take run-queue locks.
 #include <numa.h>
 #include <pthread.h>
 #include <sched.h>
