@@ -8,8 +8,8 @@
 // tick, slice end or block timeout; the signal only gets through inside KVM_RUN (see
 // vmm/kick.hpp), so it forces exactly one return to the pCPU loop. Idle pCPUs sleep on a condition
 // variable until tickled or their earliest timer. Block timeouts live on the pCPU where the vCPU
-// blocked (BlockTimers), as Xen's timers are per CPU: on the hot path only pCPU threads take
-// run-queue locks.
+// blocked (BlockTimers, sched/pcpu_sequence.hpp), as Xen's timers are per CPU: on the hot path only
+// pCPU threads take run-queue locks.
 #include <numa.h>
 #include <pthread.h>
 #include <sched.h>
@@ -33,7 +33,7 @@
 #include "sched/credit.hpp"
 #include "sched/executor.hpp"
 #include "sched/p2m.hpp"
-#include "sched/wake_slot.hpp"
+#include "sched/pcpu_sequence.hpp"
 #include "vmm/clock.hpp"
 
 namespace kvmscale::sched {
@@ -46,51 +46,6 @@ struct ExecVcpu {
   P2m* p2m = nullptr;  // its VM's p2m view (dirty mask, invalidate marks, epochs)
   std::atomic<bool> finished{false};
   std::atomic<uint64_t> timer_gen{0};  // block generation of its newest timeout (BlockTimers)
-};
-
-// Block timeouts of the vCPUs that blocked on one pCPU, kept by that pCPU as Xen keeps timers
-// per CPU (do_poll arms v->poll_timer on the vCPU's processor, xen/common/schedule.c; Xen moves it
-// on migration, ours need not: a blocked vCPU is never stolen). Only the pCPU's own thread touches
-// them, so firing one takes no lock but the run queue's (in wake()). An entry goes stale when its
-// vCPU blocks again (a newer generation); stale entries are dropped when they come due or when they
-// outnumber the live ones.
-class BlockTimers {
- public:
-  void add(uint64_t deadline, SchedVcpu* v, uint64_t gen, std::atomic<uint64_t>& latest) {
-    latest.store(gen, std::memory_order_relaxed);
-    heap_.push_back({deadline, v, gen, &latest});
-    std::push_heap(heap_.begin(), heap_.end(), Later{});
-    if (heap_.size() > 2 * live_limit_) compact();
-  }
-  uint64_t earliest() const { return heap_.empty() ? 0 : heap_.front().deadline; }
-  // Wakes (timed out) every vCPU whose deadline has passed.
-  void fire(CreditScheduler& s, uint64_t now) {
-    while (!heap_.empty() && heap_.front().deadline <= now) {
-      std::pop_heap(heap_.begin(), heap_.end(), Later{});
-      Entry e = heap_.back();
-      heap_.pop_back();
-      if (e.latest->load(std::memory_order_relaxed) == e.gen) s.wake(*e.v, now, true, e.gen);
-    }
-  }
-  void set_live_limit(size_t n) { live_limit_ = std::max<size_t>(n, 32); }
-
- private:
-  struct Entry {
-    uint64_t deadline;
-    SchedVcpu* v;
-    uint64_t gen;
-    std::atomic<uint64_t>* latest;  // the vCPU's newest timed block
-  };
-  struct Later {
-    bool operator()(const Entry& a, const Entry& b) const { return a.deadline > b.deadline; }
-  };
-  void compact() {
-    std::erase_if(
-        heap_, [](const Entry& e) { return e.latest->load(std::memory_order_relaxed) != e.gen; });
-    std::make_heap(heap_.begin(), heap_.end(), Later{});
-  }
-  std::vector<Entry> heap_;
-  size_t live_limit_ = 32;
 };
 
 class PcpuExecutor final : public Executor, public PcpuSignals {
@@ -133,7 +88,6 @@ class PcpuExecutor final : public Executor, public PcpuSignals {
   const char* name() const override { return opt_.params.round_robin ? "rr" : "credit"; }
 
   void start() override {
-    for (auto& pc : pcpus_) pc->timers.set_live_limit(vcpus_.size());
     start_ns_ = now_ns();
     sched_->start(start_ns_);
     try {
@@ -239,9 +193,8 @@ class PcpuExecutor final : public Executor, public PcpuSignals {
     std::mutex idle_mu;
     std::condition_variable idle_cv;
     bool tickled = false;
-    uint64_t busy_ns = 0;   // inside KVM_RUN; own thread only
-    uint64_t sched_ns = 0;  // in tick(), schedule() (with balancing), timers
-    BlockTimers timers;     // own thread only
+    uint64_t busy_ns = 0;   // inside KVM_RUN (PcpuSequence::busy_ns); set when its thread ends
+    uint64_t sched_ns = 0;  // in tick(), schedule() (with balancing), timers; idem
   };
 
   void finish(ExecVcpu& ev, uint64_t now) {
@@ -251,12 +204,6 @@ class PcpuExecutor final : public Executor, public PcpuSignals {
 
   void crash_vm(const vmm::Vm* vm, uint64_t now) {
     for (ExecVcpu* ev : by_vm_.at(vm->index())) finish(*ev, now);
-  }
-
-  // The earlier of two deadlines, 0 meaning none.
-  static uint64_t earliest_of(uint64_t a, uint64_t b) {
-    if (a == 0) return b;
-    return b == 0 ? a : std::min(a, b);
   }
 
   // Sleeps until tickled or `until` (0: until tickled).
@@ -307,6 +254,58 @@ class PcpuExecutor final : public Executor, public PcpuSignals {
     }
   }
 
+  // pCPU p's environment for PcpuSequence: KVM_RUN with this thread's kicker, a POSIX timer that
+  // kicks it, the condition-variable idle.
+  class KvmEnv final : public PcpuEnv {
+   public:
+    KvmEnv(PcpuExecutor& x, uint32_t p, timer_t timer)
+        : x_(x), p_(p), pc_(*x.pcpus_[p]), timer_(timer), safe_point_([&x, p] {
+            if (x.cc_) x.cc_->safe_point(p);
+          }) {}
+    uint64_t now() override { return now_ns(); }
+    void idle_until(uint64_t until) override { x_.idle_wait(pc_, until); }
+    void arm_timer(uint64_t at) override {
+      itimerspec its{};
+      its.it_value.tv_sec = time_t(at / 1000000000ull);
+      its.it_value.tv_nsec = long(at % 1000000000ull);
+      timer_settime(timer_, TIMER_ABSTIME, &its, nullptr);
+    }
+    void request_accounting() override { x_.request_accounting(); }
+    vmm::Action run_guest(SchedVcpu& v) override {
+      ExecVcpu& ev = of(v);
+      return ev.vm->run_once(*ev.vcpu, pc_.kicker,
+                             {&x_.tlbs_[p_], &safe_point_, ev.p2m->exit_view()});
+    }
+    bool vm_stopped(SchedVcpu& v) override { return of(v).vm->stopped(); }
+    void set_hcall_result(SchedVcpu& v, uint64_t r) override { of(v).vcpu->set_hcall_result(r); }
+    void finish(SchedVcpu& v, uint64_t now) override { x_.finish(of(v), now); }
+    SchedVcpu& wake_target(SchedVcpu& v, uint64_t index) override {
+      return *x_.by_vm_.at(of(v).vm->index())[index]->sv;
+    }
+    void exited(SchedVcpu& v, int64_t code, uint64_t now) override {
+      ExecVcpu& ev = of(v);
+      ev.vm->vcpu_exited(*ev.vcpu, code);
+      x_.finish(ev, now);
+    }
+    void crashed(SchedVcpu& v, const std::string& reason, uint64_t now) override {
+      ExecVcpu& ev = of(v);
+      if (ev.vm->crash(reason))
+        x_.crash_vm(ev.vm, now);
+      else
+        x_.finish(ev, now);
+    }
+    std::atomic<uint64_t>& timer_gen(SchedVcpu& v) override { return of(v).timer_gen; }
+    P2m* p2m(SchedVcpu& v) override { return of(v).p2m; }
+
+   private:
+    static ExecVcpu& of(SchedVcpu& v) { return *static_cast<ExecVcpu*>(v.owner); }
+    PcpuExecutor& x_;
+    const uint32_t p_;
+    Pcpu& pc_;
+    timer_t timer_;
+    const std::function<void()> safe_point_;
+  };
+
   void pcpu_loop(uint32_t p) {
     Pcpu& pc = *pcpus_[p];
     if (host_cpu_[p] >= 0) {
@@ -318,96 +317,12 @@ class PcpuExecutor final : public Executor, public PcpuSignals {
     pc.kicker.bind_current_thread();
     threads_of_->register_current(p);
     timer_t timer = make_timer();
-    const uint64_t tick = sched_->params().tick_ns;
-    // Stagger ticks so pCPUs do not all account at once.
-    uint64_t next_tick = start_ns_ + tick * (p + 1) / pcpus_.size();
-    uint64_t armed = 0, deadline = 0;
-    SchedVcpu* cur = nullptr;
-    P2m* held = nullptr;  // the VM whose translations this pCPU holds (its dirty mask)
-    const std::function<void()> safe_point = [this, p] {
-      if (cc_) cc_->safe_point(p);
-    };
-    while (!stopping_.load(std::memory_order_relaxed)) {
-      if (cc_) cc_->serve(p);  // a safe point: answer flushes before anything else
-      uint64_t now = now_ns();
-      if (now >= next_tick || (pc.timers.earliest() && now >= pc.timers.earliest())) {
-        if (now >= next_tick) {
-          if (sched_->tick(p, now)) request_accounting();
-          while (next_tick <= now) next_tick += tick;
-        }
-        pc.timers.fire(*sched_, now);
-        uint64_t after = now_ns();
-        pc.sched_ns += after - now;
-        now = after;
-      }
-      if (!cur || now >= deadline || sched_->need_resched(p)) {
-        auto d = sched_->schedule(p, now);
-        cur = d.next;
-        deadline = d.until_ns;
-        pc.sched_ns += now_ns() - now;
-      }
-      if (!cur) {
-        // Only pCPU 0 keeps ticking while idle (Xen ticks idle pCPUs too; one keeps the tick
-        // counts comparable across runs). An idle pCPU uses no translation: flushes need not
-        // wait for it (it serves them when it wakes).
-        if (cc_) cc_->set_stalled(p, true, CrossCall::kIdle);
-        idle_wait(pc, earliest_of(p == 0 ? next_tick : 0, pc.timers.earliest()));
-        if (cc_) cc_->set_stalled(p, false, CrossCall::kIdle);
-        continue;
-      }
-      auto& ev = *static_cast<ExecVcpu*>(cur->owner);
-      if (ev.vm->stopped()) {
-        finish(ev, now);
-        continue;
-      }
-      if (cur->block_result_due) {
-        ev.vcpu->set_hcall_result(cur->block_result);
-        cur->block_result_due = false;
-      }
-      uint64_t wake_at = earliest_of(std::min(deadline, next_tick), pc.timers.earliest());
-      if (wake_at != armed) {
-        itimerspec its{};
-        its.it_value.tv_sec = time_t(wake_at / 1000000000ull);
-        its.it_value.tv_nsec = long(wake_at % 1000000000ull);
-        timer_settime(timer, TIMER_ABSTIME, &its, nullptr);
-        armed = wake_at;
-      }
-      P2m::enter(p, held, *ev.p2m);  // switches dirty masks, honours invalidate marks
-      uint64_t t0 = now_ns();
-      if (cc_) cc_->set_in_guest(p, true);  // until the exit handler's first safe point
-      vmm::Action a =
-          ev.vm->run_once(*ev.vcpu, pc.kicker, {&tlbs_[p], &safe_point, ev.p2m->exit_view()});
-      if (cc_) cc_->safe_point(p);
-      uint64_t t1 = now_ns();
-      pc.busy_ns += t1 - t0;
-      using K = vmm::Action::Kind;
-      switch (a.kind) {
-        case K::Resume:
-        case K::Kicked: break;
-        case K::Yield: sched_->yield(p, *cur); break;
-        case K::Block:
-          if (sched_->block(p, *cur, t1)) {
-            if (block_has_timeout(a.value))
-              pc.timers.add(t1 + a.value, cur, cur->block_gen, ev.timer_gen);
-          } else {
-            ev.vcpu->set_hcall_result(0);  // a wake was already pending
-          }
-          break;
-        case K::Wake: sched_->wake(*by_vm_.at(ev.vm->index())[a.value]->sv, t1); break;
-        case K::Exit:
-          ev.vm->vcpu_exited(*ev.vcpu, int64_t(a.value));
-          finish(ev, t1);
-          break;
-        case K::Crash:
-          if (ev.vm->crash(a.reason))
-            crash_vm(ev.vm, t1);
-          else
-            finish(ev, t1);
-          break;
-      }
-    }
-    if (cur) sched_->finish(*cur, now_ns());  // the run is over: leave nothing marked Running
-    if (cc_) cc_->set_stalled(p, true, CrossCall::kGone);  // never wait for it again
+    KvmEnv env(*this, p, timer);
+    PcpuSequence seq(p, uint32_t(pcpus_.size()), *sched_, env, cc_, start_ns_, vcpus_.size());
+    while (!stopping_.load(std::memory_order_relaxed)) seq.turn();
+    seq.end();
+    pc.busy_ns = seq.busy_ns();
+    pc.sched_ns = seq.sched_ns();
     timer_delete(timer);
   }
 
