@@ -329,7 +329,10 @@ CreditScheduler::Decision CreditScheduler::schedule(uint32_t p, uint64_t now) {
     RunqGuard g(*pcpus_[p]);
     d = schedule_locked(*pcpus_[p], now, moving);
   }
-  if (moving) migrate(*moving, now);
+  if (moving) {
+    if (between_locks_hook) between_locks_hook(*moving);
+    migrate(*moving, now);
+  }
   return d;
 }
 
