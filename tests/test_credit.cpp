@@ -1230,3 +1230,29 @@ TEST(CreditInvariant, ConcurrentPcpusNeverRunAVcpuTwice) {
   EXPECT_GT(moves, 0u) << "no tick moved a running vCPU: the two-lock path was not exercised";
   EXPECT_GT(migrations, 0u);
 }
+
+// csched_schedule: a vCPU marked migrating (_VPF_migrating) is not runnable there, so the
+// ratelimit does not keep it even when vcpu_migrate's _csched_cpu_pick then leaves it where it
+// is (the idler it was marked for got busy meanwhile): the head of the queue runs.
+TEST(CreditRule, AVcpuMarkedMigratingThatStaysIsNotKeptByTheRatelimit) {
+  CreditParams p = no_ratelimit(Balance::None);
+  p.ratelimit_ns = 100 * ms;  // a is within its ratelimit throughout
+  Fixture f(2, p);
+  auto& d = f.s.add_domain(256, 0);
+  auto& a = f.vcpu(d);
+  auto& b = f.vcpu(d);
+  auto& c = f.vcpu(d, 1);
+  f.s.start(0, [](const SchedVcpu& v) { return v.id == 2 ? 1u : 0u; });
+  ASSERT_EQ(f.s.schedule(0, 0).next, &a);
+  ASSERT_EQ(f.s.schedule(1, 0).next, &c);
+  ASSERT_TRUE(f.s.block(1, c, 0));
+  ASSERT_EQ(f.s.schedule(1, 0).next, nullptr);
+  f.s.tick(0, 10 * ms);  // activates a
+  f.s.tick(0, 20 * ms);  // pCPU 1 idles: a is marked migrating
+  ASSERT_EQ(f.s.pcpu_stats(0).migrate_running, 1u);
+  f.s.wake(c, 20 * ms);
+  ASSERT_EQ(f.s.schedule(1, 20 * ms).next, &c);  // no idler left: a stays on pCPU 0
+  EXPECT_EQ(f.s.schedule(0, 21 * ms).next, &b) << "the ratelimit kept a migrating vCPU";
+  EXPECT_EQ(a.processor.load(), 0u);
+  EXPECT_EQ(f.s.queued(0), std::vector<SchedVcpu*>{&a});
+}
