@@ -1256,3 +1256,22 @@ TEST(CreditRule, AVcpuMarkedMigratingThatStaysIsNotKeptByTheRatelimit) {
   EXPECT_EQ(a.processor.load(), 0u);
   EXPECT_EQ(f.s.queued(0), std::vector<SchedVcpu*>{&a});
 }
+
+// --sched rr: no accounting, so no activation to wait for; the tick moves the running vCPU to
+// an idler the same way (the first tick already may).
+TEST(CreditRule, UnderRoundRobinTheTickAlsoMovesARunningVcpuToAnIdler) {
+  CreditParams p = no_ratelimit(Balance::Xen);
+  p.round_robin = true;
+  p.migration_delay_ns = 1000 * ms;  // no steals: only the tick can give pCPU 1 work
+  Fixture f(2, p);
+  auto& d = f.s.add_domain(256, 0);
+  auto& a = f.vcpu(d);
+  auto& b = f.vcpu(d);
+  f.s.start(0, [](const SchedVcpu&) { return 0u; });
+  Sim sim(f);
+  sim.run(0, 300 * ms);
+  EXPECT_GT(f.s.pcpu_stats(1).balance.skipped_hot, 0u) << "pCPU 1 first found b cache-hot";
+  EXPECT_EQ(f.s.pcpu_stats(0).migrate_running, 1u);
+  EXPECT_LE(sim.busy_since[1], f.s.params().tick_ns) << "pCPU 1 idled on";
+  EXPECT_EQ(a.stats.migrations + b.stats.migrations, 1u);
+}
