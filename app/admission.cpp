@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <system_error>
 
+#include "app/pod_runtime.hpp"
 #include "guests/include/kvmscale_abi.h"
 #include "vmm/guest_images.hpp"
 #include "vmm/run_area.hpp"
@@ -70,10 +71,7 @@ LimitCheck check_limits(HostInfo& h, const RunConfig& cfg,
   // File descriptors: one per vCPU once set up, and some to spare.
   const uint64_t reserve = kSpareFds;
   // With PoD: a userfaultfd, an eventfd and an io_uring per fault thread (mm/fault_service.cpp).
-  const uint64_t pod_fds =
-      cfg.pod_target.empty()
-          ? 0
-          : 2 + (cfg.fault_threads ? cfg.fault_threads : uint64_t(cfg.shard_pcpus()));
+  const uint64_t pod_fds = cfg.pod_target.empty() ? 0 : 2 + PodRuntime::fault_threads_for(cfg);
   const uint64_t fds = vms * fds_per_vm(cfg.vcpus) + reserve + pod_fds;
   if (fds > h.nofile_soft) {
     rlimit rl{h.nofile_soft, h.nofile_hard};

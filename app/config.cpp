@@ -368,7 +368,9 @@ void RunConfig::validate() const {
     throw ConfigError("unknown --pod-reclaim '" + pod_reclaim + "' (available: xen, batched)");
   if (call_lock != "global" && call_lock != "percpu")
     throw ConfigError("unknown --call-lock '" + call_lock + "' (available: global, percpu)");
-  if (fault_threads > 64) throw ConfigError("--fault-threads must be 0 (one per pCPU) or 1-64");
+  if (fault_threads > kMaxFaultThreads)
+    throw ConfigError("--fault-threads must be 0 (one per pCPU) or 1-" +
+                      std::to_string(kMaxFaultThreads));
   if (procs != "auto") {
     if (std::string why = decimal_count_error(procs); !why.empty() || procs == "0")
       throw ConfigError("--procs must be auto or a count of at least 1 (got '" + procs + "')");

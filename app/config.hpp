@@ -65,7 +65,8 @@ struct RunConfig {
   uint32_t sweep_stride = 16, sweep_limit = 1024;
   std::string pod_reclaim = "xen";   // xen (4.7's rule) | batched (reclaim only when empty)
   std::string call_lock = "global";  // global | percpu
-  uint32_t fault_threads = 0;   // 0: one per pCPU (each acts for the pCPU whose fault it serves)
+  uint32_t fault_threads = 0;  // 0: one per pCPU (each acts for the pCPU whose fault it serves)
+  static constexpr uint32_t kMaxFaultThreads = 1024;  // explicit or default (PodRuntime)
   std::string lock = "ticket";  // --lock: strategy, or CLASS=NAME overrides (locks::LockPolicy)
   bool lock_profile = true;
   std::string out = "results";

@@ -46,7 +46,7 @@ class PodRuntime {
 
   // Fault threads a run starts: --fault-threads, or by default one per pCPU of this process
   // (as many flushes in flight as pCPUs can fault at once), at most kMaxDefaultFaultThreads.
-  static constexpr uint32_t kMaxDefaultFaultThreads = 1024;
+  static constexpr uint32_t kMaxDefaultFaultThreads = RunConfig::kMaxFaultThreads;
   static uint32_t fault_threads_for(const RunConfig& cfg) {
     return cfg.fault_threads ? cfg.fault_threads
                              : std::min(kMaxDefaultFaultThreads, cfg.shard_pcpus());

@@ -219,8 +219,8 @@ std::vector<Setting> make_table() {
           .eg("percpu"),
       // Records from before one fault thread per pCPU had one fault thread.
       count("fault-threads", "fault_threads",
-            "threads serving userfaultfd (io_uring); 0 = one per pCPU, each acting as the flush "
-            "initiator for the pCPU whose fault it serves",
+            "threads serving userfaultfd (io_uring), 1-1024; 0 = one per pCPU (at most 1024), "
+            "each acting as the flush initiator for the pCPU whose fault it serves",
             &RunConfig::fault_threads)
           .legacy_value(1)
           .eg("2"),

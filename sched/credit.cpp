@@ -329,7 +329,10 @@ CreditScheduler::Decision CreditScheduler::schedule(uint32_t p, uint64_t now) {
     RunqGuard g(*pcpus_[p]);
     d = schedule_locked(*pcpus_[p], now, moving);
   }
-  if (moving) migrate(*moving, now);
+  if (moving) {
+    if (between_locks_hook) between_locks_hook(*moving);
+    migrate(*moving, now);
+  }
   return d;
 }
 
@@ -347,15 +350,17 @@ CreditScheduler::Decision CreditScheduler::schedule_locked(Pcpu& pc, uint64_t no
     if (running) burn(*cur, now);
     const bool runnable = running && !cur->parked.load(std::memory_order_relaxed);
     // _VPF_migrating (set by a tick or a tickle): the vCPU is not vcpu_runnable() for
-    // csched_schedule, so no ratelimit and no requeue here; vcpu_migrate then moves it where
-    // _csched_cpu_pick says now, which may still be here.
+    // csched_schedule, so no ratelimit here; vcpu_migrate then moves it where _csched_cpu_pick
+    // says now. If that is still here, it is requeued now, behind its equals, rather than
+    // queued by vcpu_migrate's wake after the pick (the same place unless it outranks the head).
+    const bool migrating = cur->migrating;
     uint32_t target = p;
-    if (cur->migrating && runnable) target = cpu_pick(pc, *cur);
+    if (migrating && runnable) target = cpu_pick(pc, *cur);
     cur->migrating = false;
     const bool leaves = target != p;
     // Ratelimit: a runnable vCPU that has run less than ratelimit keeps the pCPU (yield or not,
     // as 4.7), for another ratelimit.
-    if (runnable && !leaves && params_.ratelimit_ns &&
+    if (runnable && !migrating && params_.ratelimit_ns &&
         now - cur->slice_start_ns < params_.ratelimit_ns) {
       KS_PROBE(sched_pick, p, int64_t(cur->id), int64_t(cur->dom->index), int64_t(cur->id));
       return {cur, now + params_.ratelimit_ns};

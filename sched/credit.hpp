@@ -113,6 +113,9 @@ class CreditScheduler {
   const PcpuSchedStats& pcpu_stats(uint32_t p) const;
   const std::vector<std::unique_ptr<SchedVcpu>>& vcpus() const { return vcpus_; }
   std::vector<SchedVcpu*> queued(uint32_t p) const;  // for tests
+  // Tests only: schedule() calls it with the vCPU leaving for another pCPU after it released
+  // the old pCPU's lock and before migrate() takes the target's, to inject events there.
+  std::function<void(SchedVcpu&)> between_locks_hook;
 
  private:
   struct Pcpu;

@@ -187,6 +187,7 @@ void CrossCall::on_selected_cpus(const CpuSet& targets, const Fn& fn, int self, 
         }
       }
     }
+    who.wait_passes.fetch_add(1, std::memory_order_release);
     locks::cpu_relax();
   }
   uint64_t lat = locks::lock_clock_ns() - t0;
@@ -206,6 +207,13 @@ void CrossCall::on_selected_cpus(const CpuSet& targets, const Fn& fn, int self, 
   latency_ns_.fetch_add(lat, std::memory_order_relaxed);
   locks::raise_to_max(latency_max_ns_, lat);
   latency_hist_[locks::LockStats::bucket(lat)].fetch_add(1, std::memory_order_relaxed);
+}
+
+uint64_t CrossCall::wait_passes() const {
+  uint64_t n = 0;
+  for (uint32_t i = 0; i <= npcpus(); i++)
+    n += initiators_[i].wait_passes.load(std::memory_order_acquire);
+  return n;
 }
 
 nlohmann::json CrossCall::report() const {

@@ -94,6 +94,9 @@ class CrossCall {
   // stall, latency (first kick to last ack) histogram, the most initiators seen at once and,
   // per initiating context, calls, call-lock wait and time as initiator.
   nlohmann::json report() const;
+  // Passes of every initiator's ack-wait loop so far, each after its excusal check (for tests:
+  // a target not excused at pass 1 was not excused then).
+  uint64_t wait_passes() const;
 
  private:
   struct Call;
@@ -129,6 +132,7 @@ class CrossCall {
   std::array<std::atomic<uint64_t>, 40> latency_hist_{};
   struct Initiator {
     std::atomic<uint64_t> calls{0}, lock_wait_ns{0}, busy_ns{0};
+    std::atomic<uint64_t> wait_passes{0};  // per initiator: no line shared by all of them
   };
   std::unique_ptr<Initiator[]> initiators_;  // per context, then one for "no context"
   std::atomic<uint32_t> inflight_{0}, inflight_max_{0};

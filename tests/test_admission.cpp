@@ -136,6 +136,20 @@ TEST(Admission, PodFaultServiceFdsAndKernelTasksAreCounted) {
   EXPECT_TRUE(mentions(host_mode.warnings, "kernel.pid_max"));
 }
 
+// The default (--fault-threads 0) counts the fault threads the run starts: one per pCPU, at most
+// PodRuntime::kMaxDefaultFaultThreads, so 4096 pCPUs need the fds of 1024 threads.
+TEST(Admission, PodFdsCountTheDefaultFaultThreadsTheRunStarts) {
+  HostInfo h = host_like_this_one();
+  RunConfig dflt = idle_vms(19900);
+  dflt.pod_target = "50%";
+  dflt.pcpus = 4096;
+  RunConfig capped = dflt;
+  capped.fault_threads = 1024;
+  const auto errors = check_limits(h, dflt, {4096}).errors;
+  ASSERT_TRUE(mentions(errors, "open files"));
+  EXPECT_EQ(errors, check_limits(h, capped, {4096}).errors);
+}
+
 TEST(Admission, AProcessOfAShardedRunChecksOnlyItsOwnFdsAndMappings) {
   HostInfo h = host_like_this_one();
   RunConfig c = idle_vms(30000, "host");  // 30,000 vCPU threads: over the user's limit

@@ -71,7 +71,7 @@ TEST(Cli, BadUsageExitsTwoWithAClearMessage) {
       {{"run", "--pod-granule", "8K"}, "4K or 2M"},
       {{"run", "--call-lock", "none"}, "--call-lock"},
       {{"run", "--pod-reclaim", "lazy"}, "--pod-reclaim"},
-      {{"run", "--fault-threads", "65"}, "--fault-threads"},
+      {{"run", "--fault-threads", "1025"}, "--fault-threads"},
       {{"matrix", "--vms", "1,0"}, "vms-0_r0"},
       {{"matrix", "--vms", "1,1"}, "repeated"},
       {{"matrix", "--resume"}, "--resume needs --out"},

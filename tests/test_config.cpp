@@ -44,6 +44,15 @@ TEST(Format, RoundTrips) {
 
 TEST(RunConfig, DefaultIsValid) { EXPECT_NO_THROW(RunConfig{}.validate()); }
 
+// An explicit --fault-threads goes as far as the default does (PodRuntime's 1024).
+TEST(RunConfig, FaultThreadsTakeOneTo1024) {
+  RunConfig c;
+  for (uint32_t n : {1u, 64u, 65u, 1024u}) {
+    c.fault_threads = n;
+    EXPECT_NO_THROW(c.validate()) << n;
+  }
+}
+
 TEST(RunConfig, RejectsEachBadField) {
   auto expect_bad = [](auto mutate, const char* needle) {
     RunConfig c;
@@ -57,6 +66,7 @@ TEST(RunConfig, RejectsEachBadField) {
   };
   expect_bad([](RunConfig& c) { c.vms = 0; }, "--vms");
   expect_bad([](RunConfig& c) { c.vcpus = 65; }, "--vcpus");
+  expect_bad([](RunConfig& c) { c.fault_threads = 1025; }, "--fault-threads");
   expect_bad([](RunConfig& c) { c.mem = 4ull << 20; }, "--mem");
   expect_bad([](RunConfig& c) { c.mem = 8ull << 30; }, "--mem");
   expect_bad([](RunConfig& c) { c.mem = (16ull << 20) + 4096; }, "multiple of 2M");

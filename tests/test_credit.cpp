@@ -1,10 +1,14 @@
-// CreditScheduler with fake vCPUs and a virtual clock: deterministic, no KVM, no threads.
+// CreditScheduler with fake vCPUs and a virtual clock: deterministic, no KVM; threads only in
+// CreditInvariant.ConcurrentPcpusNeverRunAVcpuTwice.
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <map>
+#include <mutex>
 #include <string>
+#include <thread>
 
 #include "sched/credit.hpp"
 
@@ -17,15 +21,20 @@ namespace {
 constexpr uint64_t ms = 1'000'000;
 
 struct Tickles : PcpuSignals {
+  std::mutex m;  // pCPUs tickle under different run-queue locks (ConcurrentPcpus...)
   std::vector<uint32_t> log;
-  void tickle(uint32_t p) override { log.push_back(p); }
+  void tickle(uint32_t p) override {
+    std::lock_guard<std::mutex> g(m);
+    log.push_back(p);
+  }
 };
 
 struct Fixture {
-  LockRegistry locks{LockPolicy::parse("ticket", {})};
+  LockRegistry locks;
   Tickles tickles;
   CreditScheduler s;
-  Fixture(uint32_t npcpus, CreditParams params = {}) : s(npcpus, params, locks, tickles) {}
+  Fixture(uint32_t npcpus, CreditParams params = {}, const char* lock = "ticket")
+      : locks(LockPolicy::parse(lock, {})), s(npcpus, params, locks, tickles) {}
   SchedVcpu& vcpu(SchedDomain& d, int pinned = -1) {
     CpuSet aff = pinned < 0 ? CpuSet(s.npcpus(), true) : CpuSet::single(s.npcpus(), pinned);
     return s.add_vcpu(d, aff, nullptr);
@@ -340,9 +349,13 @@ TEST(CreditInvariant, RandomInterleavingsNeverRunAVcpuTwice) {
           ASSERT_FALSE(cur[q] && cur[q] == cur[r]) << "vCPU " << cur[q]->id << " runs on pCPUs "
                                                    << q << " and " << r << " at step " << step;
     }
-    uint64_t steals = 0;
-    for (uint32_t p = 0; p < 3; p++) steals += f.s.pcpu_stats(p).balance.steals;
+    uint64_t steals = 0, moves = 0;
+    for (uint32_t p = 0; p < 3; p++) {
+      steals += f.s.pcpu_stats(p).balance.steals;
+      moves += f.s.pcpu_stats(p).migrate_running;
+    }
     EXPECT_GT(steals, 0u) << "the unpinned vCPUs must have been stolen for this to test anything";
+    EXPECT_GT(moves, 0u) << "the tick must have moved running vCPUs (schedule() -> migrate())";
     for (SchedVcpu* v : vs) {
       if (v->affinity.count() == 1 && v->stats.schedules) {
         EXPECT_TRUE(v->affinity == v->stats.pcpus_used) << "pinned vCPU " << v->id;
@@ -1072,4 +1085,172 @@ TEST(CreditInvariant, AWakeOfAVcpuStillCurrentLeavesItRunningAndUnqueued) {
   EXPECT_TRUE(f.s.queued(0).empty());
   EXPECT_TRUE(f.tickles.log.empty()) << "nothing to tickle: it runs on";
   EXPECT_NE(a.pri.load(), int(Prio::Boost)) << "not a wake from the queue's point of view";
+}
+
+// --- review of issue 25: the move between two run-queue locks (schedule() -> migrate()) ---------
+
+namespace {
+// pCPU 0 runs a with b queued, pCPU 1 idles: the tick marks a (active) migrating, so pCPU 0's
+// next schedule() moves a to pCPU 1 through between_locks_hook.
+struct MoveFixture {
+  Fixture f{2, no_ratelimit(Balance::None)};
+  SchedDomain& d = f.s.add_domain(256, 0);
+  SchedVcpu& a = f.vcpu(d);
+  SchedVcpu& b = f.vcpu(d);
+  MoveFixture() {
+    f.s.start(0, [](const SchedVcpu&) { return 0u; });
+    EXPECT_EQ(f.s.schedule(0, 0).next, &a);
+    EXPECT_EQ(f.s.schedule(1, 0).next, nullptr);
+    f.s.tick(0, 10 * ms);  // activates a
+    f.s.tick(0, 20 * ms);  // marks it migrating
+    EXPECT_EQ(f.s.pcpu_stats(0).migrate_running, 1u);
+  }
+};
+}  // namespace
+
+// A vCPU that finished (its VM crashed) between the locks is not queued on the target.
+TEST(CreditInvariant, AVcpuFinishedBetweenTheTwoLocksOfAMoveIsNotQueued) {
+  MoveFixture m;
+  int calls = 0;
+  m.f.s.between_locks_hook = [&](SchedVcpu& v) {
+    calls++;
+    EXPECT_EQ(&v, &m.a);
+    EXPECT_EQ(v.processor.load(), 1u) << "processor names the target before the old lock goes";
+    m.f.s.finish(v, 20 * ms);
+  };
+  EXPECT_EQ(m.f.s.schedule(0, 20 * ms).next, &m.b);
+  EXPECT_EQ(calls, 1);
+  EXPECT_TRUE(m.f.s.queued(1).empty());
+  EXPECT_EQ(m.f.s.schedule(1, 20 * ms).next, nullptr);
+  EXPECT_EQ(m.a.state, VState::Done);
+}
+
+// A wake between the locks is not lost (the vCPU is Runnable: it stays pending), and the target,
+// scheduling meanwhile, finds nothing half-moved; once queued the vCPU runs there only.
+TEST(CreditInvariant, AWakeBetweenTheTwoLocksOfAMoveStaysPending) {
+  MoveFixture m;
+  m.f.s.between_locks_hook = [&](SchedVcpu& v) {
+    m.f.s.wake(v, 20 * ms);
+    EXPECT_EQ(m.f.s.schedule(1, 20 * ms).next, nullptr) << "not queued on the target yet";
+  };
+  EXPECT_EQ(m.f.s.schedule(0, 20 * ms).next, &m.b);
+  m.f.s.between_locks_hook = nullptr;
+  EXPECT_EQ(m.f.s.queued(1), std::vector<SchedVcpu*>{&m.a});
+  EXPECT_EQ(m.f.s.schedule(1, 21 * ms).next, &m.a);
+  EXPECT_FALSE(m.f.s.block(1, m.a, 22 * ms)) << "the wake was pending";
+  EXPECT_EQ(m.a.stats.pcpus_used.to_string(), "0-1");
+}
+
+// Threads as pCPUs, as PcpuExecutor runs them, over shared unpinned vCPUs: ticks (which move
+// running vCPUs to idlers through schedule()'s two locks), steals, wakes from any thread, blocks,
+// yields, a cap that parks, a finish. A vCPU is "in guest" on its pCPU from the schedule() that
+// returned it to the next schedule() there; it must never be in guest on two at once, and the
+// pCPU that runs it is its processor. No time is asserted: fixed step counts.
+TEST(CreditInvariant, ConcurrentPcpusNeverRunAVcpuTwice) {
+  constexpr uint32_t kPcpus = 4;
+  constexpr int kSteps = 100000;
+  CreditParams params;
+  params.migration_delay_ns = 2 * ms;  // some steals, and idlers left for the tick's moves
+  // Sleeping locks: more threads than host cores would make spinning ones convoy.
+  Fixture f(kPcpus, params, "spin-yield");
+  std::vector<SchedVcpu*> vs;
+  for (int dom = 0; dom < 3; dom++) {
+    auto& d = f.s.add_domain(256, dom == 2 ? 50 : 0);
+    for (int i = 0; i < 2; i++) vs.push_back(&f.vcpu(d));
+  }
+  f.s.start(0, [](const SchedVcpu& v) { return v.id % 2; });  // pCPUs 2 and 3 start idle
+  std::vector<std::atomic<int>> in_guest(vs.size());
+  std::atomic<uint64_t> clock{0}, double_runs{0}, elsewhere{0};
+  std::atomic<uint32_t> ready{0};
+  auto pcpu = [&](uint32_t p) {
+    uint64_t seed = 1000 + p;
+    auto rnd = [&](uint64_t n) {
+      seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+      return (seed >> 33) % n;
+    };
+    ready.fetch_add(1);
+    while (ready.load() < kPcpus) std::this_thread::yield();
+    SchedVcpu* cur = nullptr;
+    for (int step = 0; step < kSteps; step++) {
+      if (step % 16 == 0) std::this_thread::yield();  // interleave more on a small host
+      const uint64_t now = clock.fetch_add(rnd(ms / 4));
+      switch (f.s.need_resched(p) ? 7 : rnd(8)) {
+        case 0:
+        case 1: f.s.tick(p, now); break;
+        case 2:
+          if (cur) f.s.block(p, *cur, now);
+          break;
+        case 3: f.s.wake(*vs[rnd(vs.size())], now); break;
+        case 4:
+          if (cur) f.s.yield(p, *cur);
+          break;
+        case 5:
+          if (p == 0 && step == kSteps / 2) f.s.finish(*vs[5], now);
+          break;
+        default:
+          if (cur) in_guest[cur->id].fetch_sub(1);  // out of guest mode, then schedule
+          cur = f.s.schedule(p, now).next;
+          if (!cur) break;
+          if (in_guest[cur->id].fetch_add(1) != 0) double_runs++;
+          if (cur->processor.load() != p) elsewhere++;
+          break;
+      }
+    }
+    if (cur) in_guest[cur->id].fetch_sub(1);
+  };
+  std::vector<std::thread> threads;
+  for (uint32_t p = 0; p < kPcpus; p++) threads.emplace_back(pcpu, p);
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(double_runs.load(), 0u) << "a vCPU was in guest on two pCPUs at once";
+  EXPECT_EQ(elsewhere.load(), 0u) << "a pCPU ran a vCPU whose processor is another";
+  uint64_t moves = 0, migrations = 0;
+  for (uint32_t p = 0; p < kPcpus; p++) moves += f.s.pcpu_stats(p).migrate_running;
+  for (SchedVcpu* v : vs) migrations += v->stats.migrations;
+  EXPECT_GT(moves, 0u) << "no tick moved a running vCPU: the two-lock path was not exercised";
+  EXPECT_GT(migrations, 0u);
+}
+
+// csched_schedule: a vCPU marked migrating (_VPF_migrating) is not runnable there, so the
+// ratelimit does not keep it even when vcpu_migrate's _csched_cpu_pick then leaves it where it
+// is (the idler it was marked for got busy meanwhile): the head of the queue runs.
+TEST(CreditRule, AVcpuMarkedMigratingThatStaysIsNotKeptByTheRatelimit) {
+  CreditParams p = no_ratelimit(Balance::None);
+  p.ratelimit_ns = 100 * ms;  // a is within its ratelimit throughout
+  Fixture f(2, p);
+  auto& d = f.s.add_domain(256, 0);
+  auto& a = f.vcpu(d);
+  auto& b = f.vcpu(d);
+  auto& c = f.vcpu(d, 1);
+  f.s.start(0, [](const SchedVcpu& v) { return v.id == 2 ? 1u : 0u; });
+  ASSERT_EQ(f.s.schedule(0, 0).next, &a);
+  ASSERT_EQ(f.s.schedule(1, 0).next, &c);
+  ASSERT_TRUE(f.s.block(1, c, 0));
+  ASSERT_EQ(f.s.schedule(1, 0).next, nullptr);
+  f.s.tick(0, 10 * ms);  // activates a
+  f.s.tick(0, 20 * ms);  // pCPU 1 idles: a is marked migrating
+  ASSERT_EQ(f.s.pcpu_stats(0).migrate_running, 1u);
+  f.s.wake(c, 20 * ms);
+  ASSERT_EQ(f.s.schedule(1, 20 * ms).next, &c);  // no idler left: a stays on pCPU 0
+  EXPECT_EQ(f.s.schedule(0, 21 * ms).next, &b) << "the ratelimit kept a migrating vCPU";
+  EXPECT_EQ(a.processor.load(), 0u);
+  EXPECT_EQ(f.s.queued(0), std::vector<SchedVcpu*>{&a});
+}
+
+// --sched rr: no accounting, so no activation to wait for; the tick moves the running vCPU to
+// an idler the same way (the first tick already may).
+TEST(CreditRule, UnderRoundRobinTheTickAlsoMovesARunningVcpuToAnIdler) {
+  CreditParams p = no_ratelimit(Balance::Xen);
+  p.round_robin = true;
+  p.migration_delay_ns = 1000 * ms;  // no steals: only the tick can give pCPU 1 work
+  Fixture f(2, p);
+  auto& d = f.s.add_domain(256, 0);
+  auto& a = f.vcpu(d);
+  auto& b = f.vcpu(d);
+  f.s.start(0, [](const SchedVcpu&) { return 0u; });
+  Sim sim(f);
+  sim.run(0, 300 * ms);
+  EXPECT_GT(f.s.pcpu_stats(1).balance.skipped_hot, 0u) << "pCPU 1 first found b cache-hot";
+  EXPECT_EQ(f.s.pcpu_stats(0).migrate_running, 1u);
+  EXPECT_LE(sim.busy_since[1], f.s.params().tick_ns) << "pCPU 1 idled on";
+  EXPECT_EQ(a.stats.migrations + b.stats.migrations, 1u);
 }

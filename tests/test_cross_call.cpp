@@ -425,8 +425,9 @@ TEST(CrossCall, AContextInAFaultStallButOutOfGuestModeIsWaitedFor) {
         CpuSet::single(2, 1), [&ran](uint32_t) { ran++; }, 0);
     done = true;
   });
-  while (f.kicked[1].load() == 0) std::this_thread::yield();
-  for (int i = 0; i < 1000 && !done.load(); i++) std::this_thread::yield();
+  // Two passes of the wait loop, each with its excusal check: an initiator that excused context
+  // 1 has returned after the first and never makes a second.
+  while (!done.load() && f.cc.wait_passes() < 2) std::this_thread::yield();
   EXPECT_FALSE(done.load()) << "excused while it could use a translation";
   f.cc.safe_point(1);  // its next safe point acks
   caller.join();
