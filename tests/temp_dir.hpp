@@ -1,9 +1,12 @@
-// A scratch directory under /tmp, removed with everything in it when the test ends.
+// A scratch directory under /tmp, removed with everything in it when the test ends, and a
+// reader of the files tests write there.
 #pragma once
 
 #include <stdlib.h>
 
 #include <filesystem>
+#include <fstream>
+#include <sstream>
 #include <stdexcept>
 #include <string>
 
@@ -24,5 +27,13 @@ struct TempDir {
   TempDir& operator=(const TempDir&) = delete;
   std::string sub(const std::string& s) const { return (path / s).string(); }
 };
+
+// A file's whole content ("" if it cannot be read).
+inline std::string slurp(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::ostringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
 
 }  // namespace kvmscale::test

@@ -23,12 +23,7 @@ struct TempDir : kvmscale::test::TempDir {
   TempDir() : kvmscale::test::TempDir("kvmscale-hostile") {}
 };
 
-std::string slurp(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::ostringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
+using kvmscale::test::slurp;
 
 // Values a careless or hostile user could put in an axis, a path or a record: each that could
 // run a command touches `marker` + its index, and comes first (gnuplot stops at the first error

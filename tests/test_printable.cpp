@@ -27,12 +27,7 @@ struct TempDir : kvmscale::test::TempDir {
   TempDir() : kvmscale::test::TempDir("kvmscale-printable") {}
 };
 
-std::string slurp(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::ostringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
+using kvmscale::test::slurp;
 
 // cli_main as the binary runs it, with stdout and stderr captured.
 struct CliRun {

@@ -29,12 +29,7 @@ struct TempDir : kvmscale::test::TempDir {
   TempDir() : kvmscale::test::TempDir("kvmscale-slurm") {}
 };
 
-std::string slurp(const std::string& path) {
-  std::ifstream in(path);
-  std::ostringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
+using kvmscale::test::slurp;
 
 void write_exe(const std::string& path, const std::string& body) {
   std::ofstream(path) << "#!/bin/bash\n" << body;
