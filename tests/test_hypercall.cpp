@@ -148,3 +148,17 @@ TEST_F(HcallFixture, MetricNamesAreValidated) {
   EXPECT_EQ(page.ret, KS_EINVAL);
   EXPECT_EQ(stats.metric_names[0], "");
 }
+
+// A hostile guest's console bytes, echoed with --console, cannot drive the user's terminal: every
+// byte outside printable ASCII, newline and tab is shown as \xNN; the record keeps them as written.
+TEST(ConsoleEcho, ControlBytesFromAGuestAreShownEscaped) {
+  ConsoleLog log(true, "[vm0] ");
+  const std::string hostile =
+      "hi\x1b]0;owned\x07\x1b[31mred\x9b"
+      "2J\r\x7f\tok\n";
+  testing::internal::CaptureStderr();
+  log.write(hostile);
+  const std::string echoed = testing::internal::GetCapturedStderr();
+  EXPECT_EQ(echoed, "[vm0] hi\\x1b]0;owned\\x07\\x1b[31mred\\x9b2J\\x0d\\x7f\tok\n");
+  EXPECT_EQ(log.text(), hostile) << "the record keeps the guest's bytes";
+}

@@ -8,6 +8,24 @@
 
 namespace kvmscale::vmm {
 
+namespace {
+// What the terminal gets of a guest's console bytes: printable ASCII, newline and tab as they are,
+// every other byte as \xNN, so a hostile guest cannot send the user's terminal escape sequences
+// (the record keeps the bytes as written).
+void append_printable(std::string& out, std::string_view text) {
+  static const char kHex[] = "0123456789abcdef";
+  for (unsigned char c : text) {
+    if ((c >= 0x20 && c < 0x7f) || c == '\n' || c == '\t') {
+      out.push_back(char(c));
+    } else {
+      out += "\\x";
+      out.push_back(kHex[c >> 4]);
+      out.push_back(kHex[c & 15]);
+    }
+  }
+}
+}  // namespace
+
 void ConsoleLog::write(std::string_view text) {
   std::lock_guard lock(mu_);
   size_t room = text_.size() < kCap ? kCap - text_.size() : 0;
@@ -16,7 +34,7 @@ void ConsoleLog::write(std::string_view text) {
   dropped_ += text.size() - take;
   if (echo_) {
     std::string line = prefix_;
-    line.append(text);
+    append_printable(line, text);
     ssize_t ignored = ::write(2, line.data(), line.size());
     (void)ignored;
   }
