@@ -7,6 +7,7 @@
 #include <boost/context/detail/fcontext.hpp>
 #include <cassert>
 #include <stdexcept>
+#include <utility>
 
 // Sanitizers must be told about every stack switch (docs/sim.md): ASan tracks the current stack
 // (__sanitizer_{start,finish}_switch_fiber) and TSan keeps one shadow state per fiber.
@@ -272,20 +273,27 @@ void WaitQueue::wait() {
   Actor* a = engine_.current_;
   if (!a) throw std::logic_error("sim: WaitQueue::wait() outside an actor");
   a->state_ = Actor::State::Waiting;
+  a->waiting_on_ = this;
   waiters_.push_back(a);
   try {
     engine_.suspend();
   } catch (const Cancelled&) {
-    // shutdown() unwinds it: leave the queue, or a release run later (another actor unwinding
-    // through a lock guard) would hand the lock to a finished actor.
-    waiters_.erase(std::find(waiters_.begin(), waiters_.end(), a));
+    // shutdown() unwinds it: leave the queue (if it still exists), or a release run later
+    // (another actor unwinding through a lock guard) would hand the lock to a finished actor.
+    if (WaitQueue* q = std::exchange(a->waiting_on_, nullptr))
+      q->waiters_.erase(std::find(q->waiters_.begin(), q->waiters_.end(), a));
     throw;
   }
+}
+
+WaitQueue::~WaitQueue() {
+  for (Actor* a : waiters_) a->waiting_on_ = nullptr;
 }
 
 Actor& WaitQueue::wake(size_t i, Time delay) {
   Actor& a = *waiters_.at(i);
   waiters_.erase(waiters_.begin() + ptrdiff_t(i));
+  a.waiting_on_ = nullptr;
   engine_.schedule(a, engine_.now_ + delay);
   return a;
 }

@@ -28,6 +28,7 @@ using Time = uint64_t;  // virtual ns
 inline constexpr Time kForever = ~Time{0};
 
 class Engine;
+class WaitQueue;
 struct Context;
 
 class Actor {
@@ -49,6 +50,7 @@ class Actor {
   std::function<void()> body_;
   State state_ = State::Ready;
   bool started_ = false;
+  WaitQueue* waiting_on_ = nullptr;  // the queue it waits in, while it does and the queue lives
   std::unique_ptr<Context> ctx_;
 };
 
@@ -155,6 +157,8 @@ class Engine {
 class WaitQueue {
  public:
   explicit WaitQueue(Engine& e) : engine_(e) {}
+  // Its waiters stay suspended (shutdown() unwinds them) but no longer refer to it.
+  ~WaitQueue();
   WaitQueue(const WaitQueue&) = delete;
   WaitQueue& operator=(const WaitQueue&) = delete;
 

@@ -293,7 +293,9 @@ TEST(SimEngine, ADeadlockIsReportedNamingTheBlockedActors) {
   EXPECT_EQ(e.actors_alive(), 0u);
 }
 
-// A bounded run may leave actors waiting (an idle pCPU at the end of a run): not a deadlock.
+// A bounded run may leave actors waiting (an idle pCPU at the end of a run): not a deadlock. The
+// queue dies before the engine, whose shutdown then unwinds the waiter: it must not touch the
+// dead queue (ASan saw a use after free here).
 TEST(SimEngine, ABoundedRunLeavesWaitersWaiting) {
   Engine e(1);
   WaitQueue q(e);
