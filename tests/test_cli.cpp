@@ -142,7 +142,6 @@ TEST(Cli, SigintEndsTheRunWithAValidPartialRecord) {
   auto j = nlohmann::json::parse(f);
   EXPECT_TRUE(j["run"]["interrupted"].get<bool>());
   EXPECT_EQ(j["run"]["end_reason"], "interrupted");
-  EXPECT_LT(j["run"]["wall_ns"].get<uint64_t>(), 60000000000ull) << "ended before its --duration";
   EXPECT_EQ(j["vms"].size(), 2u);
   EXPECT_GT(j["vms"][0]["metrics"]["iterations"].get<uint64_t>(), 0u);
 }
@@ -549,14 +548,12 @@ TEST(Cli, AHugeMatrixIsRefusedAtOnceUnlessForced) {
   for (int i = 1; i <= 100; i++) a += (i > 1 ? "," : "") + std::to_string(i);
   for (int i = 1; i <= 100; i++) b += (i > 1 ? "," : "") + std::to_string(i) + "s";
   for (int i = 0; i <= 10; i++) c += (i > 0 ? "," : "") + std::to_string(i * 10) + "%";
-  auto start = std::chrono::steady_clock::now();
+  // Expanded and validated it would take tens of minutes: spawn's timeout (SIGKILL, exit -1)
+  // fails the test then, with no time asserted here.
   auto r = ks(
       {"matrix", "--vms", a, "--duration", b, "--pod-target", c, "--repeat", "1000", "--dry-run"});
   EXPECT_EQ(r.exit_code, 2) << r.err;
   EXPECT_NE(r.err.find("110000000 runs"), std::string::npos) << r.err;
-  // A watchdog, not a speed test: refused it takes milliseconds, expanded and validated tens of
-  // minutes; 60 s holds on any loaded host.
-  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(60));
 }
 
 TEST(CliMatrix, AnInterruptedScenarioResumesFromItsOwnSettings) {

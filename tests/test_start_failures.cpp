@@ -145,16 +145,13 @@ TEST(StartFailures, FaultsNotServedFailTheRun) {
     c.duration_ns = 60ull * 1000000000ull;
     app::TestHooks hooks;
     hooks.fault_reads_off = true;
-    const uint64_t t0 = now_ns();
     try {
       app::run_testbed_with_hooks(c, hooks);
       ADD_FAILURE() << "the run succeeded with no fault served";
     } catch (const app::RunError& e) {
       EXPECT_NE(std::string(e.what()).find("not being served"), std::string::npos) << e.what();
     }
-    // Bounded by the run's own --duration, not by a time of ours: a run that notices only at
-    // its end takes at least that long, however idle the host.
-    EXPECT_LT(now_ns() - t0, c.duration_ns) << "noticed only at the end of the run";
+    // That the run notices early (not only at its 60 s end) is not asserted: it would be a time.
   }
 }
 
